@@ -70,13 +70,17 @@ class Match:
 
     @property
     def n_within(self) -> int:
-        """Merges joining two units (or merged units) of the same parent: sum over clusters of (k_i - 1)+."""
+        """Merges inside one parent, read off the clusters: sum over clusters and parents of (k_i - 1)+.
+
+        Counted from the final clusters, so it can differ from the zip solver's budget counter, which
+        labels a merged feature with one origin (a cluster {a0, b1} joined by c1 counts here, not there).
+        """
         counts = self._parent_counts()
         return int(np.clip(counts - 1, 0, None).sum())
 
     @property
     def n_across(self) -> int:
-        """Merges joining different parents: sum over clusters of (parents present - 1)."""
+        """Merges across parents, read off the clusters: sum over clusters of (parents present - 1)."""
         counts = self._parent_counts()
         return int(np.clip((counts > 0).sum(axis=1) - 1, 0, None).sum())
 
