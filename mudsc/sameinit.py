@@ -138,18 +138,21 @@ def ties_merge(task_vectors: Tensor, *, density: float) -> Tensor:
 
 
 def _validate(base: StateDict, finetuned: Sequence[StateDict]) -> None:
+    """Same body keys and shapes as the base; heads may differ (they are not merged)."""
     if not finetuned:
         raise ConfigError("same-init merge needs at least one fine-tuned model")
+    body = {k for k in base if k.startswith(BODY)}
     for i, sd in enumerate(finetuned):
-        missing = sorted(set(base) - set(sd))
+        missing = sorted(body - set(sd))
         if missing:
             raise CheckpointError(f"fine-tuned model {i} lacks key {missing[0]!r} that the base has"
                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        extra = sorted(set(sd) - set(base))
+        extra = sorted({k for k in sd if k.startswith(BODY)} - body)
         if extra:
             raise CheckpointError(f"fine-tuned model {i} has key {extra[0]!r} that the base lacks"
                                   + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-        for k, t in sd.items():
+        for k in sorted(body):
+            t = sd[k]
             if t.shape != base[k].shape:
                 raise ShapeMismatchError(f"key {k!r}: fine-tuned model {i} has shape {tuple(t.shape)}, "
                                          f"the base {tuple(base[k].shape)}")
@@ -208,7 +211,7 @@ def merge_same_init(base: StateDict, finetuned: Sequence[StateDict], stats: Sequ
 
     Args:
         base: the shared initialisation.
-        finetuned: the task models' state dicts (same keys and shapes as `base`).
+        finetuned: the task models' state dicts (same ``body.`` keys and shapes as `base`; heads may differ).
         stats: one :class:`~mudsc.taskstats.TaskStats` per model, for ``fisher``, ``regmean``, ``mats``.
         config: the method and its options.
         init: a state dict to start CG from (and to keep in null spaces), replacing ``config.init``.

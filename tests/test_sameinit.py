@@ -234,3 +234,12 @@ def test_bad_statistics(zoo):
     none = [dataclasses.replace(s, fisher={}) for s in stats]
     with pytest.raises(CheckpointError, match="no diagonal Fisher"):
         merge_same_init(base, models, none, config=SameInitConfig(method="fisher"))
+
+
+def test_heads_may_differ_between_tasks(zoo):
+    base, models, stats, buffers = zoo
+    wide = {**models[1], "head.fc.weight": torch.zeros(5, 6), "head.fc.bias": torch.zeros(5)}
+    merged, report = merge_same_init(base, [models[0], wide], stats, config=SameInitConfig(method="mats"),
+                                     device="cpu")
+    assert merged["head.fc.weight"].shape == base["head.fc.weight"].shape
+    assert not any(k.startswith("head.") for k in report.merged)
