@@ -1,0 +1,79 @@
+"""On-disk cache of landscape results under a content fingerprint.
+
+The key is sha256 over the bytes of every model tensor, the evaluation data's fingerprint, the
+plane and grid specifications and every setting that changes the numbers (never Python's
+``hash``, which for tensors is their identity). Partial results are stored under the same key, so
+an interrupted job resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from mudsc.errors import CheckpointError
+
+from .result import LandscapeResult
+
+# Bump when the engine's numbers change for the same inputs, so old cache entries stop matching.
+ENGINE_VERSION = "landscape-1"
+
+
+def default_cache_dir() -> Path:
+    """``$MUDSC_HOME/landscape``, ``$MUDSC_HOME`` defaulting to ``~/.cache/mudsc``."""
+    return Path(os.environ.get("MUDSC_HOME", "~/.cache/mudsc")).expanduser() / "landscape"
+
+
+def _update_tensor(h, t: Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def state_dict_fingerprint(sd: Mapping[str, Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a state dict's tensors (sorted by name)."""
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        _update_tensor(h, sd[k])
+    return h.hexdigest()
+
+
+def landscape_key(models: Mapping[str, Mapping[str, Tensor]], *, data_fingerprint: str, spec: dict) -> str:
+    """sha256 of (engine version, labelled model fingerprints, data fingerprint, JSON spec)."""
+    h = hashlib.sha256(ENGINE_VERSION.encode())
+    for label, sd in models.items():
+        h.update(label.encode())
+        h.update(state_dict_fingerprint(sd).encode())
+    h.update(data_fingerprint.encode())
+    h.update(json.dumps(spec, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class LandscapeCache:
+    """Results as ``<dir>/<key>.npz``; an unreadable entry counts as a miss."""
+
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+        self.dir = Path(directory).expanduser() if directory is not None else default_cache_dir()
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.npz"
+
+    def load(self, key: str) -> LandscapeResult | None:
+        p = self.path(key)
+        if not p.is_file():
+            return None
+        try:
+            res = LandscapeResult.load(p)
+        except CheckpointError:
+            return None
+        return res if res.fingerprint == key else None
+
+    def save(self, key: str, result: LandscapeResult) -> Path:
+        result.fingerprint = key
+        return result.save(self.path(key))

@@ -1,0 +1,219 @@
+"""Metrics at many plane points at once: ``functional_call`` + ``vmap`` over chunks of coordinates.
+
+Each point's weights are built on the device as origin + x u + y v (float32), so no per-point state
+dict is materialised. Two BatchNorm modes:
+
+  * ``exact``: BN running statistics are recomputed at every point on the fixed calibration
+    images (train-mode forward, cumulative average; Garipov et al. 2018 ``utils.update_bn``; the
+    BN reset of ZipIt!/MuDSC), then the point is evaluated in eval mode. Under ``vmap`` every point
+    gets its own stacked statistics buffers, updated in place by the train-mode forward; the
+    cumulative average uses momentum n_b / (seen + n_b) per batch because ``momentum=None`` reads
+    the batched counter with ``.item()``.
+  * ``preview``: every point uses one given set of statistics (frozen BN statistics): cheap, wrong
+    between models; results say so.
+
+The per-point loop runs the same point function without ``vmap``; it is the fallback for models
+``vmap`` cannot handle and the reference the tests hold ``vmap`` to. On CUDA the forward runs
+under bf16 autocast (BN statistics and losses stay float32).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from mudsc.errors import ConfigError
+
+from .evaluate import EvalSet, TaskLayout, metric_sums, task_counts
+from .plane import Plane
+
+BN_LABELS = {"exact": "exact", "preview": "preview (frozen BN statistics)"}
+Sums = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def bn_modules(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers that keep running statistics, by module name."""
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+
+
+def bn_buffer_names(model: nn.Module) -> tuple[str, ...]:
+    """State-dict names of the BN running statistics (running_mean, running_var, num_batches_tracked)."""
+    return tuple(f"{n}.{b}" for n, m in bn_modules(model).items() for b, _ in m.named_buffers(recurse=False))
+
+
+def check_bn_mode(bn_mode: str) -> str:
+    if bn_mode not in BN_LABELS:
+        raise ConfigError(f"unknown BN mode {bn_mode!r}; choose {' or '.join(map(repr, BN_LABELS))}")
+    return bn_mode
+
+
+def progressive_order(ny: int, nx: int, *, strides: tuple[int, ...] = (4, 2, 1)) -> Tensor:
+    """Flat indices of an [ny, nx] grid, coarse sub-grids first (every 4th point, then every 2nd, ...)."""
+    seen = torch.zeros(ny * nx, dtype=torch.bool)
+    order = []
+    for s in strides:
+        ii, jj = torch.meshgrid(torch.arange(0, ny, s), torch.arange(0, nx, s), indexing="ij")
+        flat = (ii * nx + jj).reshape(-1)
+        flat = flat[~seen[flat]]
+        seen[flat] = True
+        order.append(flat)
+    rest = torch.nonzero(~seen).squeeze(1)
+    return torch.cat(order + [rest])
+
+
+class PointEvaluator:
+    """Per-task and joint metrics of `template` at plane points, on the eval set's device.
+
+    Args:
+        template: module whose state-dict names match the plane (deep-copied, never modified).
+        plane: coordinates -> weights.
+        eval_set: fixed evaluation examples and calibration images.
+        bn_mode: ``exact`` or ``preview``.
+        stats: preview-mode BN statistics (state dict holding them); default the plane's ``base``.
+        autocast: bf16 autocast; default on CUDA only.
+    """
+
+    def __init__(self, template: nn.Module, plane: Plane, eval_set: EvalSet, *, bn_mode: str = "exact",
+                 stats: Mapping[str, Tensor] | None = None, autocast: bool | None = None) -> None:
+        self.bn_mode = check_bn_mode(bn_mode)
+        dev = eval_set.device
+        self.device = dev
+        self.model = copy.deepcopy(template).to(dev).eval()
+        self.bns = bn_modules(self.model)
+        self.bn_names = bn_buffer_names(self.model)
+        self.layout = TaskLayout.from_outputs(eval_set.tasks, template.output_classes).to(dev)
+        self.eval_batches = eval_set.batches()
+        self.calib = eval_set.calib_batches()
+        if self.bns and bn_mode == "exact" and not self.calib:
+            raise ConfigError("exact BN mode needs calibration images (calib_size > 0) for this BatchNorm model")
+        self.counts = task_counts(eval_set.y, self.layout).double().cpu()
+        self.n = len(eval_set.y)
+        self.autocast = (dev.type == "cuda") if autocast is None else bool(autocast)
+        if self.autocast and dev.type != "cuda":
+            raise ConfigError("bf16 autocast is only used on CUDA")
+        self.plane = plane
+        self.origin, self.u, self.v = (t.to(dev, torch.float32) for t in (plane.origin, plane.u, plane.v))
+        self.slices, off = [], 0
+        for name, shape in zip(plane.names, plane.shapes):
+            k = int(torch.Size(shape).numel())
+            self.slices.append((name, off, k, shape))
+            off += k
+        base = {k: t.to(dev) for k, t in plane.base.items()}
+        if bn_mode == "preview" and stats is not None:
+            base.update({k: stats[k].to(dev) for k in self.bn_names if k in stats})
+        missing = [k for k in self.bn_names if k not in base and bn_mode == "preview"]
+        if missing:
+            raise ConfigError(f"preview BN mode needs statistics, but {missing[0]!r} is missing")
+        keep = set(self.bn_names) if bn_mode == "preview" else set()
+        self.fixed = {k: t for k, t in base.items() if k not in self.bn_names or k in keep}
+        self.bn_shapes = {}
+        for mname, m in self.bns.items():
+            for b, t in m.named_buffers(recurse=False):
+                self.bn_shapes[f"{mname}.{b}"] = (b, tuple(t.shape), t.dtype)
+
+    @property
+    def exact_bn(self) -> bool:
+        return self.bn_mode == "exact" and bool(self.bns)
+
+    def fresh_stats(self, g: int | None = None) -> dict[str, Tensor]:
+        """Reset BN statistics (mean 0, var 1, count 0), stacked [g, ...] when `g` is given."""
+        out = {}
+        for name, (b, shape, dt) in self.bn_shapes.items():
+            full = shape if g is None else (g, *shape)
+            fill = torch.ones if b == "running_var" else torch.zeros
+            out[name] = fill(full, dtype=dt, device=self.device)
+        return out
+
+    def _params(self, c: Tensor) -> dict[str, Tensor]:
+        flat = self.origin + c[0] * self.u + c[1] * self.v
+        return {n: flat[o:o + k].view(s) for n, o, k, s in self.slices}
+
+    def _forward(self, params: dict, buffers: dict, x: Tensor):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            return functional_call(self.model, (params, buffers), (x,))
+
+    def point_sums(self, params: dict[str, Tensor], stats: dict[str, Tensor]) -> Sums:
+        """One point's metric sums; `stats` are fresh BN buffers (exact mode), updated in place."""
+        buffers = {**self.fixed, **stats}
+        if self.exact_bn:
+            self.model.train()
+            seen = 0
+            try:
+                for x in self.calib:
+                    for m in self.bns.values():
+                        m.momentum = len(x) / (seen + len(x))
+                    self._forward(params, buffers, x)
+                    seen += len(x)
+            finally:
+                self.model.eval()
+        total = None
+        for x, y in self.eval_batches:
+            s = metric_sums(self._forward(params, buffers, x), y, self.layout)
+            total = s if total is None else tuple(a + b for a, b in zip(total, s))
+        return total
+
+    def coords_sums(self, coords: Tensor, *, vectorize: bool) -> Sums:
+        """[g, 2] -> sums with a leading [g] dimension."""
+        c = torch.as_tensor(coords, dtype=torch.float32, device=self.device).reshape(-1, 2)
+        with torch.no_grad():
+            if vectorize:
+                stats = self.fresh_stats(len(c)) if self.exact_bn else {}
+                fn = lambda ci, st: self.point_sums(self._params(ci), st)  # noqa: E731
+                return vmap(fn, in_dims=(0, 0))(c, stats)
+            outs = [self.point_sums(self._params(ci), self.fresh_stats() if self.exact_bn else {}) for ci in c]
+            return tuple(torch.stack(z) for z in zip(*outs))
+
+    def state_sums(self, sd: Mapping[str, Tensor]) -> Sums:
+        """Sums of one model given as a state dict (its coordinate tensors; BN per the mode)."""
+        params = {n: sd[n].to(self.device, torch.float32) for n in self.plane.names}
+        with torch.no_grad():
+            return self.point_sums(params, self.fresh_stats() if self.exact_bn else {})
+
+    def means(self, sums: Sums) -> dict[str, Tensor]:
+        """Sums (leading dims [...]) -> mean metrics: task_loss/task_acc [..., K], joint_loss/joint_acc [...]."""
+        tl, tc, jl, jc = (t.double().cpu() for t in sums)
+        return {"task_loss": tl / self.counts, "task_acc": tc / self.counts,
+                "joint_loss": jl / self.n, "joint_acc": jc / self.n}
+
+
+def evaluate_coords(evaluator: PointEvaluator, coords: Tensor, *, method: str = "vmap", chunk_size: int = 16,
+                    progress: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None,
+                    on_chunk: Callable[[Tensor, dict[str, Tensor]], None] | None = None) -> tuple[Tensor, str]:
+    """[g, 2] coordinates -> (flat indices done, method used), in chunks of `chunk_size` points.
+
+    `on_chunk(indices, means)` receives each finished chunk; `should_stop()` is checked between
+    chunks, so a cancelled run keeps what it finished. ``method='vmap'`` falls back to the loop (with
+    a warning) when vmap cannot run the model.
+    """
+    if method not in ("vmap", "loop"):
+        raise ConfigError(f"unknown grid method {method!r}; choose 'vmap' or 'loop'")
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
+    coords = torch.as_tensor(coords, dtype=torch.float64).reshape(-1, 2)
+    total = len(coords)
+    done = []
+    for start in range(0, total, chunk_size):
+        if should_stop is not None and should_stop():
+            break
+        idx = torch.arange(start, min(start + chunk_size, total))
+        try:
+            sums = evaluator.coords_sums(coords[idx], vectorize=method == "vmap")
+        except (RuntimeError, NotImplementedError) as e:
+            if method != "vmap":
+                raise
+            warnings.warn(f"vmap cannot evaluate this model ({str(e).splitlines()[0][:120]}); "
+                          "using the per-point loop", RuntimeWarning, stacklevel=2)
+            method = "loop"
+            sums = evaluator.coords_sums(coords[idx], vectorize=False)
+        if on_chunk is not None:
+            on_chunk(idx, evaluator.means(sums))
+        done.append(idx)
+        if progress is not None:
+            progress(int(sum(len(d) for d in done)), total)
+    return (torch.cat(done) if done else torch.zeros(0, dtype=torch.long)), method
