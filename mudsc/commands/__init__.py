@@ -1,0 +1,1 @@
+"""Sub-commands of the ``mudsc`` CLI, one module per command family."""

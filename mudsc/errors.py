@@ -1,0 +1,28 @@
+"""Errors a user can cause. Each names the problem in one line; the CLI prints it and exits 2."""
+
+
+class MudscError(Exception):
+    """Base class of every user-facing error."""
+
+
+class CheckpointError(MudscError):
+    """Unreadable, truncated or inconsistent checkpoint (missing/unexpected keys, NaN weights)."""
+
+
+class ShapeMismatchError(CheckpointError):
+    """A tensor's shape differs from what the model or another parent expects."""
+
+
+class UnknownNameError(MudscError, KeyError):
+    """A name (model, data set, method, cut) that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DataError(MudscError):
+    """A data set that cannot be read, or a class subset that is empty or malformed."""
+
+
+class ConfigError(MudscError, ValueError):
+    """A merge or run option out of range, or options that do not fit together."""

@@ -1,0 +1,83 @@
+"""Classification heads and the body+head classifier.
+
+The ``shared`` head stands in for the CLIP text heads of ZipIt! (Stoica et al., 2024) and MuDSC
+(Xu et al., 2024): every class has a fixed orthonormal embedding drawn from a fixed seed, and the
+logits are a temperature times the cosine between the body's embedding and each class embedding.
+Parents trained on different class subsets thus emit into one output space, so a fully merged
+model still has one usable head.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+
+def class_embeddings(num_classes: int, dim: int, seed: int) -> Tensor:
+    """[num_classes, dim] orthonormal rows from a seeded Gaussian (QR)."""
+    if dim < num_classes:
+        raise ConfigError(f"shared head: feat_dim {dim} must be at least num_classes {num_classes}")
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=g, dtype=torch.float64))
+    return q.T.contiguous().float()
+
+
+class SharedHead(nn.Module):
+    """[b, d] -> [b, num_classes]: temperature * cos(embedding, class embedding), for all classes."""
+
+    def __init__(self, feat_dim: int, num_classes: int, classes: tuple[int, ...], *, seed: int = 0,
+                 temperature: float = 20.0) -> None:
+        super().__init__()
+        self.register_buffer("class_embed", class_embeddings(num_classes, feat_dim, seed))
+        self.temperature = float(temperature)
+        self.classes = tuple(classes)
+        self.output_classes = tuple(range(num_classes))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.temperature * F.normalize(z, dim=-1) @ self.class_embed.T
+
+
+class OwnHead(nn.Module):
+    """[b, d] -> [b, len(classes)]: an ordinary linear head over the task's classes."""
+
+    def __init__(self, feat_dim: int, classes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.fc = nn.Linear(feat_dim, len(classes))
+        self.classes = tuple(classes)
+        self.output_classes = tuple(classes)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.fc(z)
+
+
+def make_head(kind: str, *, feat_dim: int, classes: tuple[int, ...], num_classes: int, seed: int,
+              temperature: float) -> nn.Module:
+    if kind == "shared":
+        return SharedHead(feat_dim, num_classes, classes, seed=seed, temperature=temperature)
+    if kind == "own":
+        return OwnHead(feat_dim, classes)
+    raise ConfigError(f"unknown head kind {kind!r}; choose 'shared' or 'own'")
+
+
+class Classifier(nn.Module):
+    """images -> logits over ``output_classes``: ``head(body(x))``."""
+
+    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        """The task the model was trained on."""
+        return self.head.classes
+
+    @property
+    def output_classes(self) -> tuple[int, ...]:
+        """Class id of each output column."""
+        return self.head.output_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
