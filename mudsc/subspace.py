@@ -54,7 +54,8 @@ def _check_same(weights: Sequence[Tensor], what: str) -> None:
         raise ConfigError(f"{what}: no weights to merge")
     for i, w in enumerate(weights):
         if w.shape != weights[0].shape:
-            raise ShapeMismatchError(f"{what}: weight {i} has shape {tuple(w.shape)}, weight 0 {tuple(weights[0].shape)}")
+            raise ShapeMismatchError(f"{what}: weight {i} has shape {tuple(w.shape)}, "
+                                     f"weight 0 {tuple(weights[0].shape)}")
 
 
 def scale_offdiagonal(m: Tensor, alpha: float) -> Tensor:

@@ -36,8 +36,10 @@ def _hand_linear_stats(model: Classifier, x: torch.Tensor, cols: torch.Tensor):
     return {
         "gram": {"body.0.weight": x1.T @ x1 / n, "head.fc.weight": x2.T @ x2 / n},
         "grad": {"body.0.weight": g1.T @ g1 / n, "head.fc.weight": g2.T @ g2 / n},
-        "fisher": {"body.0.weight": (g1[:, :, None] * x[:, None, :]).pow(2).mean(0), "body.0.bias": g1.pow(2).mean(0),
-                   "head.fc.weight": (g2[:, :, None] * z[:, None, :]).pow(2).mean(0), "head.fc.bias": g2.pow(2).mean(0)},
+        "fisher": {"body.0.weight": (g1[:, :, None] * x[:, None, :]).pow(2).mean(0),
+                   "body.0.bias": g1.pow(2).mean(0),
+                   "head.fc.weight": (g2[:, :, None] * z[:, None, :]).pow(2).mean(0),
+                   "head.fc.bias": g2.pow(2).mean(0)},
     }
 
 
