@@ -53,7 +53,9 @@ class Tap:
 
 @dataclass(frozen=True)
 class UnitSpace:
-    """One set of `size` hidden units; `groups` contiguous groups that merges must respect (GroupNorm)."""
+    """One set of `size` hidden units in `groups` contiguous groups that merges must respect (GroupNorm
+    groups, attention heads). Spaces sharing a non-empty `group_tie` must map their groups alike: the
+    q/k and v spaces of one attention layer permute heads together."""
 
     name: str
     size: int
@@ -62,6 +64,7 @@ class UnitSpace:
     taps: tuple[Tap, ...]
     index: int
     groups: int = 1
+    group_tie: str = ""
 
     @property
     def refs(self) -> tuple[AxisRef, ...]:
@@ -126,7 +129,7 @@ class UnitGraph:
             return {"param": r.param, "axis": r.axis, "role": r.role, "start": r.start, "repeat": r.repeat}
 
         return {
-            "spaces": [{"name": s.name, "size": s.size, "groups": s.groups,
+            "spaces": [{"name": s.name, "size": s.size, "groups": s.groups, "group_tie": s.group_tie,
                         "producers": [ref(r) for r in s.producers], "consumers": [ref(r) for r in s.consumers],
                         "taps": [{"node": t.node, "dim": t.dim, "start": t.start, "hook": t.hook} for t in s.taps]}
                        for s in self.spaces],
@@ -151,7 +154,7 @@ class UnitGraph:
                 taps = tuple(Tap(str(t["node"]), int(t["dim"]), int(t.get("start", 0)), str(t.get("hook", "")))
                              for t in s["taps"])
                 spaces.append(UnitSpace(name=str(s["name"]), size=int(s["size"]), index=i,
-                                        groups=int(s.get("groups", 1)),
+                                        groups=int(s.get("groups", 1)), group_tie=str(s.get("group_tie", "")),
                                         producers=tuple(r for r in refs if r.role != "in"),
                                         consumers=tuple(r for r in refs if r.role == "in"), taps=taps))
             names = [s.name for s in spaces]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import inspect
 import math
 import operator
-from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -21,7 +21,9 @@ from torch import nn
 
 from .graph import AxisRef, Tap
 from .graph_fx import tap_of
+from .graph_heads import HeadRules
 from .graph_spaces import Spaces
+from .graph_values import OPAQUE, Opaque, Param, Seg, Split, Val
 
 _CONV = (nn.modules.conv._ConvNd,)
 _NORM = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -44,49 +46,6 @@ _REDUCE = {"mean", "sum", "amax", "amin"}
 _NO_TENSOR = {"size", "dim", "numel", "_assert", "eq", "ne", "lt", "gt", "le", "ge", "getattr"}
 
 
-class Seg(NamedTuple):
-    """A run of `size` channels of candidate `cand` (None: fixed), each repeated `repeat` times."""
-
-    cand: int | None
-    size: int
-    repeat: int = 1
-    tap: Tap | None = None
-
-
-@dataclass(frozen=True)
-class Val:
-    """A tensor of rank `ndim` whose dim `dim` carries the channels `segs`."""
-
-    dim: int
-    ndim: int
-    segs: tuple[Seg, ...]
-
-    @property
-    def width(self) -> int:
-        return sum(s.size * s.repeat for s in self.segs)
-
-    def offsets(self):
-        off = 0
-        for s in self.segs:
-            yield off, s
-            off += s.size * s.repeat
-
-
-@dataclass(frozen=True)
-class Param:
-    """A state-dict tensor (or an expanded view): `axes[d]` is the tensor axis at dim d."""
-
-    key: str
-    axes: tuple[int | None, ...]
-
-
-class Opaque:
-    """A tensor with no tracked channels (the model input, outputs of unknown ops)."""
-
-
-OPAQUE = Opaque()
-
-
 def _name(target: Any) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", "")
 
@@ -107,7 +66,7 @@ def _flat(x: Any):
         yield x
 
 
-class Walker:
+class Walker(HeadRules):
     """Runs the rules over `gm` (shapes propagated); results land in `self.spaces`."""
 
     def __init__(self, gm: fx.GraphModule, sd_keys: set[str]) -> None:
@@ -132,6 +91,9 @@ class Walker:
                 for s in v.segs:
                     if s.cand is not None:
                         self.spaces.fix(s.cand)
+            elif isinstance(v, Split):
+                for c in v.cands:
+                    self.spaces.fix(c)
 
     def unknown(self, *vals: Any) -> Any:
         self.fix(*vals)
@@ -158,6 +120,9 @@ class Walker:
 
     def module(self, m: nn.Module, path: str, args: tuple) -> Any:
         x = args[0] if args else None
+        passes = isinstance(m, _SAME) or type(m).__name__ in ("DropPath", "DropBlock2d")
+        if len(args) == 1 and isinstance(x, Split) and passes:
+            return x
         if len(args) != 1 or not isinstance(x, (Val, Opaque)):
             return self.unknown(args)
         if isinstance(m, nn.Linear):
@@ -171,7 +136,7 @@ class Walker:
             if kind == "layer" and len(m.normalized_shape) != 1:
                 return self.unknown(x)
             return self.norm(x, kind, keys, groups)
-        if isinstance(m, _SAME) or type(m).__name__ in ("DropPath", "DropBlock2d"):
+        if passes:
             return self.same(x, retap=not isinstance(m, (nn.Identity, nn.modules.dropout._DropoutNd)))
         if isinstance(m, _POOL) or type(m).__name__ == "SelectAdaptivePool2d":
             return self.pool(x)
@@ -180,10 +145,24 @@ class Walker:
         return self.unknown(args)
 
     def function(self, name: str, target: Any, args: tuple, kwargs: dict) -> Any:
-        tensors = [a for a in _flat((args, kwargs)) if isinstance(a, (Val, Param, Opaque))]
+        x = args[0] if args else None
+        if name == "getitem" and isinstance(x, (tuple, list)):
+            return x[args[1]] if isinstance(args[1], int) else self.unknown(x)
+        tensors = [a for a in _flat((args, kwargs)) if isinstance(a, (Val, Param, Opaque, Split))]
         if not tensors:
             return None if name in _NO_TENSOR or _shape(self.node) is None else OPAQUE
-        x = args[0] if args else None
+        if name == "getattr":
+            return None if args[1] in ("shape", "dtype", "device") else self.unknown(x)
+        if name in _NO_TENSOR:
+            return None
+        if name == "scaled_dot_product_attention":
+            return self.attention(args, kwargs)
+        if any(isinstance(a, Split) for a in tensors):
+            if isinstance(x, Split):
+                return self.heads_op(name, x, args, kwargs, tensors)
+            if name in _BINARY and len(tensors) == 1 and len(args) == 2:
+                return args[1]  # scale * heads
+            return self.unknown(args, kwargs)
         if name == "expand":
             return self.expand(x)
         if name in _BINARY and len(args) == 2 and not kwargs:
@@ -193,10 +172,6 @@ class Walker:
             return self.cat(list(args[0]), dim)
         if name == "getitem":
             return self.getitem(x, args[1])
-        if name == "getattr" and isinstance(x, (Val, Param, Opaque)):
-            return None if args[1] in ("shape", "dtype", "device") else self.unknown(x)
-        if name in _NO_TENSOR:
-            return None
         if name in ("layer_norm", "group_norm", "batch_norm"):
             return self.functional_norm(name, target, args, kwargs)
         if name == "linear":
@@ -316,9 +291,26 @@ class Walker:
             return Val(1, len(shape), x.segs + x.segs)
         return self.unknown(x)
 
+    def heads_op(self, name: str, x: Split, args: tuple, kwargs: dict, tensors: list) -> Any:
+        """Channel-preserving ops on attention heads; anything else fixes them."""
+        if len(tensors) != 1:
+            return self.unknown(args, kwargs)
+        if name in _SAME_FN or (name in _BINARY and len(args) == 2):
+            return x
+        if name in ("permute", "transpose", "swapaxes"):
+            dims = args[1:]
+            dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else tuple(dims)
+            return self.permute_heads(x, name, tuple(d % x.ndim for d in dims))
+        if name == "unbind":
+            return self.unbind_heads(x, kwargs.get("dim", args[1] if len(args) > 1 else 0))
+        if name in ("reshape", "view", "flatten"):
+            return self.merge_heads(x, _shape(self.node.all_input_nodes[0]), _shape(self.node))
+        return self.unknown(args, kwargs)
+
     def reshape(self, x: Val | Opaque) -> Any:
         """Reshapes that keep the channels outermost within one output dim: flatten [C, H, W] -> C*H*W
-        (each unit then repeats H*W times), squeeze, unsqueeze, view to the same layout."""
+        (each unit then repeats H*W times), squeeze, unsqueeze, view to the same layout; splitting the
+        channels into attention heads (see :mod:`mudsc.graph_heads`)."""
         if not isinstance(x, Val):
             return x
         src = _shape(self.node.all_input_nodes[0])
@@ -331,7 +323,8 @@ class Walker:
             if math.prod(dst[: j + 1]) in ends:
                 r = dst[j] // x.width
                 return Val(j, len(dst), tuple(s._replace(repeat=s.repeat * r) for s in x.segs))
-        return self.unknown(x)
+        heads = self.split_heads(x, src, dst)
+        return heads if heads is not None else self.unknown(x)
 
     def permute(self, x: Val | Opaque, name: str, dims: tuple) -> Any:
         if not isinstance(x, Val):
@@ -356,8 +349,6 @@ class Walker:
         return Val(x.dim - sum(d < x.dim for d in dims), x.ndim - len(dims), x.segs)
 
     def getitem(self, x: Any, idx: Any) -> Any:
-        if isinstance(x, (tuple, list)):
-            return x[idx] if isinstance(idx, int) else self.unknown(x)
         if not isinstance(x, Val):
             return None if x is None else OPAQUE
         idx = idx if isinstance(idx, tuple) else (idx,)

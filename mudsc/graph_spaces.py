@@ -4,6 +4,7 @@ taps, readable names, input -> output order and the cuts of partial zipping (Zip
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import lru_cache
 
 import torch.fx as fx
@@ -24,9 +25,12 @@ class Spaces:
         self.refs: list[list[AxisRef]] = []
         self.marks: list[list[fx.Node]] = []  # where sets were united: names residual streams
         self.uses: list[list[tuple[int, Tap | None]]] = []  # (consumer order, tap of the consumed value)
+        self.labels: list[str] = []  # chunk names of fused projections ("q", "k", "v")
+        self.ties: list[str] = []  # spaces with one tie keep one group order (attention heads)
 
     def new(self, size: int) -> int:
-        for lst, v in ((self.size, size), (self.fixed, False), (self.groups, 1), (self.parent, len(self.parent))):
+        for lst, v in ((self.size, size), (self.fixed, False), (self.groups, 1), (self.labels, ""), (self.ties, ""),
+                       (self.parent, len(self.parent))):
             lst.append(v)
         for lst in (self.refs, self.marks, self.uses):
             lst.append([])
@@ -54,10 +58,39 @@ class Spaces:
             self.parent[rb] = ra
             self.fixed[ra] |= self.fixed[rb]
             self.groups[ra] = math.lcm(self.groups[ra], self.groups[rb])
+            self.labels[ra] += self.labels[rb] if self.labels[rb] != self.labels[ra] else ""
+            self.ties[ra] = self.ties[ra] or self.ties[rb]
             for lst in (self.refs, self.marks, self.uses):
                 lst[ra].extend(lst[rb])
         if node is not None:
             self.mark(ra, node)
+
+    def split(self, i: int, k: int, labels: tuple[str, ...] | None) -> list[int] | None:
+        """A fresh projection output cut into `k` equal chunks (fused q/k/v), or None when the set
+        already has other members, consumers or offsets."""
+        r = self.find(i)
+        refs = self.refs[r]
+        if (self.fixed[r] or self.uses[r] or self.marks[r] or self.size[r] % k
+                or any(x.role != "out" or x.start or x.repeat != 1 for x in refs)):
+            return None
+        if k == 1:
+            return [r]
+        width = self.size[r] // k
+        out = []
+        for c in range(k):
+            new = self.new(width)
+            self.refs[new] = [replace(x, start=c * width) for x in refs]
+            self.labels[new] = labels[c] if labels else f"chunk{c}"
+            out.append(new)
+        self.refs[r] = []
+        self.fixed[r] = True
+        return out
+
+    def tie(self, a: int, b: int, node: fx.Node) -> None:
+        """Sets `a` and `b` must order their groups alike (q/k and v heads of one attention)."""
+        ra, rb = self.find(a), self.find(b)
+        key = self.ties[ra] or self.ties[rb] or f"{_module_path(node) or node.name}"
+        self.ties[ra] = self.ties[rb] = key
 
     def add_ref(self, i: int, ref: AxisRef) -> None:
         self.refs[self.find(i)].append(ref)
@@ -130,15 +163,17 @@ def assemble(spaces: Spaces, order: dict[str, int]) -> tuple[UnitSpace, ...]:
         refs = list(dict.fromkeys(spaces.refs[i]))
         producers = tuple(r for r in refs if r.role != "in")
         marks = [_module_path(n) for n in spaces.marks[i]]
-        name = _common_prefix(marks) if marks else ""
-        if not name:
-            name = producers[0].param.rsplit(".", 1)[0] if producers else f"space{i}"
+        owner = producers[0].param.rsplit(".", 1)[0] if producers else f"space{i}"
+        if spaces.labels[i]:  # a chunk of a fused projection: name it beside the projection
+            name = f"{owner.rsplit('.', 1)[0]}.{spaces.labels[i]}"
+        else:
+            name = (_common_prefix(marks) if marks else "") or owner
         found.append((max(order[t.node] for t in taps), i, name, spaces.size[i], spaces.groups[i], producers,
-                      tuple(r for r in refs if r.role == "in"), tuple(taps)))
+                      tuple(r for r in refs if r.role == "in"), tuple(taps), spaces.ties[i]))
     found.sort(key=lambda f: (f[0], f[1]))
     names = _unique([f[2] for f in found])
-    return tuple(UnitSpace(name=n, size=f[3], groups=f[4], producers=f[5], consumers=f[6], taps=f[7], index=k)
-                 for k, (n, f) in enumerate(zip(names, found)))
+    return tuple(UnitSpace(name=n, size=f[3], groups=f[4], producers=f[5], consumers=f[6], taps=f[7], index=k,
+                           group_tie=f[8]) for k, (n, f) in enumerate(zip(names, found)))
 
 
 def find_cuts(spaces: tuple[UnitSpace, ...], gm: fx.GraphModule, env: dict, sd_keys: set[str]) -> tuple[Cut, ...]:

@@ -258,3 +258,33 @@ def test_timm_resnet26_default_widths():
     assert names[0] == "body.conv1" and len(names) == 21
     assert g.space("body.layer4").size == 2048
     assert [c.name for c in g.cuts] == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+
+
+def test_vit_attention_spaces():
+    m, g = _graph("timm:vit_tiny_patch16_224", "own", patch_size=7, depth=2, num_heads=3, embed_dim=24)
+    names = [s.name for s in g.spaces]
+    assert names == ["body.blocks.0.attn.qk", "body.blocks.0.attn.v", "body.blocks.0.mlp.fc1",
+                     "body.blocks.1.attn.qk", "body.blocks.1.attn.v", "body.blocks.1.mlp.fc1", "body", "body.head"]
+    qk, v, stream = g.space("body.blocks.0.attn.qk"), g.space("body.blocks.0.attn.v"), g.space("body")
+    assert (qk.groups, v.groups, stream.groups) == (3, 3, 1) and qk.group_tie == v.group_tie != ""
+    assert {(r.param, r.start) for r in qk.producers} == {
+        (f"body.blocks.0.attn.qkv.{p}", s) for p in ("weight", "bias") for s in (0, 24)}
+    assert [r.start for r in v.producers] == [48, 48] and v.consumers[0].param == "body.blocks.0.attn.proj.weight"
+    assert {(r.param, r.axis) for r in stream.producers} >= {("body.cls_token", 2), ("body.pos_embed", 2)}
+    assert [t.start for t in qk.taps] == [0, 24] and stream.taps[0].dim == -1
+    x = inputs()
+    y, acts = observed(m, g)(x)
+    assert [a.shape for a in acts[qk.name]] == [(3, 17, 24)] * 2
+    q, k, _ = m.body.blocks[0].attn.qkv(m.body.blocks[0].norm1(m.body.pos_drop(
+        m.body._pos_embed(m.body.patch_embed(x))))).chunk(3, dim=-1)
+    assert torch.allclose(acts[qk.name][1], k)
+    trunk, head = split(m, g, g.cuts[0].name)
+    assert torch.equal(head(trunk(x)), y)
+    # heads of q/k and v must move together: untied head orders change the function
+    maps = random_perms(g, torch.Generator().manual_seed(0))
+    swap = torch.eye(24, dtype=torch.float64)[torch.cat([torch.arange(8, 16), torch.arange(8), torch.arange(16, 24)])]
+    maps[v.name] = (swap, swap.T)
+    maps[qk.name] = (torch.eye(24, dtype=torch.float64),) * 2
+    moved = copy.deepcopy(m)
+    moved.load_state_dict(transform_state_dict(m.state_dict(), g, maps))
+    assert rel_err(moved(x), y) > 1e-6

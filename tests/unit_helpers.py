@@ -18,6 +18,7 @@ ARCHS = [
     ("resnet20gn", {"width": 1}),
     ("timm:resnet18", {"channels": (8, 16, 32, 64), "stem_width": 8, "drop_path_rate": 0.1}),
     ("timm:resnet26", {"channels": (8, 16, 32, 64), "stem_width": 8}),
+    ("timm:vit_tiny_patch16_224", {"patch_size": 7, "depth": 2, "num_heads": 3, "embed_dim": 24}),
 ]
 
 
@@ -44,11 +45,14 @@ def inputs(n: int = 3, seed: int = 0) -> torch.Tensor:
 
 
 def random_perms(graph: UnitGraph, generator: torch.Generator, dtype=torch.float64) -> dict:
-    """Per space (P, P^T) with P [n, n] a permutation matrix that permutes groups and units within groups."""
-    maps = {}
+    """Per space (P, P^T) with P [n, n] a permutation matrix that permutes groups (alike within a
+    group tie) and units within groups."""
+    maps, orders = {}, {}
     for s in graph.spaces:
         c = s.size // s.groups
         order = torch.randperm(s.groups, generator=generator)
+        if s.group_tie:
+            order = orders.setdefault(s.group_tie, order)
         perm = torch.cat([order[k] * c + torch.randperm(c, generator=generator) for k in range(s.groups)])
         p = torch.eye(s.size, dtype=dtype)[perm]
         maps[s.name] = (p, p.T)
