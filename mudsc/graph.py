@@ -256,5 +256,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_LEAVES", "AxisRef", "Cut", "Tap", "UnitGraph", "UnitSpace", "check_params", "observed", "split", "trace",
-           "validate"]
+__all__ = ["DEFAULT_LEAVES", "AxisRef", "Cut", "Tap", "UnitGraph", "UnitSpace", "check_params", "observed",
+           "split", "trace", "validate"]

@@ -2,6 +2,9 @@
 observed / split modules (ZipIt! partial zipping, Stoica et al., 2024, App. "Partial Zipping")."""
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
@@ -51,7 +54,8 @@ def fx_graph(model: nn.Module, leaves: tuple[str, ...]) -> fx.GraphModule:
             graph = _Tracer(frozenset(leaves)).trace(model)
         except Exception as e:  # fx raises many kinds on untraceable code
             raise ConfigError(f"{type(model).__name__} does not trace with torch.fx ({type(e).__name__}: {e}); "
-                              "add its blocks to leaf_modules or give a hand-written spec (UnitGraph.from_dict)") from None
+                              "add its blocks to leaf_modules or give a hand-written spec (UnitGraph.from_dict)"
+                              ) from None
     return fx.GraphModule(model, graph)
 
 
@@ -85,7 +89,8 @@ def propagate_shapes(gm: fx.GraphModule, model: nn.Module, example: Tensor | Non
             x = x.to(device=p.device, dtype=p.dtype if x.is_floating_point() else x.dtype)
         for fake in (True, False):  # fake tensors skip the arithmetic; some ops only run for real
             try:
-                with _Modes(model), torch.no_grad():
+                # ShapeProp prints the traceback of every failed guess
+                with _Modes(model), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
                     ShapeProp(gm, fake_mode=mode).propagate(x)
                 return

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import inspect
 import math
-import operator
 from dataclasses import replace
 from typing import Any
 
-import torch
 import torch.fx as fx
 from torch import nn
 
-from .graph import AxisRef, Tap
+from .graph import AxisRef
 from .graph_fx import tap_of
 from .graph_heads import HeadRules
 from .graph_spaces import Spaces
@@ -130,7 +128,7 @@ class Walker(HeadRules):
         if isinstance(m, _CONV):
             return self.conv(x, m, path)
         if isinstance(m, _NORM):
-            keys = {k: f"{path}.{k}" for k, _ in m.state_dict().items() if k != "num_batches_tracked"}
+            keys = {k: f"{path}.{k}" for k in m.state_dict() if k != "num_batches_tracked" and "." not in k}
             groups = m.num_groups if isinstance(m, nn.GroupNorm) else 1
             kind = "layer" if isinstance(m, nn.LayerNorm) else "channel"
             if kind == "layer" and len(m.normalized_shape) != 1:
@@ -227,7 +225,13 @@ class Walker(HeadRules):
         return self.produce(out, len(shape) - 1, len(shape), [(weight, 0)] + ([(bias, 0)] if bias else []))
 
     def conv(self, x: Val | Opaque, m: nn.modules.conv._ConvNd, path: str) -> Any:
-        if m.groups != 1 or (isinstance(x, Val) and x.dim != 1):
+        if isinstance(x, Val) and x.dim != 1:
+            return self.unknown(x)
+        if m.groups == m.in_channels == m.out_channels and not m.transposed:
+            # depthwise: channel c only feeds channel c, so the channels pass through like a norm
+            keys = {"weight": f"{path}.weight", "bias": f"{path}.bias" if m.bias is not None else None}
+            return self.norm(x, "channel", keys, 1)
+        if m.groups != 1:
             return self.unknown(x)
         w_out, w_in = (1, 0) if m.transposed else (0, 1)
         self.consume(x, f"{path}.weight", w_in)
