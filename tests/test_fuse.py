@@ -132,3 +132,28 @@ def test_reset_without_batchnorm_is_a_no_op():
     before = copy.deepcopy(m.state_dict())
     reset_bn_stats_(m, [])
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch,kw", [("resnet20", {"width": 1}),
+                                     ("timm:vit_tiny_patch16_224", {"patch_size": 7, "depth": 2, "num_heads": 3})])
+def test_on_cuda(arch, kw):
+    from mudsc.graph import observed, split
+
+    dev = torch.device("cuda")
+    m = make(arch, "own", **kw).float().to(dev)
+    g = trace(m)
+    x = inputs().float().to(dev)
+    y = m(x)
+    maps = {k: (p.float(), u.float()) for k, (p, u) in random_perms(g, torch.Generator().manual_seed(0)).items()}
+    moved = copy.deepcopy(m)
+    moved.load_state_dict(transform_state_dict(m.state_dict(), g, maps))
+    assert rel_err(moved(x), y) < 1e-5
+    out, acts = observed(m, g)(x)
+    assert torch.allclose(out, y) and all(a.is_cuda for v in acts.values() for a in v)
+    trunk, head = split(m, g, g.cuts[0].name)
+    assert torch.allclose(head(trunk(x)), y)
+    fused = fuse([m.state_dict(), m.state_dict()], g, _self_merge(g, 2, dtype=torch.float32))
+    assert all(torch.allclose(fused[k].float(), v.float(), atol=1e-6) for k, v in m.state_dict().items())
+    reset_bn_stats_(m, [inputs(4, seed=s).float() for s in range(2)])
+    assert all(p.is_cuda for p in m.state_dict().values())
