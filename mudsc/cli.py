@@ -7,9 +7,9 @@ import sys
 from .errors import MudscError
 
 # One explicit list; each module adds its sub-commands with register(subparsers).
-from .commands import evaluate, zoo
+from .commands import evaluate, merge, stats, zoo
 
-COMMANDS = (zoo, evaluate)
+COMMANDS = (zoo, evaluate, merge, stats)
 
 
 def build_parser() -> argparse.ArgumentParser:

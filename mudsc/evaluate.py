@@ -87,3 +87,14 @@ def accuracy(model: nn.Module, split: Split, classes: tuple[int, ...], *, device
     """Task-aware accuracy of a single-head model on the examples of `classes`."""
     sub = split.subset(classes)
     return task_accuracy(predict(model, sub, device=device), sub.y, tuple(model.output_classes), classes)
+
+
+def count_flops(model: nn.Module, example: Tensor) -> int:
+    """Forward FLOPs of `model` on one example [1, c, h, w] (torch's FLOP counter: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters())
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(example.to(p.device, p.dtype))
+    return int(counter.get_total_flops())

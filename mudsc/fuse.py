@@ -23,7 +23,7 @@ class MatchLike(Protocol):
         """Per parent i: (M_i [C, n_i], U_i [n_i, C])."""
 
 
-def _apply(w: Tensor, axis: int, pieces: list[tuple[int, int, int, Tensor]]) -> Tensor:
+def apply_along_axis(w: Tensor, axis: int, pieces: list[tuple[int, int, int, Tensor]]) -> Tensor:
     """[..., L, ...] -> [..., L', ...]: each piece (start, n, repeat, A [m, n]) replaces the n units at
     ``[start, start + n * repeat)`` of `axis` (unit-major) by ``A`` applied to them; the rest is kept."""
     w = w.movedim(axis, 0)
@@ -64,7 +64,7 @@ def transform_state_dict(sd: dict[str, Tensor], graph: UnitGraph,
     for key, axes in todo.items():
         w = sd[key]
         for axis, pieces in axes.items():
-            w = _apply(w, axis, pieces)
+            w = apply_along_axis(w, axis, pieces)
         out[key] = w
     return out
 

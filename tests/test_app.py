@@ -35,7 +35,7 @@ def test_parents_page_empty_then_bad_path_keeps_state(demo_parents):
     assert any("No parents loaded" in i.value for i in at.info)
     kept = load_parent(str(demo_parents[0]), dataset="digits")
     at.session_state["parents"] = [kept]
-    at.text_input(key="ckpt_path").set_value("/does/not/exist.safetensors")
+    at.text_input(key="ckpt_path").set_value("/does/not/exist.safetensors").run(timeout=60)
     at.button(key="add_parent").click().run(timeout=60)
     assert not at.exception
     assert any("does not exist" in e.value for e in at.error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .common import add_data_args, parse_kw, print_json
+from .finetune import add_finetune
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", help="output .safetensors file (default: $MUDSC_HOME/zoo/ARCH.DATASET_TASK_sSEED.safetensors)")
     t.add_argument("--json", action="store_true", help="print the record as JSON")
     t.set_defaults(func=_train)
+
+    add_finetune(zsub)
 
     d = zsub.add_parser("demo", help="make (or reuse) the built-in digits demo pair")
     d.add_argument("--json", action="store_true")

@@ -1,0 +1,99 @@
+"""Solving every unit space: one pass from activations, or MuDSC's iterative solve across layers.
+
+MuDSC (Xu et al., CVPR 2024, Algorithm 1): initialise every space from its activation similarity
+(when the method uses activations), then sweep the spaces in a seeded random order; each space is
+re-solved on S = alpha S_W + (1 - alpha) S_A with S_W computed from the neighbours' current
+solutions. A sweep's score is the mean of the solvers' scores; a sweep that does not improve on the
+best rolls every space back to the best solution, and `patience` such sweeps end the loop. Git
+Re-Basin weight matching (Ainsworth et al., ICLR 2023, Algorithm 1) is the same loop on raw weight
+inner products with Hungarian matching and no activations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .config import MergeConfig
+from .graph import UnitGraph
+from .similarity import descriptors, mix, weight_similarity
+from .solvers import get_solver
+from .solvers.match import Match
+
+
+@dataclass
+class Solution:
+    """The match of every solved space, the sweep scores, and the similarities of the final solve."""
+
+    matches: dict[str, Match]
+    history: list[float] = field(default_factory=list)
+    sweeps: int = 0
+    weight_sim: dict[str, Tensor] = field(default_factory=dict)
+
+
+def solve_one(sim: Tensor, sizes: tuple[int, ...], *, kind: str, groups: int, config: MergeConfig) -> Match:
+    """[O, O] similarity -> Match with the solver the method names (group-aware when `groups` > 1)."""
+    grouped = config.groups and groups > 1
+    if kind == "identity":
+        return get_solver("identity")(sim, sizes)
+    if kind == "align":
+        return get_solver("group-hungarian")(sim, sizes, groups=groups) if grouped else get_solver("hungarian")(sim, sizes)
+    if grouped:
+        return get_solver("group-zip")(sim, sizes, groups=groups, a=config.zip_a, b=config.zip_b)
+    return get_solver("zip")(sim, sizes, a=config.zip_a, b=config.zip_b)
+
+
+def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], config: MergeConfig, *,
+          act_corr: dict[str, Tensor] | None = None,
+          progress: Callable[[int, float], None] | None = None) -> Solution:
+    """Solve `spaces` for the parents `sds` as `config.method` prescribes.
+
+    `act_corr[space]` is the [O, O] activation correlation (needed unless the method is weight-only).
+    `progress(sweep, score)` after each sweep of the iterative solve.
+    """
+    n = len(sds)
+    sizes = {s: (graph.space(s).size,) * n for s in spaces}
+    groups = {s: graph.space(s).groups for s in spaces}
+    kind = config.solver
+    if kind == "identity":
+        zero = {s: torch.zeros(sum(sizes[s]), sum(sizes[s])) for s in spaces}
+        return Solution({s: solve_one(zero[s], sizes[s], kind="identity", groups=1, config=config) for s in spaces})
+    matches: dict[str, Match] = {}
+    if config.similarity in ("activation", "dual"):
+        matches = {s: solve_one(act_corr[s], sizes[s], kind=kind, groups=groups[s], config=config) for s in spaces}
+    if not config.iterative or all(config.alpha_for(s) == 0.0 for s in spaces):
+        return Solution(matches)  # alpha = 0 everywhere: the activation solve is final (mudsc-zip == zipit)
+
+    metric = "inner" if config.method == "rebasin" else config.weight_metric
+    gen = torch.Generator().manual_seed(config.seed)
+    best: dict[str, Match] | None = None
+    best_score, bad = float("-inf"), 0
+    history: list[float] = []
+    sweeps = 0
+    last_sw: dict[str, Tensor] = {}
+    for sweep in range(config.max_sweeps):
+        sweeps = sweep + 1
+        scores = []
+        for j in torch.randperm(len(spaces), generator=gen).tolist():
+            s = spaces[j]
+            maps = {q: m.parts() for q, m in matches.items() if q != s}
+            s_w = weight_similarity(descriptors(sds, graph, s, maps), metric=metric)
+            last_sw[s] = s_w
+            alpha = config.alpha_for(s)
+            sim = mix(s_w, act_corr[s] if act_corr is not None and s in act_corr else None, alpha, mode=config.mix)
+            matches[s] = solve_one(sim, sizes[s], kind=kind, groups=groups[s], config=config)
+            scores.append(matches[s].score)
+        total = float(sum(scores) / len(scores))
+        history.append(total)
+        if progress is not None:
+            progress(sweeps, total)
+        if best is not None and total <= best_score:
+            bad += 1
+            matches = dict(best)
+            if bad >= config.patience:
+                break
+        else:
+            best, best_score, bad = dict(matches), total, 0
+    return Solution(best if best is not None else matches, history, sweeps, last_sw)
