@@ -163,6 +163,8 @@ class Walker(HeadRules):
             return self.unknown(args, kwargs)
         if name == "expand":
             return self.expand(x)
+        if name in _RESHAPE and isinstance(x, Param) and len(tensors) == 1:
+            return self.reshape_param(x)
         if name in _BINARY and len(args) == 2 and not kwargs:
             return self.binary(args)
         if name in ("cat", "concat"):
@@ -329,6 +331,16 @@ class Walker(HeadRules):
                 return Val(j, len(dst), tuple(s._replace(repeat=s.repeat * r) for s in x.segs))
         heads = self.split_heads(x, src, dst)
         return heads if heads is not None else self.unknown(x)
+
+    def reshape_param(self, p: Param) -> Param | Opaque:
+        """A parameter reshaped only by adding or dropping size-1 dims (a layer scale [C] viewed as
+        [1, C, 1, 1]) keeps its axes; any other reshape makes it opaque."""
+        src, dst = _shape(self.node.all_input_nodes[0]), _shape(self.node)
+        kept = [(d, a) for d, a in zip(src, p.axes) if d != 1]
+        if [d for d, _ in kept] != [d for d in dst if d != 1]:
+            return OPAQUE
+        it = iter(a for _, a in kept)
+        return Param(p.key, tuple(next(it) if d != 1 else None for d in dst))
 
     def permute(self, x: Val | Opaque, name: str, dims: tuple) -> Any:
         if not isinstance(x, Val):

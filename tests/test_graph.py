@@ -156,7 +156,7 @@ def test_unknown_names_list_the_valid_ones():
 
 
 class _Branchy(nn.Module):
-    """Channel concat into a conv, flatten into a linear, and a matmul with a buffer."""
+    """Channel concat into a conv, a per-channel scale, flatten into a linear, a matmul with a buffer."""
 
     def __init__(self):
         super().__init__()
@@ -166,9 +166,11 @@ class _Branchy(nn.Module):
         self.fc = nn.Linear(4 * 7 * 7, 6)
         self.fc2 = nn.Linear(6, 5)
         self.register_buffer("proj", torch.randn(5, 3))
+        self.gamma = nn.Parameter(torch.randn(5))
 
     def forward(self, x):
         h = F.relu(self.bn(torch.cat([self.a(x), torch.sigmoid(self.b(x))], dim=1)))
+        h = h * self.gamma.view(1, -1, 1, 1)
         h = torch.flatten(F.relu(self.c(h)), 1)
         return self.fc2(F.gelu(self.fc(h))) @ self.proj
 
@@ -182,7 +184,8 @@ def test_concat_flatten_and_buffer_matmul():
     assert names == ["a", "b", "c", "fc"]  # fc2's output meets a fixed buffer: not a space
     c_in = {r.param: r for r in g.space("b").consumers}
     assert c_in["c.weight"].start == 3 and c_in["c.weight"].axis == 1
-    assert {(r.param, r.start) for r in g.space("b").producers} >= {("bn.weight", 3), ("bn.running_var", 3)}
+    assert {(r.param, r.start) for r in g.space("b").producers} >= {("bn.weight", 3), ("bn.running_var", 3),
+                                                                    ("gamma", 3)}
     (fc_in,) = g.space("c").consumers
     assert (fc_in.param, fc_in.repeat) == ("fc.weight", 49)
     assert g.space("c").taps[0].dim == 1  # observed before the flatten
@@ -288,3 +291,15 @@ def test_vit_attention_spaces():
     moved = copy.deepcopy(m)
     moved.load_state_dict(transform_state_dict(m.state_dict(), g, maps))
     assert rel_err(moved(x), y) > 1e-6
+
+
+def test_default_leaves_and_hashable_graphs():
+    from mudsc.graph import DEFAULT_LEAVES
+    from timm.layers import BatchNormAct2d, DropPath
+
+    assert {BatchNormAct2d, DropPath} <= set(DEFAULT_LEAVES)
+    m, g = _graph("timm:resnet18", channels=(8, 16, 32, 64), stem_width=8, drop_path_rate=0.1)
+    assert "timm.layers.drop.DropPath" in g.leaves
+    assert hash(g) == hash(UnitGraph.from_dict(g.to_dict()))
+    # leaf blocks are opaque: every space enters or leaves one, so none is left
+    assert trace(m, leaf_modules=(type(m.body.layer2[0]),)).spaces == ()
