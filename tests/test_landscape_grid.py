@@ -97,3 +97,18 @@ def test_progressive_order_is_coarse_first_permutation():
     assert sorted(order.tolist()) == list(range(63))
     coarse = [(i // 7, i % 7) for i in order[:6].tolist()]
     assert all(r % 4 == 0 and c % 4 == 0 for r, c in coarse)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_vmap_matches_loop_and_bf16_is_close():
+    es = make_eval_set(load_dataset("digits"), TASKS, per_task=10, calib_size=32, batch_size=16,
+                       calib_batch_size=16, generator=torch.Generator().manual_seed(0), device="cuda")
+    tpl, (a, b, c) = _three("resnet20", width=1)
+    pl = three_point(a, b, c, names=trainable_names(tpl))
+    coords = COORDS * pl.info["axis_lengths"][0]
+    fp32 = PointEvaluator(tpl, pl, es, bn_mode="exact", autocast=False)
+    v, loop = _means(fp32, coords, "vmap", 3), _means(fp32, coords, "loop", 3)
+    for k in v:
+        assert torch.allclose(v[k], loop[k], atol=1e-4, rtol=1e-4), k
+    bf16 = _means(PointEvaluator(tpl, pl, es, bn_mode="exact"), coords, "vmap", 3)
+    assert torch.allclose(bf16["task_loss"], v["task_loss"], atol=0.05, rtol=0.05)
