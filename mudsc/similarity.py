@@ -16,7 +16,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .fuse import apply_along_axis
 from .graph import UnitGraph
 
 
@@ -42,33 +41,53 @@ def descriptors(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str,
     for i, sd in enumerate(sds):
         parts = []
         for r in refs:
-            w = sd[r.param].float()
+            w = sd[r.param].float().movedim(r.axis, 0)[r.start:r.start + s.size * r.repeat]
             for axis, entries in others.get(r.param, {}).items():
                 if axis == r.axis:
                     continue
-                pieces = []
-                for q, qr in entries:
+                # our unit axis now leads, so the other axes shift by one when they preceded it
+                ax = axis + 1 if axis < r.axis else axis
+                for q, qr in sorted(entries, key=lambda e: -e[1].start):
                     m, u = maps[q.name][i]
                     # descriptor convention: consumer axes average (M), producer axes sum (U^T)
-                    pieces.append((qr.start, q.size, qr.repeat, m if qr.role == "in" else u.T))
-                w = apply_along_axis(w, axis, pieces)
-            w = w.movedim(r.axis, 0)[r.start:r.start + s.size * r.repeat]
+                    w = _pool(w, ax, qr.start, q.size, qr.repeat, m, u, merge_side=qr.role == "in")
             parts.append(w.reshape(s.size, -1))
         rows.append(torch.cat(parts, 1))
     return torch.cat(rows, 0)
+
+
+def _pool(w: Tensor, axis: int, start: int, n: int, repeat: int, merge: Tensor, unmerge: Tensor, *,
+          merge_side: bool) -> Tensor:
+    """Replace the n units at ``[start, start + n * repeat)`` of `axis` by the C merged units: the
+    merge map M [C, n] applied (weighted average, ``merge_side``) or U^T (plain sum of each cluster).
+
+    Equivalent to a dense product along the axis, but a scatter: matching maps are supported on
+    clusters (one merged unit per unit), and a sweep applies them to every neighbouring tensor.
+    """
+    assign = unmerge.argmax(1)
+    c = unmerge.shape[1]
+    w = w.movedim(axis, 0)
+    block = w[start:start + n * repeat].reshape(n, repeat, *w.shape[1:])
+    if merge_side:
+        weight = merge[assign, torch.arange(n)].to(w.dtype)
+        block = block * weight.view(-1, *([1] * (block.ndim - 1)))
+    pooled = torch.zeros(c, *block.shape[1:], dtype=w.dtype).index_add_(0, assign, block)
+    out = torch.cat([w[:start], pooled.reshape(c * repeat, *w.shape[1:]), w[start + n * repeat:]])
+    return out.movedim(0, axis)
 
 
 def weight_similarity(z: Tensor, *, metric: Literal["pearson", "cosine", "inner"] = "pearson",
                       eps: float = 1e-8) -> Tensor:
     """[O, D] descriptors -> [O, O]: Pearson correlation across the D entries (MuDSC default), cosine,
     or raw inner products (Git Re-Basin's objective)."""
-    z = z.double()
     if metric == "inner":
-        return (z @ z.T).float()
+        return z.double() @ z.double().T
+    z = z.double()
     if metric == "pearson":
         z = z - z.mean(1, keepdim=True)
-    z = z / z.norm(dim=1, keepdim=True).clamp_min(eps)
-    return (z @ z.T).clamp(-1, 1).float()
+    # Centring and scaling in float64, the product in float32: the O x O x D product dominates a sweep.
+    z = (z / z.norm(dim=1, keepdim=True).clamp_min(eps)).float()
+    return (z @ z.T).clamp(-1, 1)
 
 
 def _standardize(s: Tensor) -> Tensor:

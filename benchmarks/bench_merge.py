@@ -1,0 +1,107 @@
+"""Different-init merging on MNIST: every method over several parent pairs (mean +- std), alpha sweeps
+of the MuDSC variants, cut sweeps of the zip methods, and the time of each step.
+
+Run by hand (results go to benchmarks/RESULTS.md with machine, date and command):
+
+    python benchmarks/bench_merge.py --data-dir ../shared/data/mnist --pairs 3 --width 2 --out runs/bench_merge
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from mudsc.config import METHODS, make_config
+from mudsc.session import MergeSession
+from mudsc.sweep import aggregate, grid, run_sweep
+from mudsc.zoo import train_parent
+
+
+def parents(args, pair: int) -> list[Path]:
+    root = Path(args.out) / "parents"
+    paths = []
+    for task, seed in (("0-4", 2 * pair), ("5-9", 2 * pair + 1)):
+        p = root / f"resnet20x{args.width}.mnist_{task.replace('-', '')}_s{seed}.safetensors"
+        if not p.is_file():
+            rec = train_parent(dataset="mnist", data_dir=args.data_dir, arch="resnet20", classes=task, seed=seed,
+                               out=p, epochs=args.epochs, width=args.width, device=args.device)
+            print(f"trained {p.name}: acc {rec['accuracy']:.4f} in {rec['train_seconds']:.1f} s", flush=True)
+        paths.append(p)
+    return paths
+
+
+def fmt(rows: list[dict], cols: list[str]) -> str:
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    lines = []
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            if c.endswith("_acc") and v is not None:
+                std = r.get(c + "_std")
+                cells.append(f"{100 * v:.1f}" + (f" ± {100 * std:.1f}" if std is not None else ""))
+            else:
+                cells.append("" if v is None else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--width", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--stats-images", type=int, default=1000)
+    ap.add_argument("--device")
+    ap.add_argument("--out", default="runs/bench_merge")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = make_config()
+    methods = [m for m in METHODS]
+    tables: dict[str, list[list[dict]]] = {"methods": [], "alpha": [], "mix": [], "cuts": []}
+    parent_rows, timing_rows = [], []
+    for pair in range(args.pairs):
+        paths = parents(args, pair)
+        t0 = time.perf_counter()
+        session = MergeSession.from_paths([str(p) for p in paths], "mnist", args.data_dir,
+                                          stats_images=args.stats_images, device=args.device)
+        session.activation_stats()
+        open_s = time.perf_counter() - t0
+        parent_rows.append(session.parent_metrics())
+        tables["methods"].append(run_sweep(session, grid(base, methods=methods)))
+        alphas = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 1.0]
+        tables["alpha"].append(run_sweep(session, grid(base, methods=["mudsc-align", "mudsc-zip"], alphas=alphas)))
+        std = base.model_copy(update={"mix": "standardized"})
+        tables["mix"].append(run_sweep(session, grid(std, methods=["mudsc-align", "mudsc-zip"], alphas=alphas)))
+        cuts = [c.name for c in session.graph.cuts] + ["full"]
+        tables["cuts"].append(run_sweep(session, grid(base, methods=["zipit", "mudsc-zip"], cuts=cuts)))
+        for cfg in grid(base, methods=methods):
+            r = session.merge(cfg)
+            timing_rows.append({"pair": pair, "method": cfg.method, **{k: round(v, 3) for k, v in r.timings.items()}})
+        timing_rows.append({"pair": pair, "method": "(session: load + statistics)", "stats": round(open_s, 3)})
+        print(f"pair {pair} done", flush=True)
+    report = {k: aggregate(v) for k, v in tables.items()}
+    report["parents"] = parent_rows
+    report["timings"] = timing_rows
+    report["device"] = str(session.device)
+    report["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    cols = ["method", "alpha", "cut", "joint_acc", "per_task_acc", "task0_acc", "task1_acc"]
+    md = ["### Methods (full merge)\n", fmt(report["methods"], cols),
+          "\n### alpha sweep, published mix\n", fmt(report["alpha"], cols),
+          "\n### alpha sweep, standardized mix\n", fmt(report["mix"], cols),
+          "\n### cut sweep\n", fmt(report["cuts"], cols)]
+    own = [[p["own_task_acc"] for p in pr] for pr in parent_rows]
+    md.append("\n### Parents (own-task accuracy per pair)\n" + "\n".join(
+        f"- pair {i}: " + ", ".join(f"{100 * a:.2f}" for a in o) for i, o in enumerate(own)) + "\n")
+    (out / "report.md").write_text("".join(md))
+    print("".join(md))
+
+
+if __name__ == "__main__":
+    main()
