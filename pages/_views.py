@@ -1,0 +1,42 @@
+"""Plumbing shared by the Similarity, Alignment and Landscape pages (UI only, no math): the guard,
+a per-browser-session memo of view computations, and figure registration for the Export page."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import streamlit as st
+
+from mudsc.session import MergeResult, MergeSession
+
+MEMO_ENTRIES = 24
+
+
+def require_merge() -> tuple[MergeSession, MergeResult]:
+    """The session and the latest merge, or a pointer to the page that makes them, and stop."""
+    session = st.session_state.get("session")
+    if session is None:
+        st.info("Load parents on the Parents page first")
+        st.stop()
+    result = st.session_state.get("result")
+    if result is None:
+        st.info("Merge the parents on the Merge page first: these views explain a merge.")
+        st.stop()
+    return session, result
+
+
+def memo(session: MergeSession, result: MergeResult, name: str, fn: Callable[[], Any], *args: Any) -> Any:
+    """`fn()` once per (session, merge config, name, args) in this browser session; the oldest entries
+    are dropped beyond MEMO_ENTRIES (similarity matrices are O x O)."""
+    store: dict = st.session_state.setdefault("view_memo", {})
+    key = (id(session), result.config, name, args)
+    if key not in store:
+        store[key] = fn()
+        while len(store) > MEMO_ENTRIES:
+            store.pop(next(iter(store)))
+    return store[key]
+
+
+def show(fig, title: str, *, key: str) -> None:
+    """Draw a figure and file it under `title` for the Export page."""
+    st.plotly_chart(fig, key=key, theme=None, config={"displaylogo": False})
+    st.session_state.setdefault("figures", {})[title] = fig

@@ -1,0 +1,151 @@
+"""Landscape: per-task loss over a plane through the parents (moved into the merge's basis), the merge
+and merges by other methods, computed as a background job and cached on disk."""
+import copy
+
+import numpy as np
+import streamlit as st
+import torch
+
+from landscape import GridSpec, PlaneSpec, compute_landscape, make_eval_set
+from landscape.figure import landscape_figure
+from mudsc import figures, views
+from mudsc.config import METHODS
+from mudsc.jobs import Job
+from pages._views import require_merge, show
+
+JOB = "landscape_job"
+PLANE_LABELS = {"three_point": "three points: parent 0', parent 1' and a third model",
+                "pca": "PCA through the merges of several methods",
+                "random": "random directions around the merge (filter-normalised)"}
+
+st.title("Landscape")
+st.caption("Loss of every task over a plane through parameter space: where the parents, the merge and other "
+           "merges sit, and whether a region is good for all tasks at once (MuDSC, Fig. 3).")
+
+session, result = require_merge()
+if result.config.cut != "full" or result.multihead:
+    st.info("Landscapes need a full merge: this merge keeps per-task heads after a cut, so there is no single "
+            "merged network to place on a plane. Merge with cut = full on the Merge page.")
+    st.stop()
+if result.solution is None:
+    st.info(f"The {result.config.method} has no merged weights to place on a plane.")
+    st.stop()
+
+if not views.is_permutation(result):
+    st.caption(f"⚠ {result.config.method} zips units (its merge maps are not permutations), so the primed "
+               "parents (N·M_i W_i U_i) only approximate the parents: their losses can differ from the "
+               "parents' own.")
+cuda = session.device.type == "cuda"
+
+with st.form("landscape_form"):
+    c1, c2 = st.columns(2)
+    plane = c1.radio("Plane", list(PLANE_LABELS), format_func=PLANE_LABELS.get, key="ls_plane")
+    others = c2.multiselect("Merges of other methods (rebased into this merge's basis)",
+                            [m for m in METHODS if m not in ("ensemble", result.config.method)],
+                            default=[m for m in ("permute", "zipit") if m != result.config.method], key="ls_others",
+                            help="Same settings as the current merge, other method; aligned to this merge by "
+                                 "Git Re-Basin weight matching. New merges are computed first.")
+    thirds = ["parent 1"] + [f"parent {i}'" for i in range(2, len(session.parents))] + [f"merge: {m}" for m in others]
+    third = c2.selectbox("Third model of the three-point plane", thirds, key="ls_third",
+                         help="The merge is the mean of the primed parents, so it lies on their segment; "
+                              "the plane needs a third model off that line.")
+    c3, c4, c5 = st.columns(3)
+    resolution = c3.slider("Grid points along the longer side", 3, 41, 21 if cuda else 9, key="ls_res")
+    bn = c4.radio("BatchNorm statistics", ["exact", "preview"], key="ls_bn",
+                  format_func={"exact": "exact (recomputed at every point)",
+                               "preview": "preview (frozen: the merge's statistics)"}.get)
+    per_task = c5.number_input("Evaluation images per task", 20, 5000, 500 if cuda else 150, step=50, key="ls_eval")
+    go_ = st.form_submit_button("Compute landscape", type="primary")
+
+
+def _work(progress, cancel, *, config, others, plane, third, resolution, bn, per_task, holder):
+    other_results = []
+    for m in others:
+        progress(f"merging with {m}", 0.0)
+        other_results.append(session.merge(config.model_copy(update={"method": m})))
+    plan = views.landscape_plan(session, result, plane=plane, others=other_results, third=third)
+    holder["plan"] = plan
+    ev = make_eval_set(session.data, session.tasks, per_task=per_task, calib_size=256,
+                       generator=torch.Generator().manual_seed(0), device=session.device)
+    spec = PlaneSpec(plane, plan.plane_models)
+    return compute_landscape(copy.deepcopy(result.model), plan.models, spec, ev, grid=GridSpec(resolution),
+                             bn_mode=bn, roles=plan.roles, stats_from=views.merge_label(result),
+                             progress=lambda d, t: progress(f"{d}/{t} grid points", d / max(t, 1)),
+                             should_stop=cancel, on_update=lambda r: holder.__setitem__("partial", r))
+
+
+if go_:
+    old = st.session_state.get(JOB)
+    if old is not None and old["job"].running:
+        old["job"].cancel()
+    holder: dict = {}
+    params = dict(config=result.config, others=tuple(others), plane=plane, third=third if plane == "three_point" else None,
+                  resolution=int(resolution), bn=bn, per_task=int(per_task))
+    job = Job("landscape", lambda p, c: _work(p, c, holder=holder, **params)).start()
+    st.session_state[JOB] = {"job": job, "holder": holder, "config": result.config, "session": id(session)}
+
+
+def _figure(res, plan, *, threshold, vmax):
+    fig = landscape_figure(res, overlap_threshold=threshold, vmax=vmax)
+    coords = {lab: res.model_coords[i] for i, lab in enumerate(res.model_labels)}
+    return figures.add_segments(fig, coords, plan.segments, panels=len(res.task_names) + 1)
+
+
+def _draw(res, plan, *, key: str) -> None:
+    chance = np.log([len(t) for t in session.tasks])
+    c1, c2 = st.columns(2)
+    share = c1.slider("Overlap threshold (share of chance-level loss ln K per task)", 0.05, 1.0, 0.5, 0.05,
+                      key=f"{key}_thr")
+    vmax = c2.slider("Clip the colour scale at (loss)", 0.5, 10.0, float(np.round(1.5 * chance.max(), 1)), 0.1,
+                     key=f"{key}_vmax")
+    threshold = list(share * chance)
+    show(_figure(res, plan, threshold=threshold, vmax=vmax), "loss landscape", key=f"{key}_fig")
+    mask, frac = res.overlap(threshold)
+    st.caption(f"One panel per task (loss on that task's classes) and their mean, one colour scale clipped at "
+               f"{vmax:g}. Axes are true parameter distances (L2 over all trainable tensors). The dashed black "
+               f"outline is where every task's loss is below {share:g}·ln K (here "
+               + ", ".join(f"{t:.2f}" for t in threshold) + f"): {100 * frac:.0f}% of the computed points. "
+               "Primed parents are the parents moved into the merge's basis; other methods' merges are "
+               "rebased into it by weight matching; dashed lines join parent 0', the merge and parent 1'. "
+               f"BatchNorm: {res.bn_label}.")
+    rows = [{"model": lab, "role": res.model_roles[i], "distance to plane": round(float(res.model_distance[i]), 3),
+             **{f"loss {n}": round(float(res.model_task_loss[i, k]), 3) for k, n in enumerate(res.task_names)},
+             "joint accuracy": round(float(res.model_joint_acc[i]), 3)} for i, lab in enumerate(res.model_labels)]
+    st.dataframe(rows, hide_index=True)
+
+
+state = st.session_state.get(JOB)
+if state is None or state["session"] != id(session) or state["config"] != result.config:
+    st.info("Choose a plane and press Compute landscape. Results are cached on disk and reused.")
+    st.stop()
+
+
+@st.fragment(run_every=1.0)
+def _progress() -> None:
+    job = state["job"]
+    if not job.running:
+        st.rerun()
+    bar, stop = st.columns([5, 1], vertical_alignment="center")
+    bar.progress(job.fraction, text=f"Landscape: {job.message or 'starting'}")
+    stop.button("Cancel", key="ls_cancel", on_click=job.cancel)
+    partial, plan = state["holder"].get("partial"), state["holder"].get("plan")
+    if partial is not None and plan is not None and partial.done.any():
+        st.plotly_chart(_figure(partial, plan, threshold=None, vmax=None), key="ls_partial", theme=None)
+
+
+job = state["job"]
+if job.running:
+    _progress()
+elif job.status == "failed":
+    st.error(f"Landscape failed: {job.error}")
+    if job.detail:
+        with st.expander("Traceback"):
+            st.code(job.detail)
+else:
+    res = job.result if job.status == "done" else state["holder"].get("partial")
+    if res is None:
+        st.caption("Landscape cancelled before any point was computed.")
+    else:
+        if not res.complete:
+            st.caption(f"Cancelled: {int(res.done.sum())}/{res.done.size} points; computing again resumes from the cache.")
+        _draw(res, state["holder"]["plan"], key="ls")

@@ -1,0 +1,100 @@
+"""AppTest of the Similarity, Alignment and Landscape pages with a seeded small session."""
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from mudsc.config import make_config
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = ("similarity", "alignment", "loss_landscape")
+
+
+@pytest.fixture(scope="module")
+def session(demo_parents):
+    from mudsc.data import load_dataset
+    from mudsc.io import load_model
+    from mudsc.session import MergeSession
+
+    models = [load_model(p)[0] for p in demo_parents]
+    return MergeSession(models, load_dataset("digits"), stats_images=250, eval_images=200)
+
+
+def _page(name, session=None, result=None) -> AppTest:
+    at = AppTest.from_file(str(REPO / "pages" / f"{name}.py"), default_timeout=120)
+    if session is not None:
+        at.session_state["session"] = session
+        at.session_state["result"] = result
+        if result is not None:
+            at.session_state["config"] = result.config
+    return at.run()
+
+
+def _charts(at) -> int:
+    return len(at.get("plotly_chart"))
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_guard_without_session(name):
+    at = _page(name)
+    assert not at.exception
+    assert any("Parents page" in i.value for i in at.info)
+    assert _charts(at) == 0
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_guard_without_merge(name, session):
+    at = _page(name, session)
+    assert not at.exception
+    assert any("Merge page" in i.value for i in at.info)
+
+
+def test_similarity_page(session):
+    result = session.merge(make_config(method="zipit"))
+    at = _page("similarity", session, result)
+    assert not at.exception
+    assert _charts(at) == 3  # scatter, agreement, heatmaps; the UMAP waits for its button
+    at.radio(key="sim_choice").set_value("weight").run()
+    at.selectbox(key="sim_space").set_value(result.spaces[-1]).run()
+    assert not at.exception
+    at.button(key="umap_go").click().run()
+    assert not at.exception
+    assert _charts(at) == 4
+    assert {"similarity scatter " + result.spaces[-1], "matching agreement per unit space"} <= set(
+        at.session_state["figures"])
+
+
+def test_alignment_page(session):
+    result = session.merge(make_config(method="zipit"))
+    at = _page("alignment", session, result)
+    assert not at.exception
+    assert _charts(at) == 2  # merges within/across and the merge map; resnet20 has no groups
+    assert any("No grouped unit spaces" in i.value for i in at.info)
+    at.selectbox(key="al_space").set_value(result.spaces[3]).run()
+    assert not at.exception
+
+
+def test_landscape_page_needs_a_full_merge(session):
+    partial = session.merge(make_config(method="permute", cut=session.graph.cuts[0].name))
+    at = _page("loss_landscape", session, partial)
+    assert not at.exception
+    assert any("full merge" in i.value for i in at.info)
+
+
+def test_landscape_page_computes_a_small_grid(session):
+    result = session.merge(make_config(method="permute"))
+    at = _page("loss_landscape", session, result)
+    assert not at.exception
+    at.multiselect(key="ls_others").set_value([])
+    at.slider(key="ls_res").set_value(3)
+    at.radio(key="ls_bn").set_value("preview")
+    at.number_input(key="ls_eval").set_value(20)
+    next(b for b in at.button if b.label == "Compute landscape").click().run()
+    assert not at.exception
+    at.session_state["landscape_job"]["job"].wait(120)
+    at.run()
+    assert not at.exception
+    job = at.session_state["landscape_job"]["job"]
+    assert job.status == "done" and job.result.complete
+    assert job.result.model_labels[:3] == ["parent 0'", "parent 1'", "merge: permute"]
+    assert _charts(at) == 1 and len(at.dataframe) == 1
