@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,6 +21,8 @@ from .config import MergeConfig
 from .graph import UnitGraph
 from .similarity import descriptors, mix, weight_similarity
 from .solvers import get_solver
+from .solvers.align import max_assignment
+from .solvers.groups import pair_groups
 from .solvers.match import Match
 
 
@@ -33,16 +36,33 @@ class Solution:
     weight_sim: dict[str, Tensor] = field(default_factory=dict)
 
 
-def solve_one(sim: Tensor, sizes: tuple[int, ...], *, kind: str, groups: int, config: MergeConfig) -> Match:
-    """[O, O] similarity -> Match with the solver the method names (group-aware when `groups` > 1)."""
+def solve_one(sim: Tensor, sizes: tuple[int, ...], *, kind: str, groups: int, config: MergeConfig,
+              pairing: list[np.ndarray] | None = None) -> Match:
+    """[O, O] similarity -> Match with the solver the method names (group-aware when `groups` > 1;
+    `pairing` fixes the group assignment, for spaces whose groups are tied)."""
     grouped = config.groups and groups > 1
     if kind == "identity":
         return get_solver("identity")(sim, sizes)
     if kind == "align":
-        return get_solver("group-hungarian")(sim, sizes, groups=groups) if grouped else get_solver("hungarian")(sim, sizes)
+        if grouped:
+            return get_solver("group-hungarian")(sim, sizes, groups=groups, pairing=pairing)
+        return get_solver("hungarian")(sim, sizes)
     if grouped:
-        return get_solver("group-zip")(sim, sizes, groups=groups, a=config.zip_a, b=config.zip_b)
+        return get_solver("group-zip")(sim, sizes, groups=groups, a=config.zip_a, b=config.zip_b, pairing=pairing)
     return get_solver("zip")(sim, sizes, a=config.zip_a, b=config.zip_b)
+
+
+def tied_pairing(sims: list[Tensor], sizes: tuple[int, ...], groups: int) -> list[np.ndarray]:
+    """Similarities of spaces whose groups are tied (the Q/K and V/proj heads of one attention layer:
+    head h's attention weights act on value head h) -> one group assignment per parent i >= 1,
+    maximising the summed group-pair similarity G of all of them (MuDSC group matching, Fig. 2)."""
+    n = sizes[0]
+    total = [np.zeros((groups, groups)) for _ in sizes[1:]]
+    for sim in sims:
+        s = sim.detach().double().cpu().numpy()
+        for i in range(1, len(sizes)):
+            total[i - 1] += pair_groups(s[:n, i * n:(i + 1) * n], groups=groups, who="tied groups")[0]
+    return [max_assignment(t, who="tied groups") for t in total]
 
 
 def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], config: MergeConfig, *,
@@ -56,13 +76,29 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
     n = len(sds)
     sizes = {s: (graph.space(s).size,) * n for s in spaces}
     groups = {s: graph.space(s).groups for s in spaces}
+    ties: dict[str, list[str]] = {}
+    if config.groups:
+        for s in spaces:
+            if graph.space(s).group_tie and groups[s] > 1:
+                ties.setdefault(graph.space(s).group_tie, []).append(s)
+    tie_of = {s: t for t, members in ties.items() for s in members if len(members) > 1}
+    current: dict[str, Tensor] = {}  # the similarity each space was last solved on
+
+    def pairing_for(s: str, sim: Tensor) -> list[np.ndarray] | None:
+        if s not in tie_of:
+            return None
+        sims = [sim] + [current[q] for q in ties[tie_of[s]] if q != s and q in current]
+        return tied_pairing(sims, sizes[s], groups[s])
+
     kind = config.solver
     if kind == "identity":
         zero = {s: torch.zeros(sum(sizes[s]), sum(sizes[s])) for s in spaces}
         return Solution({s: solve_one(zero[s], sizes[s], kind="identity", groups=1, config=config) for s in spaces})
     matches: dict[str, Match] = {}
     if config.similarity in ("activation", "dual"):
-        matches = {s: solve_one(act_corr[s], sizes[s], kind=kind, groups=groups[s], config=config) for s in spaces}
+        current = {s: act_corr[s] for s in spaces}
+        matches = {s: solve_one(act_corr[s], sizes[s], kind=kind, groups=groups[s], config=config,
+                                pairing=pairing_for(s, act_corr[s])) for s in spaces}
     if not config.iterative or all(config.alpha_for(s) == 0.0 for s in spaces):
         return Solution(matches)  # alpha = 0 everywhere: the activation solve is final (mudsc-zip == zipit)
 
@@ -83,7 +119,9 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
             last_sw[s] = s_w
             alpha = config.alpha_for(s)
             sim = mix(s_w, act_corr[s] if act_corr is not None and s in act_corr else None, alpha, mode=config.mix)
-            matches[s] = solve_one(sim, sizes[s], kind=kind, groups=groups[s], config=config)
+            matches[s] = solve_one(sim, sizes[s], kind=kind, groups=groups[s], config=config,
+                                   pairing=pairing_for(s, sim))
+            current[s] = sim
             scores.append(matches[s].score)
         total = float(sum(scores) / len(scores))
         history.append(total)

@@ -23,12 +23,14 @@ from .match import GroupMatch, Match, check_similarity, check_unit_interval, mat
 from .zip import model_budget, zip_owners
 
 
-def pair_groups(block: np.ndarray, *, groups: int, who: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_groups(block: np.ndarray, *, groups: int, who: str, sigma: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[g*c, g*c] cross block S[parent 0, parent i] -> (G [g, g], sigma [g], within [g, c]).
 
     G[j, k]: mean similarity of the best one-to-one matching of group j (parent 0) to group k
-    (parent i); sigma: the group assignment maximizing the sum of G; within[j]: the unit matching
-    of group j to group sigma[j], as unit ids local to that group.
+    (parent i); sigma: the group assignment maximizing the sum of G, unless given (spaces whose
+    groups are tied, such as the Q/K and V/proj heads of one attention layer, share one); within[j]:
+    the unit matching of group j to group sigma[j], as unit ids local to that group.
     """
     g = groups
     c = block.shape[0] // g
@@ -39,8 +41,9 @@ def pair_groups(block: np.ndarray, *, groups: int, who: str) -> tuple[np.ndarray
         for k in range(g):
             cols[j, k] = max_assignment(pairs[j, k], who=who)
             sim[j, k] = pairs[j, k][np.arange(c), cols[j, k]].mean()
-    sigma = max_assignment(sim, who=who)
-    return sim, sigma, cols[np.arange(g), sigma]
+    if sigma is None:
+        sigma = max_assignment(sim, who=who)
+    return sim, np.asarray(sigma), cols[np.arange(g), sigma]
 
 
 def _check_groups(sizes: tuple[int, ...], groups: int, who: str) -> int:
@@ -51,11 +54,14 @@ def _check_groups(sizes: tuple[int, ...], groups: int, who: str) -> int:
     return sizes[0] // int(groups)
 
 
-def _pair_all(s: np.ndarray, sizes: tuple[int, ...], groups: int, who: str
-              ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+def _pair_all(s: np.ndarray, sizes: tuple[int, ...], groups: int, who: str,
+              pairing: Sequence[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Group pairing of every parent i >= 1 with parent 0 -> per parent (G, sigma, within)."""
     n = sizes[0]
-    out = [pair_groups(s[:n, i * n:(i + 1) * n], groups=groups, who=who) for i in range(1, len(sizes))]
+    if pairing is not None and len(pairing) != len(sizes) - 1:
+        raise ConfigError(f"{who}: pairing needs one group assignment per parent after the first, got {len(pairing)}")
+    out = [pair_groups(s[:n, i * n:(i + 1) * n], groups=groups, who=who,
+                       sigma=None if pairing is None else np.asarray(pairing[i - 1])) for i in range(1, len(sizes))]
     return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
 
 
@@ -68,16 +74,18 @@ def _group_match(m: Match, sims: list[np.ndarray], sigmas: list[np.ndarray], wit
 
 
 @register_solver("group-hungarian", paper="https://arxiv.org/abs/2403.07816")
-def group_hungarian(sim: Tensor, sizes: Sequence[int], *, groups: int) -> GroupMatch:
+def group_hungarian(sim: Tensor, sizes: Sequence[int], *, groups: int,
+                    pairing: Sequence[np.ndarray] | None = None) -> GroupMatch:
     """[O, O], N equal sizes g*c -> GroupMatch aligning every parent to parent 0 group-wise.
 
     MuDSC group alignment (reference C): unit k of parent-0 group j merges with unit within[j, k] of
     group sigma[j] of each parent. Score: mean of G over the chosen group pairs, averaged over parents.
+    `pairing` fixes the group assignment of each parent i >= 1 (tied spaces).
     """
     s, sizes_t = check_similarity(sim, sizes, who="group_hungarian", equal=True)
     c = _check_groups(sizes_t, groups, "group_hungarian")
     n = sizes_t[0]
-    sims, sigmas, withins = _pair_all(s, sizes_t, int(groups), "group_hungarian")
+    sims, sigmas, withins = _pair_all(s, sizes_t, int(groups), "group_hungarian", pairing)
     assign = np.empty(n * len(sizes_t), dtype=np.int64)
     assign[:n] = np.arange(n)
     for i, (sigma, within) in enumerate(zip(sigmas, withins), start=1):
@@ -88,7 +96,7 @@ def group_hungarian(sim: Tensor, sizes: Sequence[int], *, groups: int) -> GroupM
 
 @register_solver("group-zip", paper="https://arxiv.org/abs/2403.07816")
 def group_zip(sim: Tensor, sizes: Sequence[int], *, groups: int, a: float = 0.5, b: float = 1.0,
-              group_budget: float = 1.0) -> GroupMatch:
+              group_budget: float = 1.0, pairing: Sequence[np.ndarray] | None = None) -> GroupMatch:
     """[O, O], N equal sizes g*c -> GroupMatch whose merged group j (units j*c:(j+1)*c) zips group set j.
 
     MuDSC group zip (reference C): group j of parent 0 and its paired groups form set j; the greedy
@@ -96,7 +104,8 @@ def group_zip(sim: Tensor, sizes: Sequence[int], *, groups: int, a: float = 0.5,
     so each set yields exactly c merged units. The per-parent budget floor(floor((O-C)/N) * b) is
     shared by all sets (a parent killed in one set stays killed); each group also has its own budget
     of floor((O - C) * group_budget / (N * g)) within-group merges. Score: mean similarity of all
-    pairs taken. group_sim/group_assign/within describe the pairing of the groups.
+    pairs taken. group_sim/group_assign/within describe the pairing of the groups; `pairing` fixes
+    it (tied spaces).
     """
     who = "group_zip"
     s, sizes_t = check_similarity(sim, sizes, who=who, equal=True)
@@ -106,7 +115,7 @@ def group_zip(sim: Tensor, sizes: Sequence[int], *, groups: int, a: float = 0.5,
     check_unit_interval(group_budget, name="group_budget", who=who)
     g, n, n_par = int(groups), sizes_t[0], len(sizes_t)
     o = n * n_par
-    sims, sigmas, withins = _pair_all(s, sizes_t, g, who)
+    sims, sigmas, withins = _pair_all(s, sizes_t, g, who, pairing)
     budget = np.full(n_par, model_budget(o, n, n_par, b), dtype=np.int64)
     killed = np.zeros(n_par, dtype=bool)
     per_group = int(math.floor((o - n) * group_budget / (n_par * g) + 1e-4))
