@@ -4,6 +4,9 @@ of the MuDSC variants, cut sweeps of the zip methods, and the time of each step.
 Run by hand (results go to benchmarks/RESULTS.md with machine, date and command):
 
     python benchmarks/bench_merge.py --data-dir ../shared/data/mnist --pairs 3 --width 2 --out runs/bench_merge
+
+Other architectures (`--arch`, `--kw` JSON) with `--groups-table` add the group-aware vs group-blind
+comparison (GroupNorm groups, attention heads); `--quick` runs only the method tables.
 """
 from __future__ import annotations
 
@@ -24,10 +27,14 @@ def parents(args, pair: int) -> list[Path]:
     root = Path(args.out) / "parents"
     paths = []
     for task, seed in (("0-4", 2 * pair), ("5-9", 2 * pair + 1)):
-        p = root / f"resnet20x{args.width}.mnist_{task.replace('-', '')}_s{seed}.safetensors"
+        tag = args.arch.replace("timm:", "") + (f"x{args.width}" if args.width else "")
+        p = root / f"{tag}.mnist_{task.replace('-', '')}_s{seed}.safetensors"
         if not p.is_file():
-            rec = train_parent(dataset="mnist", data_dir=args.data_dir, arch="resnet20", classes=task, seed=seed,
-                               out=p, epochs=args.epochs, width=args.width, device=args.device)
+            kw = dict(json.loads(args.kw))
+            if args.width:
+                kw["width"] = args.width
+            rec = train_parent(dataset="mnist", data_dir=args.data_dir, arch=args.arch, classes=task, seed=seed,
+                               out=p, epochs=args.epochs, device=args.device, **kw)
             print(f"trained {p.name}: acc {rec['accuracy']:.4f} in {rec['train_seconds']:.1f} s", flush=True)
         paths.append(p)
     return paths
@@ -53,7 +60,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--pairs", type=int, default=3)
-    ap.add_argument("--width", type=int, default=2)
+    ap.add_argument("--arch", default="resnet20")
+    ap.add_argument("--kw", default="{}", help="architecture options as JSON")
+    ap.add_argument("--width", type=int, default=2, help="width multiplier (0: none, for timm models)")
+    ap.add_argument("--groups-table", action="store_true")
+    ap.add_argument("--quick", action="store_true")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--stats-images", type=int, default=1000)
     ap.add_argument("--device")
@@ -63,7 +74,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     base = make_config()
     methods = [m for m in METHODS]
-    tables: dict[str, list[list[dict]]] = {"methods": [], "alpha": [], "mix": [], "cuts": []}
+    tables: dict[str, list[list[dict]]] = {"methods": [], "alpha": [], "mix": [], "cuts": [], "blind": []}
     parent_rows, timing_rows = [], []
     for pair in range(args.pairs):
         paths = parents(args, pair)
@@ -74,6 +85,12 @@ def main() -> None:
         open_s = time.perf_counter() - t0
         parent_rows.append(session.parent_metrics())
         tables["methods"].append(run_sweep(session, grid(base, methods=methods)))
+        if args.groups_table:
+            blind = base.model_copy(update={"groups": False})
+            tables["blind"].append(run_sweep(session, grid(blind, methods=[m for m in methods if m != "ensemble"])))
+        if args.quick:
+            print(f"pair {pair} done", flush=True)
+            continue
         alphas = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 1.0]
         tables["alpha"].append(run_sweep(session, grid(base, methods=["mudsc-align", "mudsc-zip"], alphas=alphas)))
         std = base.model_copy(update={"mix": "standardized"})
@@ -85,17 +102,16 @@ def main() -> None:
             timing_rows.append({"pair": pair, "method": cfg.method, **{k: round(v, 3) for k, v in r.timings.items()}})
         timing_rows.append({"pair": pair, "method": "(session: load + statistics)", "stats": round(open_s, 3)})
         print(f"pair {pair} done", flush=True)
-    report = {k: aggregate(v) for k, v in tables.items()}
+    report = {k: aggregate(v) for k, v in tables.items() if v}
     report["parents"] = parent_rows
     report["timings"] = timing_rows
     report["device"] = str(session.device)
     report["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     cols = ["method", "alpha", "cut", "joint_acc", "per_task_acc", "task0_acc", "task1_acc"]
-    md = ["### Methods (full merge)\n", fmt(report["methods"], cols),
-          "\n### alpha sweep, published mix\n", fmt(report["alpha"], cols),
-          "\n### alpha sweep, standardized mix\n", fmt(report["mix"], cols),
-          "\n### cut sweep\n", fmt(report["cuts"], cols)]
+    titles = {"methods": "Methods (full merge)", "blind": "Methods, group-blind (groups=False)",
+              "alpha": "alpha sweep, published mix", "mix": "alpha sweep, standardized mix", "cuts": "cut sweep"}
+    md = [f"\n### {titles[k]}\n" + fmt(report[k], cols) for k in titles if k in report]
     own = [[p["own_task_acc"] for p in pr] for pr in parent_rows]
     md.append("\n### Parents (own-task accuracy per pair)\n" + "\n".join(
         f"- pair {i}: " + ", ".join(f"{100 * a:.2f}" for a in o) for i, o in enumerate(own)) + "\n")

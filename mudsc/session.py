@@ -65,6 +65,16 @@ def _check_parents(parents: list[nn.Module]) -> None:
                                   f"{tuple(sd[k].shape)} vs {tuple(v.shape)}")
 
 
+def _check_groups(graph: UnitGraph, others: list[UnitGraph]) -> None:
+    """Equal tensor shapes can hide different head or GroupNorm group counts; those cannot merge."""
+    for i, g in enumerate(others, 1):
+        for a, b in zip(graph.spaces, g.spaces):
+            if a.groups != b.groups:
+                what = "attention heads" if a.group_tie else "groups"
+                raise ConfigError(f"parent {i} has {b.groups} {what} in unit space {a.name!r} where parent 0 has "
+                                  f"{a.groups}; parents must agree on head and group counts")
+
+
 def _shares_output_space(parents: list[nn.Module]) -> bool:
     emb = [getattr(p.head, "class_embed", None) for p in parents]
     return all(e is not None for e in emb) and all(torch.equal(emb[0], e) for e in emb[1:])
@@ -105,6 +115,7 @@ class MergeSession:
         ev = data.eval.subset(self.union)
         self.eval = ev if eval_images is None else ev.head(int(eval_images))
         self.graph: UnitGraph = trace(self.parents[0])
+        _check_groups(self.graph, [trace(p) for p in self.parents[1:]])
         self.sds = [{k: v.detach().cpu() for k, v in p.state_dict().items()} for p in self.parents]
         self._act: ActivationStats | None = None
         self._results: dict[MergeConfig, MergeResult] = {}

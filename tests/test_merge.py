@@ -154,6 +154,18 @@ def test_bad_input(digits):
         make_config(method="zipit", zip_b=-0.1)
 
 
+def test_different_head_or_group_counts_are_refused(digits):
+    a = _model("resnet20gn", width=1, groups=4)
+    b = _model("resnet20gn", width=1, groups=8, seed=1, classes=(5, 6, 7, 8, 9))
+    with pytest.raises(ConfigError, match="8 groups in unit space .* parent 0 has 4"):
+        MergeSession([a, b], digits, stats_images=250)
+    vit = dict(patch_size=2, depth=1, embed_dim=24)
+    a = _model("timm:vit_tiny_patch16_224", num_heads=3, **vit)
+    b = _model("timm:vit_tiny_patch16_224", num_heads=6, seed=1, classes=(5, 6, 7, 8, 9), **vit)
+    with pytest.raises(ConfigError, match="6 attention heads"):
+        MergeSession([a, b], digits, stats_images=250)
+
+
 def test_nan_activations_name_the_space(digits):
     a = _model("mlp", width=16)
     b = _model("mlp", width=16, seed=1, classes=(5, 6, 7, 8, 9))
