@@ -137,7 +137,7 @@ def ties_merge(task_vectors: Tensor, *, density: float) -> Tensor:
     return (trimmed * agree).sum(0) / count
 
 
-def _validate(base: StateDict, finetuned: Sequence[StateDict]) -> None:
+def check_bodies(base: StateDict, finetuned: Sequence[StateDict]) -> None:
     """Same body keys and shapes as the base; heads may differ (they are not merged)."""
     if not finetuned:
         raise ConfigError("same-init merge needs at least one fine-tuned model")
@@ -220,9 +220,9 @@ def merge_same_init(base: StateDict, finetuned: Sequence[StateDict], stats: Sequ
 
     Returns the merged state dict (all of `base`'s keys, on CPU in their dtypes) and a report.
     """
-    _validate(base, finetuned)
+    check_bodies(base, finetuned)
     if init is not None:
-        _validate(base, [init])
+        check_bodies(base, [init])
     if config.needs_stats:
         _validate_stats(base, stats or [], len(finetuned), config)
     dev = default_device() if device is None else torch.device(device)
