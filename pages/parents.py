@@ -1,51 +1,245 @@
-"""Parents: load the built-in demo pair or checkpoints, and see each parent's accuracy per task."""
+"""Parents: the data, the networks to merge (demo, uploads, paths, plain weights with an architecture),
+each parent's accuracy per task and unit spaces, and the merge session the other pages use."""
+from __future__ import annotations
+
+from pathlib import Path
+
 import streamlit as st
 
 from mudsc.errors import MudscError
-from mudsc.studio import Parent, describe_parents, load_parent
+from mudsc.studio import Parent, describe_parents
+from mudsc.summary import parent_rows, space_rows
+from pages._state import (cached_parent, cached_session, current_session, drop_session, fingerprint,
+                          job_status, running, settings, start_job, take)
 
+DATA_KINDS = {"digits": "Built-in digits (8x8, scikit-learn)", "mnist": "MNIST directory (IDX files)",
+              "imagefolder": "ImageFolder directory", "npz": ".npz file with arrays x and y"}
+
+st.session_state.setdefault("parents", [])
+st.session_state.setdefault("data", ("digits", None))
+cfg = settings()
+
+
+def add_parents(paths: list[str | Path]) -> int:
+    """Evaluate checkpoints on the current data and append them; a file already loaded is skipped."""
+    name, data_dir = st.session_state["data"]
+    parents: list[Parent] = st.session_state["parents"]
+    have = {fingerprint(p.path)[1] for p in parents}
+    new = []
+    for path in paths:
+        resolved, sha = fingerprint(path)
+        if sha not in have:
+            new.append(cached_parent(resolved, sha, name, data_dir))
+            have.add(sha)
+    st.session_state["parents"] = parents + new
+    return len(new)
+
+
+def train_demo(progress, cancel) -> list[str]:
+    from mudsc.zoo import demo_pair
+
+    seen = {"parent": 0, "last": 0}
+
+    def step(s: int, total: int, loss: float) -> None:
+        if s < seen["last"]:
+            seen["parent"] += 1  # demo_pair trains its two parents one after the other
+        seen["last"] = s
+        progress(f"parent {seen['parent'] + 1} of 2, step {s}/{total}, loss {loss:.3f}",
+                 (seen["parent"] + s / max(total, 1)) / 2)
+
+    return [str(p) for p in demo_pair(progress=step)]
+
+
+# A finished demo job switches the data to digits and loads the pair, before any widget is drawn.
+demo_paths = take("demo")
+if demo_paths is not None:
+    st.session_state["data"] = ("digits", None)
+    st.session_state["data_kind"] = "digits"
+    try:
+        add_parents(demo_paths)
+    except MudscError as e:
+        st.error(str(e))
+
+
+# ----------------------------------------------------------------------------- the merge session
+def prepare(session):
+    def work(progress, cancel):
+        session.activation_stats(progress)
+        progress("evaluating the parents", 1.0)
+        session.parent_metrics()
+        return session
+    return work
+
+
+parents: list[Parent] = st.session_state["parents"]
+if len(parents) >= 2:
+    name, data_dir = st.session_state["data"]
+    key = (tuple(fingerprint(p.path) for p in parents), name, data_dir, cfg.stats_images, cfg.eval_images,
+           cfg.batch_size)
+    if st.session_state.get("session_target") != key:
+        drop_session()
+        st.session_state["session_target"] = key
+        st.session_state.pop("session_error", None)
+        try:
+            start_job("stats", prepare(cached_session(*key)), tag=key)
+        except MudscError as e:
+            st.session_state["session_error"] = str(e)
+    ready = take("stats", tag=key)
+    if ready is not None:
+        st.session_state["session"], st.session_state["session_key"] = ready, key
+elif st.session_state.get("session_target"):  # fewer than two parents left: the session is gone
+    drop_session()
+    st.session_state.pop("session_target", None)
+    st.session_state.pop("session_error", None)
+
+
+# ----------------------------------------------------------------------------- page
 st.title("Parents")
-st.caption("Networks trained separately, on different classes and from different seeds, to be merged.")
+st.caption("Networks trained separately (different classes, different seeds) that you want to merge into one. "
+           "Accuracies are measured on held-out images.")
 
-parents: list[Parent] = st.session_state.setdefault("parents", [])
-
-demo_col, path_col = st.columns(2)
-with demo_col:
-    st.subheader("Built-in demo")
-    st.write("Two ResNet-20s on scikit-learn's 8x8 digits: classes 0-4 (seed 0) and 5-9 (seed 1). "
-             "Trained on first use (about 15 s on two CPU cores), then cached.")
-    if st.button("Load the demo parents", key="load_demo", type="primary"):
-        from mudsc.zoo import demo_pair
-
-        bar = st.progress(0.0, text="training the demo parents")
+st.subheader("1. Data")
+data_col, path_col = st.columns([1, 2])
+st.session_state.setdefault("data_kind", st.session_state["data"][0])
+st.session_state.setdefault("data_path", st.session_state["data"][1] or "")
+kind = data_col.selectbox("Data set", list(DATA_KINDS), format_func=DATA_KINDS.get, key="data_kind")
+data_path = path_col.text_input("Directory or file", key="data_path", disabled=kind == "digits",
+                                placeholder="/path/to/mnist" if kind == "mnist" else "/path/to/data")
+wanted = (kind, None if kind == "digits" else (data_path.strip() or None))
+if wanted != st.session_state["data"]:
+    if wanted[1] is None and kind != "digits":
+        st.info(f"Give the {DATA_KINDS[kind]} to use it.")
+    else:
         try:
-            paths = demo_pair(progress=lambda s, t, loss: bar.progress(min(1.0, s / max(t, 1)),
-                                                                         text=f"training: step {s}/{t}, loss {loss:.3f}"))
-            st.session_state["parents"] = [load_parent(p, dataset="digits") for p in paths]
-            bar.empty()
+            from mudsc.data import load_dataset
+
+            load_dataset(*wanted)
+            refreshed = [cached_parent(*fingerprint(p.path), *wanted) for p in parents]
+            st.session_state["data"] = wanted
+            st.session_state["parents"] = refreshed
             st.rerun()
         except MudscError as e:
-            bar.empty()
-            st.error(str(e))
-with path_col:
-    st.subheader("From a file")
-    path = st.text_input("Checkpoint path (.safetensors written by mudsc)", key="ckpt_path")
-    data_name = st.selectbox("Data set", ["digits", "mnist"], key="ckpt_dataset")
-    data_dir = st.text_input("Data directory (mnist)", key="ckpt_data_dir") if data_name == "mnist" else None
-    if st.button("Add parent", key="add_parent", disabled=not path):
+            st.error(f"Keeping {st.session_state['data'][0]}: {e}")
+name, data_dir = st.session_state["data"]
+st.caption(f"Evaluating on **{name}**" + (f" from `{data_dir}`" if data_dir else "") + ".")
+
+st.subheader("2. Add parents")
+demo_tab, upload_tab, path_tab, plain_tab = st.tabs(["Built-in demo", "Upload", "From a path",
+                                                     "Architecture + weights"])
+with demo_tab:
+    st.write("Two ResNet-20s on the 8x8 digits: classes 0-4 (seed 0) and 5-9 (seed 1), trained on first use "
+             "(about 15 s on two CPU cores), then cached in `$MUDSC_HOME/demo`.")
+    if st.button("Load the demo parents", key="load_demo", type="primary", disabled=running("demo") is not None):
+        start_job("demo", train_demo)
+        st.rerun()
+    job_status("demo", "Training the demo parents")
+
+with upload_tab:
+    files = st.file_uploader("Checkpoints written by mudsc (.safetensors), or plain state dicts (.pt, .pth, "
+                             ".safetensors)", type=["safetensors", "pt", "pth"], accept_multiple_files=True,
+                             key="upload", max_upload_size=cfg.max_upload_mb)
+    st.caption(f"Up to {cfg.max_upload_mb} MB per file; bigger checkpoints load from a path.")
+    if st.button("Add uploaded checkpoints", key="add_upload", disabled=not files):
+        from mudsc.parent_sources import self_describing, store_upload
+
+        stored = None
         try:
-            st.session_state["parents"] = parents + [load_parent(path, dataset=data_name, data_dir=data_dir or None)]
+            paths = []
+            for f in files:
+                stored = store_upload(f.name, f.getvalue(), root=cfg.home, max_bytes=cfg.max_upload_mb * 2**20)
+                paths.append(self_describing(stored, root=cfg.home))
+            add_parents(paths)
+            st.rerun()
+        except MudscError as e:
+            st.error(str(e))
+            if stored is not None and "plain state dict" in str(e):
+                st.session_state["plain_path"] = str(stored)  # ready in the Architecture + weights tab
+
+with path_tab:
+    ckpt = st.text_input("Checkpoint path (.safetensors written by mudsc)", key="ckpt_path",
+                         placeholder="~/.cache/mudsc/zoo/resnet20.digits_04_s0.safetensors")
+    if st.button("Add parent", key="add_parent", disabled=not ckpt.strip()):
+        from mudsc.parent_sources import self_describing
+
+        try:
+            add_parents([self_describing(ckpt.strip(), root=cfg.home)])
             st.rerun()
         except MudscError as e:
             st.error(str(e))
 
+with plain_tab:
+    st.write("A plain state dict (from timm or your own training loop) with the architecture that reads it. "
+             "It is saved once as a self-describing checkpoint under `$MUDSC_HOME/parents`.")
+    a, b, c = st.columns(3)
+    arch = a.text_input("Architecture", key="plain_arch", placeholder="timm:resnet18, resnet20, cnn, mlp")
+    options = b.text_input("Options (key=value, space-separated)", key="plain_kwargs",
+                           placeholder="width=1 strides=1/1/2")
+    classes = c.text_input("Classes it was trained on", key="plain_classes", placeholder="0-4")
+    d, e, f = st.columns(3)
+    head = d.selectbox("Head", ["shared", "own"], key="plain_head",
+                       help="shared: frozen class embeddings common to all parents; own: a linear layer")
+    feat_dim = e.number_input("Embedding width", min_value=1, value=64, step=1, key="plain_feat_dim")
+    weights = f.text_input("Weights file", key="plain_path", placeholder="/path/to/weights.pt")
+    if st.button("Add parent", key="add_plain", disabled=not (arch.strip() and weights.strip() and classes.strip())):
+        from mudsc.commands.common import parse_kw
+        from mudsc.data import load_dataset
+        from mudsc.parent_sources import plain_spec, self_describing
+
+        try:
+            spec = plain_spec(arch, classes=classes, data=load_dataset(name, data_dir), head=head,
+                              feat_dim=int(feat_dim), kwargs=parse_kw(options.split()))
+            add_parents([self_describing(weights.strip(), root=cfg.home, spec=spec)])
+            st.rerun()
+        except MudscError as e:
+            st.error(str(e))
+
+st.subheader("3. Loaded parents")
 parents = st.session_state["parents"]
 if not parents:
     st.info("No parents loaded yet: load the demo pair or add checkpoints.")
     st.stop()
 
-st.subheader("Loaded parents")
-st.dataframe(describe_parents(parents), hide_index=True, use_container_width=True)
-if st.button("Remove all parents", key="clear_parents"):
-    st.session_state["parents"] = []
+st.dataframe(describe_parents(parents), hide_index=True, key="parents_table", column_config={
+    "own-task accuracy": st.column_config.NumberColumn(format="percent"),
+    "other classes (task-aware)": st.column_config.NumberColumn(
+        format="percent", help="accuracy among the classes it never saw: near chance is expected"),
+    "parameters": st.column_config.NumberColumn(format="compact")})
+with st.expander("Architectures"):
+    from mudsc.parent_sources import architecture_summary
+
+    st.dataframe([{"parent": p.name, **architecture_summary(p.model, p.info)} for p in parents], hide_index=True,
+                 key="arch_table", column_config={"parameters": st.column_config.NumberColumn(format="compact")})
+remove_col, button_col = st.columns([4, 1], vertical_alignment="bottom")
+drop = remove_col.multiselect("Remove parents", [p.name for p in parents], key="remove_names")
+if button_col.button("Remove", key="remove_parents", disabled=not drop):
+    st.session_state["parents"] = [p for p in parents if p.name not in drop]
     st.rerun()
+
+st.subheader("4. Merge session")
+if len(parents) < 2:
+    st.info("Add a second parent to merge.")
+    st.stop()
+if st.session_state.get("session_error"):
+    st.error(f"These parents cannot be merged: {st.session_state['session_error']}")
+    st.stop()
+job_status("stats", "Activation statistics")
+session = current_session()
+if session is None:
+    st.stop()
+
+st.success(f"Ready: {len(session.parents)} parents, {len(session.graph.spaces)} unit spaces, "
+           f"{len(session.graph.cuts)} cuts; statistics from {session.stats_images:,} training images, "
+           f"evaluation on {len(session.eval):,} held-out images.", icon=":material/check_circle:")
+st.page_link("pages/merge.py", label="Merge them", icon=":material/arrow_forward:")
+acc_col, space_col = st.columns([2, 3])
+with acc_col:
+    st.markdown("**Accuracy per task** (held-out, task-aware)")
+    rows = parent_rows(session)
+    st.dataframe(rows, hide_index=True, key="parent_acc_table",
+                 column_config={k: st.column_config.NumberColumn(format="percent") for k in rows[0]
+                                if k.startswith("task ") or k == "joint"})
+    st.caption("A parent knows only its own classes, so its accuracy on another task is near chance and its joint "
+               "accuracy (argmax over all classes) about its share of the data. Merging aims to keep both.")
+with space_col:
+    st.markdown("**Unit spaces** (input to output; a merge matches units within each)")
+    st.dataframe(space_rows(session.graph), hide_index=True, key="spaces_table", height=320)

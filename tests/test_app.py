@@ -1,4 +1,5 @@
-"""The Streamlit app: pages run, bad input keeps the session, engines never import Streamlit."""
+"""The Streamlit app through AppTest: every page runs from app.py with a seeded session, bad input shows
+an error and keeps the state, every widget has a key, engines never import Streamlit."""
 import ast
 import os
 import socket
@@ -9,7 +10,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import streamlit as st
+import torch
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import Block, Widget
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,30 +30,232 @@ def test_engines_never_import_streamlit():
     assert offenders == []
 
 
-def test_parents_page_empty_then_bad_path_keeps_state(demo_parents):
+@pytest.fixture(autouse=True)
+def _fresh_caches():
+    # Streamlit caches are process-global: one test's cached sessions must not leak into the next.
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+
+
+@pytest.fixture(scope="module")
+def merge_session(demo_parents):
+    from mudsc.session import MergeSession
+
+    session = MergeSession.from_paths([str(p) for p in demo_parents], "digits", stats_images=250, eval_images=200)
+    session.activation_stats()
+    return session
+
+
+def small_settings(**changes):
+    from pages._state import AppSettings
+
+    base = AppSettings.from_env()
+    return AppSettings(**{**base.__dict__, "stats_images": 250, "eval_images": 200, "inline_wait_s": 30.0,
+                          **changes})
+
+
+def open_app(page: str | None = None, **state) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.session_state["settings"] = small_settings()
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def unkeyed_widgets(at: AppTest) -> list[str]:
+    out = []
+
+    def walk(node):
+        if isinstance(node, Widget) and not node.key:
+            out.append(f"{type(node).__name__} {getattr(node, 'label', '')!r}")
+        if isinstance(node, Block):
+            for child in node.children.values():
+                walk(child)
+
+    walk(at._tree)
+    return out
+
+
+def table(at: AppTest, column: str):
+    """The first dataframe on the page with `column` (AppTest does not keep keys of read-only tables)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def wait_jobs(at: AppTest, *names: str) -> None:
+    for name in names:
+        at.session_state["jobs"][name].job.wait(120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+# ----------------------------------------------------------------------------- Parents
+
+def test_parents_page_bad_path_keeps_state(demo_parents):
     from mudsc.studio import load_parent
 
-    at = AppTest.from_file(str(REPO / "pages" / "parents.py"))
-    at.run(timeout=60)
-    assert not at.exception
+    at = open_app()
     assert any("No parents loaded" in i.value for i in at.info)
-    kept = load_parent(str(demo_parents[0]), dataset="digits")
-    at.session_state["parents"] = [kept]
-    at.text_input(key="ckpt_path").set_value("/does/not/exist.safetensors").run(timeout=60)
-    at.button(key="add_parent").click().run(timeout=60)
+    at.session_state["parents"] = [load_parent(str(demo_parents[0]), dataset="digits")]
+    at.text_input(key="ckpt_path").set_value("/does/not/exist.safetensors").run()
+    at.button(key="add_parent").click().run()
     assert not at.exception
     assert any("does not exist" in e.value for e in at.error)
     assert len(at.session_state["parents"]) == 1  # the loaded parent survived the bad action
-    table = at.dataframe[0].value
-    assert table["own-task accuracy"].iloc[0] > 0.9
+    assert table(at, "own-task accuracy")["own-task accuracy"].iloc[0] > 0.9
+    assert any("second parent" in i.value for i in at.info)
+    assert unkeyed_widgets(at) == []
 
+
+def test_upload_over_the_limit_keeps_state(demo_parents):
+    from mudsc.studio import load_parent
+
+    at = open_app(parents=[load_parent(str(demo_parents[0]), dataset="digits")])
+    at.session_state["settings"] = small_settings(max_upload_mb=1)
+    at.run()
+    at.file_uploader(key="upload").upload("huge.safetensors", b"\0" * (2 * 2**20 + 1)).run()
+    at.button(key="add_upload").click().run()
+    assert not at.exception
+    assert any("over the 1 MB upload limit" in e.value for e in at.error)
+    assert len(at.session_state["parents"]) == 1
+
+
+def test_upload_and_plain_weights_build_the_session(demo_parents, tmp_path):
+    from mudsc.io import load_model
+
+    at = open_app()
+    at.file_uploader(key="upload").upload(demo_parents[0].name, demo_parents[0].read_bytes()).run()
+    at.button(key="add_upload").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(at.session_state["parents"]) == 1
+
+    model, _ = load_model(demo_parents[1])  # the second parent as a plain state dict, as timm users have it
+    plain = tmp_path / "b.pt"
+    torch.save(model.state_dict(), plain)
+    at.text_input(key="plain_arch").set_value("resnet20")
+    at.text_input(key="plain_kwargs").set_value("width=1 strides=1/1/2")
+    at.text_input(key="plain_classes").set_value("5-9")
+    at.text_input(key="plain_path").set_value(str(plain)).run()
+    at.button(key="add_plain").click().run()
+    assert not at.error, [e.value for e in at.error]
+    parents = at.session_state["parents"]
+    assert [tuple(p.model.classes) for p in parents] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
+    assert Path(parents[1].path).suffix == ".safetensors"  # stored self-describing for the manifest
+
+    if "session" not in at.session_state:
+        wait_jobs(at, "stats")
+    session = at.session_state["session"]
+    assert [s["unit space"] for s in table(at, "unit space").to_dict("records")] == \
+        [s.name for s in session.graph.spaces]
+    acc = table(at, "trained on")
+    assert acc["task 0-4"].iloc[0] > 0.9 and acc["task 5-9"].iloc[1] > 0.9
+    assert len(session.eval) == 200
+    assert unkeyed_widgets(at) == []
+
+
+def test_removing_a_parent_drops_the_session(demo_parents):
+    from mudsc.studio import load_parent
+
+    at = open_app(parents=[load_parent(str(p), dataset="digits") for p in demo_parents])
+    if "session" not in at.session_state:
+        wait_jobs(at, "stats")
+    assert "session" in at.session_state
+    at.multiselect(key="remove_names").set_value([demo_parents[1].name]).run()
+    at.button(key="remove_parents").click().run()
+    assert len(at.session_state["parents"]) == 1
+    assert "session" not in at.session_state
+
+
+# ----------------------------------------------------------------------------- Merge
+
+def test_merge_page_without_session_points_to_parents():
+    at = open_app("merge")
+    assert any("No merge session" in i.value for i in at.info)
+
+
+def test_merge_page_remerges_on_alpha_and_cut(merge_session):
+    at = open_app("merge", session=merge_session, session_key=("test",))
+    result = at.session_state["result"]
+    assert result.config == at.session_state["config"]
+    metrics = table(at, "per-task")
+    assert list(metrics["model"].str.split(" ").str[0]) == ["merged", "parent", "parent", "ensemble"]
+    assert metrics["joint"].iloc[-1] > metrics["joint"].iloc[1]  # the ensemble beats a single parent jointly
+
+    at.slider(key="m_alpha").set_value(0.2).run()
+    assert at.session_state["result"].config.alpha == 0.2
+
+    at.segmented_control(key="m_cut").set_value("layer2").run()
+    result = at.session_state["result"]
+    assert result.config.cut == "layer2" and result.multihead
+    assert result.params > sum(t.numel() for t in merge_session.parents[0].parameters())  # per-task tails
+
+    at.selectbox(key="m_method").set_value("ensemble").run()
+    assert at.segmented_control(key="m_cut").disabled
+    assert at.session_state["result"].config.cut == "full"
+    assert at.button(key="sweep_alpha_run").disabled
+    assert unkeyed_widgets(at) == []
+
+
+def test_depth_sweep_runs_in_the_background(merge_session):
+    at = open_app("merge", session=merge_session, session_key=("test",))
+    at.button(key="sweep_cut_run").click().run()
+    wait_jobs(at, "sweep_cut")
+    rows = at.session_state["sweeps"]["cut"]["rows"]
+    assert [r["cut"] for r in rows] == [c.name for c in merge_session.graph.cuts] + ["full"]
+    assert "Depth sweep" in at.session_state["figures"]
+    assert not at.exception
+
+
+# ----------------------------------------------------------------------------- Export
+
+def test_export_page_offers_checkpoint_commands_tables_and_figures(merge_session):
+    from mudsc.config import make_config
+    from mudsc.merge_figures import network_figure
+
+    config = make_config(alpha=0.3, cut="layer3")
+    result = merge_session.merge(config)
+    at = open_app("export", session=merge_session, session_key=("test",), config=config, result=result,
+                  figures={"Unit spaces": network_figure(merge_session.graph, "layer3")})
+    labels = [d.label for d in at.get("download_button")]
+    for want in ("model.safetensors", "manifest.json", "both as merge.zip", "CSV", "LaTeX", "HTML"):
+        assert want in labels
+    code = [c.value for c in at.code]
+    assert any(c.startswith("mudsc merge --manifest manifest.json") for c in code)
+    full = next(c for c in code if "--parents" in c)
+    assert "--cut layer3" in full and "--alpha 0.3" in full and "--eval-images 200" in full
+    assert any(r"\begin{tabular}" in c for c in code)
+    exports = list((Path(os.environ["MUDSC_HOME"]) / "exports").glob("*/manifest.json"))
+    assert exports and all((m.parent / "model.safetensors").is_file() for m in exports)
+    assert unkeyed_widgets(at) == []
+
+
+def test_export_page_refuses_the_ensemble(merge_session):
+    from mudsc.config import make_config
+
+    config = make_config(method="ensemble")
+    at = open_app("export", session=merge_session, session_key=("test",), config=config,
+                  result=merge_session.merge(config))
+    assert any("upper bound" in i.value for i in at.info)
+    assert "model.safetensors" not in [d.label for d in at.get("download_button")]
+
+
+# ----------------------------------------------------------------------------- server
 
 @pytest.mark.slow
-def test_demo_button_loads_both_parents():
-    at = AppTest.from_file(str(REPO / "pages" / "parents.py"))
-    at.run(timeout=60)
-    at.button(key="load_demo").click().run(timeout=240)
-    assert not at.exception
+def test_demo_button_loads_both_parents(demo_parents):
+    import shutil
+
+    cache = Path(os.environ["MUDSC_HOME"]) / "demo"  # pre-trained pair where demo_pair() looks: no retraining
+    cache.mkdir(parents=True, exist_ok=True)
+    for p in demo_parents:
+        shutil.copy(p, cache / p.name)
+    at = open_app()
+    at.button(key="load_demo").click().run()
+    wait_jobs(at, "demo")
     parents = at.session_state["parents"]
     assert [tuple(p.model.classes) for p in parents] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
     assert all(p.task_acc[",".join(map(str, p.model.classes))] > 0.9 for p in parents)

@@ -1,0 +1,222 @@
+"""The studio's settings, session state, cached resources and background jobs (UI plumbing, no math).
+
+Canonical state lives in ``st.session_state`` under plain keys, never in widget keys:
+
+- ``settings``: :class:`AppSettings`, read once per browser session by ``app.py``
+- ``data``: ``(dataset, data_dir)`` the parents are evaluated on
+- ``parents``: ``list[mudsc.studio.Parent]``
+- ``session`` / ``session_key``: the ready :class:`~mudsc.session.MergeSession` and its fingerprint
+- ``config`` / ``result``: the current ``MergeConfig`` and the latest ``MergeResult``
+- ``sweeps``: ``{"alpha" | "cut": {"base": MergeConfig, "rows": list[dict]}}``
+- ``figures``: ``{title: plotly Figure}``, every figure a page draws, for the Export page
+- ``jobs``: ``{name: Tracked}``, long work (a :class:`mudsc.jobs.Job`) that survives reruns
+
+Cached resources are keyed by content fingerprints (file sha256, MergeConfig), never by tensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import streamlit as st
+
+from mudsc.config import MergeConfig
+from mudsc.jobs import Job
+from mudsc.session import MergeResult, MergeSession
+from mudsc.studio import Parent, load_parent
+
+POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Everything the app reads from its environment, once."""
+
+    home: Path                      # $MUDSC_HOME: uploads, converted parents, exports, the demo
+    max_upload_mb: int = 200        # $MUDSC_MAX_UPLOAD_MB
+    stats_images: int = 1000        # images for the activation statistics ($MUDSC_STATS_IMAGES)
+    eval_images: int | None = None  # held-out images per evaluation, None: all ($MUDSC_EVAL_IMAGES)
+    batch_size: int = 250
+    inline_wait_s: float = 2.0      # a job that finishes this fast shows its result in the same run
+
+    @classmethod
+    def from_env(cls) -> "AppSettings":
+        from mudsc.zoo import home
+
+        env = os.environ
+        return cls(home=home(), max_upload_mb=int(env.get("MUDSC_MAX_UPLOAD_MB", 200)),
+                   stats_images=int(env.get("MUDSC_STATS_IMAGES", 1000)),
+                   eval_images=int(env["MUDSC_EVAL_IMAGES"]) if env.get("MUDSC_EVAL_IMAGES") else None)
+
+
+def settings() -> AppSettings:
+    return st.session_state.setdefault("settings", AppSettings.from_env())
+
+
+# ----------------------------------------------------------------------------- cached resources
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of a file, recomputed only when its modification time or size changes."""
+    from mudsc.io import sha256_file
+
+    return sha256_file(path)
+
+
+def fingerprint(path: str | Path) -> tuple[str, str]:
+    """``(resolved path, sha256)`` of a checkpoint: the key of everything derived from it."""
+    p = Path(path).expanduser().resolve()
+    st_ = p.stat()
+    return str(p), file_sha256(str(p), st_.st_mtime_ns, st_.st_size)
+
+
+@st.cache_resource(show_spinner="Evaluating the parent", max_entries=32)
+def cached_parent(path: str, sha256: str, dataset: str, data_dir: str | None) -> Parent:
+    """A checkpoint evaluated on a data set (checked to fit first, so a mismatch is a clear error)."""
+    from mudsc.data import load_dataset
+    from mudsc.parent_sources import check_fits, read_info
+
+    check_fits(read_info(path), load_dataset(dataset, data_dir), name=Path(path).name)
+    return load_parent(path, dataset=dataset, data_dir=data_dir)
+
+
+@st.cache_resource(show_spinner="Opening the merge session", max_entries=4)
+def cached_session(files: tuple[tuple[str, str], ...], dataset: str, data_dir: str | None,
+                   stats_images: int, eval_images: int | None, batch_size: int) -> MergeSession:
+    """One MergeSession per set of parent files (by sha256), data and session options."""
+    return MergeSession.from_paths([p for p, _ in files], dataset, data_dir, stats_images=stats_images,
+                                   eval_images=eval_images, batch_size=batch_size)
+
+
+@st.cache_data(show_spinner="Evaluating parents and ensemble", max_entries=64)
+def cached_metric_rows(session_key: tuple, config: MergeConfig, _session: MergeSession,
+                       _result: MergeResult) -> list[dict]:
+    from mudsc.summary import metric_rows
+
+    return metric_rows(_result, _session)
+
+
+@st.cache_resource(show_spinner="Writing the merged checkpoint", max_entries=16)
+def cached_export(session_key: tuple, config: MergeConfig, _session: MergeSession,
+                  _result: MergeResult) -> Path:
+    """``model.safetensors`` and ``manifest.json`` of a merge, in ``$MUDSC_HOME/exports/<digest>``."""
+    from mudsc.export import save_merge
+
+    digest = hashlib.sha256(repr((session_key, config.model_dump_json())).encode()).hexdigest()[:16]
+    out = settings().home / "exports" / digest
+    save_merge(_result, _session, out)
+    return out
+
+
+@st.cache_resource(show_spinner="Checking static image export", max_entries=1)
+def static_export_works() -> bool:
+    from mudsc.figure_export import static_export_works as probe
+
+    return probe()
+
+
+# ----------------------------------------------------------------------------- merge session state
+
+def current_session() -> MergeSession | None:
+    return st.session_state.get("session")
+
+
+def session_key() -> tuple | None:
+    return st.session_state.get("session_key")
+
+
+def drop_session() -> None:
+    """Forget the session and everything computed from it (the parents changed)."""
+    for key in ("session", "session_key", "result", "sweeps", "figures"):
+        st.session_state.pop(key, None)
+    for name in ("stats", "merge", "sweep_alpha", "sweep_cut"):
+        t = jobs().pop(name, None)
+        if t is not None:
+            t.job.cancel()
+
+
+def require_session() -> MergeSession:
+    """The ready merge session, or a pointer to the Parents page and stop."""
+    session = current_session()
+    if session is None:
+        st.info("No merge session yet: load two or more compatible parents first.")
+        st.page_link("pages/parents.py", label="Go to Parents", icon=":material/arrow_forward:")
+        st.stop()
+    return session
+
+
+def figures() -> dict[str, Any]:
+    return st.session_state.setdefault("figures", {})
+
+
+# ----------------------------------------------------------------------------- background jobs
+
+@dataclass
+class Tracked:
+    """A job with what it computes for (a config, a parent set): results for stale tags are ignored."""
+
+    job: Job
+    tag: Any
+    taken: bool = False
+
+
+def jobs() -> dict[str, Tracked]:
+    return st.session_state.setdefault("jobs", {})
+
+
+def start_job(name: str, work: Callable, *, tag: Any = None, wait: bool = True) -> Job:
+    """Run `work(progress, cancel_event)` as job `name` (cancelling a running one of that name); wait up
+    to ``inline_wait_s`` so quick work shows its result in this very run."""
+    old = jobs().get(name)
+    if old is not None and old.job.running:
+        old.job.cancel()
+    job = Job(name, work).start()
+    jobs()[name] = Tracked(job, tag)
+    if wait:
+        job.wait(settings().inline_wait_s)
+    return job
+
+
+def running(name: str) -> Tracked | None:
+    t = jobs().get(name)
+    return t if t is not None and t.job.running else None
+
+
+def take(name: str, tag: Any = ...) -> Any:
+    """The result of job `name` once it is done (and, if `tag` is given, was started for it), handed out once."""
+    t = jobs().get(name)
+    if t is None or t.job.status != "done" or t.taken or (tag is not ... and t.tag != tag):
+        return None
+    t.taken = True
+    return t.job.result
+
+
+def job_status(name: str, label: str) -> None:
+    """Progress of a running job (polled without rerunning the page), or why it failed."""
+    t = jobs().get(name)
+    if t is None:
+        return
+    job = t.job
+    if job.running:
+        _poll(name, label)
+    elif job.status == "failed":
+        st.error(f"{label} failed: {job.error}")
+        if job.detail:
+            with st.expander("Traceback"):
+                st.code(job.detail)
+    elif job.status == "cancelled":
+        st.caption(f"{label}: cancelled.")
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _poll(name: str, label: str) -> None:
+    t = jobs().get(name)
+    if t is None or not t.job.running:
+        st.rerun()  # the whole page picks up the result
+    job = t.job
+    bar, stop = st.columns([5, 1], vertical_alignment="center")
+    bar.progress(job.fraction, text=f"{label}: {job.message or 'starting'}")
+    stop.button("Cancel", key=f"cancel_{name}", on_click=job.cancel)

@@ -1,0 +1,119 @@
+"""Export: the merged checkpoint with its manifest, the commands that reproduce it, metric tables as CSV
+and LaTeX, and every figure the session drew (HTML; PNG, SVG and PDF where a browser can render them)."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import streamlit as st
+
+from mudsc.commandline import manifest_command, merge_command
+from mudsc.errors import MudscError
+from mudsc.figure_export import MIME, STATIC_FORMATS, figure_html, static_image
+from mudsc.summary import config_label
+from mudsc.tables import to_csv, to_latex
+from pages._state import (cached_export, cached_metric_rows, figures, require_session, session_key,
+                          static_export_works)
+
+session = require_session()
+key = session_key()
+result = st.session_state.get("result")
+
+st.title("Export")
+if result is None:
+    st.info("No merge yet: choose a method on the Merge page.")
+    st.page_link("pages/merge.py", label="Go to Merge", icon=":material/arrow_forward:")
+    st.stop()
+st.caption(f"The current merge: **{config_label(result)}**.")
+
+
+def zipped(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- checkpoint
+st.subheader("Merged checkpoint")
+if result.config.method == "ensemble":
+    st.info("The ensemble is an upper bound, not a merged model: there is no checkpoint to export.")
+else:
+    try:
+        out = cached_export(key, result.config, session, result)
+    except MudscError as e:
+        st.error(str(e))
+        out = None
+    if out is not None:
+        model_path, manifest_path = out / "model.safetensors", out / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        a, b, c = st.columns(3)
+        a.download_button("model.safetensors", data=model_path.read_bytes, file_name="model.safetensors",
+                          mime="application/octet-stream", key="dl_model", on_click="ignore",
+                          icon=":material/download:", type="primary")
+        b.download_button("manifest.json", data=manifest_path.read_bytes(), file_name="manifest.json",
+                          mime="application/json", key="dl_manifest", on_click="ignore", icon=":material/download:")
+        c.download_button("both as merge.zip", data=lambda: zipped({"model.safetensors": model_path.read_bytes(),
+                                                                     "manifest.json": manifest_path.read_bytes()}),
+                          file_name="merge.zip", mime="application/zip", key="dl_zip", on_click="ignore",
+                          icon=":material/folder_zip:")
+        st.caption(f"{'Multi-head' if result.multihead else 'Single'} model, {result.params:,} parameters, "
+                   f"sha256 `{manifest['model_sha256'][:16]}…`; written to `{out}`. The manifest records the "
+                   "config, the parents with their sha256, the data, versions, metrics and every unit "
+                   "space's transform.")
+
+        st.subheader("Reproduce from the command line")
+        st.code(manifest_command("manifest.json", "merged"), language="bash")
+        st.caption("Redoes the merge from the manifest; the parents are checked against their sha256.")
+        every = len(session.data.eval.subset(session.union))
+        st.code(merge_command(result.config, parents=session.paths, dataset=session.data.name
+                              if session.data.name in ("digits", "mnist") else session.data.source,
+                              data_dir=session.data_dir, stats_images=session.stats_images,
+                              eval_images=None if len(session.eval) == every else len(session.eval), batch_size=session.batch_size, out="merged"),
+                language="bash", wrap_lines=True)
+        st.caption("The same merge spelled out (options at their defaults are left out).")
+
+# ----------------------------------------------------------------------------- tables
+st.subheader("Tables")
+rows = cached_metric_rows(key, result.config, session, result)
+tables = {"metrics": (rows, f"Held-out accuracy (%) of the merge ({config_label(result)}), its parents and "
+                            "the ensemble; parameters and forward FLOPs per image.")}
+for kind, sweep in st.session_state.get("sweeps", {}).items():
+    what = "alpha" if kind == "alpha" else "zip depth (cut)"
+    tables[f"{kind} sweep"] = (sweep["rows"], f"Held-out accuracy (%) of {sweep['base'].method} against {what}.")
+for name, (table, caption) in tables.items():
+    accuracy = [k for k in table[0] if k.endswith("_acc") or k.startswith("task ") or k in ("joint", "per-task")]
+    latex = to_latex(table, percent=accuracy, bold_max=[k for k in accuracy if k in ("joint", "joint_acc")],
+                     caption=caption, label=f"tab:{name.replace(' ', '-')}")
+    stem = name.replace(" ", "_")
+    st.markdown(f"**{name.capitalize()}** ({len(table)} rows)")
+    left, right, _ = st.columns([1, 1, 4])
+    left.download_button("CSV", data=to_csv(table), file_name=f"{stem}.csv", mime="text/csv",
+                         key=f"dl_{stem}_csv", on_click="ignore", icon=":material/table:")
+    right.download_button("LaTeX", data=latex, file_name=f"{stem}.tex", mime="text/x-tex",
+                          key=f"dl_{stem}_tex", on_click="ignore", icon=":material/description:")
+    with st.expander(f"LaTeX source of the {name} table (needs booktabs)"):
+        st.code(latex, language="latex")
+
+# ----------------------------------------------------------------------------- figures
+st.subheader("Figures")
+drawn = figures()
+if not drawn:
+    st.info("No figures yet: the Merge page and the analysis pages add theirs here.")
+    st.stop()
+static = static_export_works()
+st.caption("HTML files are interactive and open offline (plotly.js inlined). "
+           + ("PNG, SVG and PDF are rendered by kaleido with the machine's Chromium when you click."
+              if static else "PNG, SVG and PDF need a Chrome or Chromium for kaleido (apt-get install chromium); "
+                             "only HTML is offered here."))
+for title, fig in drawn.items():
+    stem = "".join(ch if ch.isalnum() else "_" for ch in title.lower()).strip("_")
+    cols = st.columns([3, 1, 1, 1, 1], vertical_alignment="center")
+    cols[0].markdown(f"**{title}**")
+    cols[1].download_button("HTML", data=lambda f=fig: figure_html(f), file_name=f"{stem}.html", mime=MIME["html"],
+                            key=f"dl_fig_{stem}_html", on_click="ignore")
+    for col, fmt in zip(cols[2:], STATIC_FORMATS):
+        col.download_button(fmt.upper(), data=lambda f=fig, x=fmt: static_image(f, x), file_name=f"{stem}.{fmt}",
+                            mime=MIME[fmt], key=f"dl_fig_{stem}_{fmt}", on_click="ignore", disabled=not static)

@@ -1,0 +1,170 @@
+"""Merge: a method and its knobs, the zip depth chosen on a drawing of the network, the merge next to
+its parents and the ensemble, and alpha and depth sweeps, all from the session's cached statistics."""
+from __future__ import annotations
+
+import streamlit as st
+
+from mudsc.config import METHODS, make_config
+from mudsc.errors import MudscError
+from mudsc.merge_figures import network_figure, sweep_figure
+from mudsc.summary import config_label, task_label
+from mudsc.sweep import grid, run_sweep
+from pages._state import (cached_metric_rows, figures, job_status, jobs, require_session, running, session_key,
+                          start_job, take)
+
+METHOD_HELP = {
+    "mudsc-zip": "MuDSC (Xu et al., CVPR 2024): weight and activation similarity mixed by alpha, units zipped "
+                 "within and across parents",
+    "mudsc-align": "MuDSC with one-to-one (Hungarian) matching across parents",
+    "zipit": "ZipIt! (Stoica et al., ICLR 2024): activation similarity, units zipped within and across parents",
+    "wzip": "Zip on weight similarity only (MuDSC's weight-space baseline)",
+    "permute": "Activation alignment: one-to-one permutation by activation correlation",
+    "rebasin": "Git Re-Basin weight matching (Ainsworth et al., ICLR 2023)",
+    "weight-avg": "Plain weight averaging without alignment (the baseline every method should beat)",
+    "ensemble": "All parents side by side: an upper bound with N times the cost, not a merge",
+}
+ALPHAS = [round(0.1 * i, 1) for i in range(11)]
+
+session = require_session()
+key = session_key()
+graph = session.graph
+cuts = [c.name for c in graph.cuts] + ["full"]
+space_names = [s.name for s in graph.spaces]
+
+config = st.session_state.get("config") or make_config()
+if config.cut not in cuts or any(n not in space_names for n, _ in config.alpha_overrides):
+    # a config made for other parents: keep the method and knobs, drop what these parents lack
+    config = make_config(**{**config.model_dump(), "cut": "full", "alpha_overrides": ()})
+for widget, value in {"m_method": config.method, "m_alpha": config.alpha, "m_mix": config.mix,
+                      "m_zip_a": config.zip_a, "m_zip_b": config.zip_b, "m_cut": config.cut}.items():
+    st.session_state.setdefault(widget, value)  # widgets mirror the config; a page switch deleted their keys
+
+st.title("Merge")
+st.caption(f"{len(session.parents)} parents on tasks {' and '.join(task_label(t) for t in session.tasks)}; "
+           f"accuracies on {len(session.eval):,} held-out images. Every change re-merges from cached statistics.")
+
+controls, drawing = st.columns([1, 2], gap="large")
+with controls:
+    method = st.selectbox("Method", [m for m in METHODS], key="m_method")
+    st.caption(METHOD_HELP[method])
+    dual = method in ("mudsc-zip", "mudsc-align")
+    alpha = st.slider("alpha: weight share of the similarity", 0.0, 1.0, step=0.05, key="m_alpha", disabled=not dual,
+                      help="S = alpha * S_weight + (1 - alpha) * S_activation (MuDSC Eq. 6); 0 is ZipIt!'s "
+                           "activation matching, 1 weight matching")
+    mix = st.radio("Mixing", ["published", "standardized"], key="m_mix", horizontal=True, disabled=not dual,
+                   help="published: mix the two correlation matrices as they are; standardized: z-score each "
+                        "over its off-diagonal entries first")
+    zips = method in ("mudsc-zip", "zipit", "wzip")
+    zip_a = st.slider("ZipIt! a: decay of repeatedly merged units", 0.0, 1.0, step=0.05, key="m_zip_a",
+                      disabled=not zips)
+    zip_b = st.slider("ZipIt! b: share of merges within one parent", 0.0, 1.0, step=0.05, key="m_zip_b",
+                      disabled=not zips)
+with drawing:
+    figure_slot = st.container()
+    cut = st.segmented_control("Merge up to", cuts, key="m_cut", required=True, disabled=method == "ensemble",
+                               format_func=lambda c: "full (whole network)" if c == "full" else c)
+    st.caption("Spaces up to the cut are merged; the layers after it stay one copy per task (a multi-head "
+               "model with more parameters). Only valid cuts, where every path passes through one tensor, "
+               "are offered.")
+
+with st.expander("Per-unit-space alpha", expanded=bool(config.alpha_overrides)):
+    st.caption("Leave a cell empty to use the global alpha; early layers often prefer activations, late "
+               "layers weights. Applies to the MuDSC methods.")
+    own = dict(config.alpha_overrides)
+    edited = st.data_editor(
+        [{"unit space": s.name, "units": s.size, "alpha": own.get(s.name)} for s in graph.spaces],
+        key="m_overrides", hide_index=True, disabled=["unit space", "units"] if dual else True,
+        column_config={"alpha": st.column_config.NumberColumn(min_value=0.0, max_value=1.0, step=0.05,
+                                                              format="%.2f")})
+overrides = {r["unit space"]: float(r["alpha"]) for r in edited if r["alpha"] is not None and r["alpha"] == r["alpha"]}
+
+try:
+    config = make_config(**{**config.model_dump(), "method": method, "alpha": float(alpha), "mix": mix,
+                            "zip_a": float(zip_a), "zip_b": float(zip_b), "alpha_overrides": overrides,
+                            "cut": "full" if method == "ensemble" else cut})
+    st.session_state["config"] = config
+except MudscError as e:
+    st.error(str(e))
+    config = st.session_state.get("config") or make_config()
+
+with figure_slot:
+    net = network_figure(graph, config.cut)
+    st.plotly_chart(net, key="network_chart", config={"displayModeBar": False})
+    figures()["Unit spaces and cut"] = net
+
+# ----------------------------------------------------------------------------- the merge
+result = st.session_state.get("result")
+tracked = jobs().get("merge")
+if (result is None or result.config != config) and not (tracked is not None and tracked.tag == config):
+    start_job("merge", lambda progress, cancel: session.merge(config, progress), tag=config)
+fresh = take("merge", tag=config)
+if fresh is not None:
+    st.session_state["result"] = result = fresh
+
+st.subheader("Result")
+job_status("merge", "Merging")
+if result is None:
+    st.stop()
+if result.config != config:
+    st.caption(f"Showing the previous merge ({config_label(result)}) while the new one runs.")
+else:
+    st.caption(f"Merged with {config_label(result)}.")
+rows = cached_metric_rows(key, result.config, session, result)
+merged, parent_rows, ensemble = rows[0], rows[1:-1], rows[-1]
+best_joint = max((r["joint"] for r in parent_rows if r["joint"] is not None), default=None)
+one_parent = parent_rows[0]["parameters"]
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Joint accuracy", f"{100 * merged['joint']:.1f}%",
+          None if best_joint is None else f"{100 * (merged['joint'] - best_joint):+.1f} pp vs best parent",
+          help="argmax over the classes of all tasks, on held-out images of every task")
+m2.metric("Per-task accuracy", f"{100 * merged['per-task']:.1f}%",
+          f"{100 * (merged['per-task'] - ensemble['per-task']):+.1f} pp vs ensemble",
+          help="mean over tasks of the accuracy among that task's classes")
+m3.metric("Parameters (vs one parent)", f"{merged['parameters'] / one_parent:.2f}x",
+          help=f"{merged['parameters']:,} parameters; the ensemble has {ensemble['parameters']:,}")
+m4.metric("Merge time", f"{sum(result.timings.values()):.2f} s", help=", ".join(
+    f"{k} {v:.2f} s" for k, v in result.timings.items()))
+percent = {k: st.column_config.NumberColumn(format="percent") for k in rows[0] if k.startswith("task ")
+           or k in ("joint", "per-task")}
+st.dataframe(rows, hide_index=True, key="metrics_table", column_config={
+    **percent, "parameters": st.column_config.NumberColumn(format="compact"),
+    "FLOPs": st.column_config.NumberColumn(format="compact", help="forward FLOPs per image")})
+
+# ----------------------------------------------------------------------------- sweeps
+st.subheader("Sweeps")
+st.caption("Every point is a full merge (matching, fusion, BatchNorm reset, evaluation) from the cached "
+           "statistics, computed in the background.")
+sweeps = st.session_state.setdefault("sweeps", {})
+references = {"ensemble": ensemble["joint"], **({"best parent": best_joint} if best_joint is not None else {})}
+alpha_col, cut_col = st.columns(2)
+for kind, col in (("alpha", alpha_col), ("cut", cut_col)):
+    name = f"sweep_{kind}"
+    base = config.model_copy(update={kind: 0.0 if kind == "alpha" else "full"})  # what the sweep varies is not part of its identity
+    with col:
+        if kind == "alpha":
+            label, enabled = "Run alpha sweep", dual
+            configs = grid(config, alphas=ALPHAS) if dual else []
+        else:
+            label, enabled = "Run depth sweep", method != "ensemble"
+            configs = grid(config, cuts=cuts) if enabled else []
+        if st.button(label, key=f"{name}_run", disabled=not enabled or running(name) is not None,
+                     help=None if enabled else "needs a MuDSC method" if kind == "alpha" else "the ensemble has no cut"):
+            start_job(name, lambda progress, cancel, cs=configs: run_sweep(session, cs, progress=progress),
+                      tag=base, wait=False)
+            st.rerun()
+        done = take(name)
+        if done is not None:
+            sweeps[kind] = {"base": jobs()[name].tag, "rows": done}
+        job_status(name, "Alpha sweep" if kind == "alpha" else "Depth sweep")
+        if kind in sweeps:
+            sweep = sweeps[kind]
+            fig = sweep_figure(sweep["rows"], x=kind, current=getattr(config, kind), references=references,
+                               x_title="alpha" if kind == "alpha" else "merged up to (cut)",
+                               title=f"{sweep['base'].method}: accuracy vs "
+                                     + ("alpha" if kind == "alpha" else "zip depth"))
+            st.plotly_chart(fig, key=f"{name}_chart")
+            figures()["Alpha sweep" if kind == "alpha" else "Depth sweep"] = fig
+            if sweep["base"] != base:
+                st.caption(f"Computed for {sweep['base'].method}"
+                           + ("" if kind == "cut" else f", cut {sweep['base'].cut}")
+                           + "; the current setting differs, run it again to update.")

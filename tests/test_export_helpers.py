@@ -1,0 +1,87 @@
+"""Paper exports: LaTeX/CSV tables, the reproducing command lines, figure files."""
+import csv
+import io
+import shlex
+
+import plotly.graph_objects as go
+import pytest
+
+from mudsc.commandline import manifest_command, merge_command
+from mudsc.config import make_config
+from mudsc.errors import ConfigError
+from mudsc.figure_export import figure_html, static_image
+from mudsc.tables import latex_escape, to_csv, to_latex
+
+ROWS = [{"model": "merged (mudsc-zip, alpha 0.5)", "joint": 0.6312, "task 0-4": 0.9, "params": 275696},
+        {"model": "parent_0 & co", "joint": 0.4722, "task 0-4": None, "params": 275696},
+        {"model": "ensemble", "joint": 0.9472, "task 0-4": 0.99, "params": 551392}]
+
+
+def test_latex_table_escapes_formats_and_bolds_the_best():
+    tex = to_latex(ROWS, percent=["joint", "task 0-4"], bold_max=["joint"], caption="Accuracy (%) & cost",
+                   label="tab:m")
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+    assert len(body) == 3
+    assert all(line.count(" & ") == 3 and line.endswith(r"\\") for line in body)
+    assert r"parent\_0 \& co" in body[1] and "--" in body[1]       # escaped text, missing cell
+    assert r"\textbf{94.7}" in body[2] and "63.1" in body[0]        # percentages, best joint in bold
+    assert "275{,}696" in body[0]                                   # integers with thin separators
+    assert r"\begin{tabular}{lrrr}" in tex and r"\caption{Accuracy (\%) \& cost}" in tex
+    assert r"joint (\%)" in tex
+
+
+def test_latex_rejects_unknown_columns_and_empty_tables():
+    with pytest.raises(ConfigError, match="not in the table"):
+        to_latex(ROWS, percent=["accuracy"])
+    with pytest.raises(ConfigError):
+        to_latex([])
+
+
+def test_latex_escape_covers_every_special_character():
+    assert latex_escape(r"a_b%c$d#e&f{g}h~i^j\k") == \
+        r"a\_b\%c\$d\#e\&f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}k"
+
+
+def test_csv_round_trips_values():
+    text = to_csv(ROWS + [{"model": "extra", "lists": [1, 2]}])
+    back = list(csv.DictReader(io.StringIO(text)))
+    assert [r["model"] for r in back] == [r["model"] for r in ROWS] + ["extra"]
+    assert float(back[0]["joint"]) == ROWS[0]["joint"] and back[1]["task 0-4"] == "" and back[3]["lists"] == "1 2"
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"method": "zipit", "cut": "layer2", "zip_a": 0.3, "zip_b": 0.75},
+    {"alpha": 0.123456789, "alpha_overrides": {"body.layer1": 0.2, "body.layer3": 1.0}, "mix": "standardized"},
+    {"method": "rebasin", "groups": False, "reset_bn": False, "seed": 3, "max_sweeps": 7},
+])
+def test_merge_command_parses_back_to_the_same_config(fields):
+    from mudsc.cli import build_parser
+    from mudsc.commands.merge import _config
+
+    config = make_config(**fields)
+    cmd = merge_command(config, parents=["/a b/p0.safetensors", "p1.safetensors"], dataset="mnist",
+                        data_dir="/data/mnist", stats_images=500, eval_images=200, out="out dir")
+    argv = shlex.split(cmd)
+    assert argv[:2] == ["mudsc", "merge"]
+    args = build_parser().parse_args(argv[1:])
+    assert _config(args) == config
+    assert args.parents == ["/a b/p0.safetensors", "p1.safetensors"] and args.out == "out dir"
+    assert (args.dataset, args.data_dir, args.stats_images, args.eval_images) == ("mnist", "/data/mnist", 500, 200)
+
+
+def test_merge_command_leaves_out_defaults():
+    cmd = merge_command(make_config(), parents=["a", "b"], dataset="digits")
+    assert cmd == "mudsc merge --parents a b --dataset digits --method mudsc-zip --out merged"
+    assert manifest_command() == "mudsc merge --manifest manifest.json --out merged"
+
+
+def test_figure_html_is_self_contained():
+    html = figure_html(go.Figure(go.Scatter(x=[0, 1], y=[1, 0])))
+    assert b"<html>" in html[:100] and b"<script src=" not in html  # no CDN: plotly.js is inlined
+    assert len(html) > 1_000_000
+
+
+def test_static_image_rejects_unknown_formats():
+    with pytest.raises(ConfigError, match="unknown image format"):
+        static_image(go.Figure(), "gif")
