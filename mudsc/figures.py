@@ -52,7 +52,7 @@ def similarity_scatter(ps: PairScatter, *, highlight: str = "current", space: st
         name=f"all other pairs{sampled}", marker=dict(size=4, color=BACKGROUND, opacity=0.45)))
     fig.add_trace(go.Scatter(
         x=ps.s_a[mask], y=ps.s_w[mask], mode="markers", customdata=data[mask], hovertemplate=hover,
-        name=f"pairs merged by the {label} ({int(mask.sum())})",
+        name=f"pairs merged by {label} ({int(mask.sum())})",
         marker=dict(size=7, color=colour, line=dict(width=0.6, color="white"))))
     lo = float(min(ps.s_a.min(), ps.s_w.min(), 0.0)) if len(ps.s_a) else -1.0
     hi = float(max(ps.s_a.max(), ps.s_w.max())) if len(ps.s_a) else 1.0
@@ -99,7 +99,7 @@ def similarity_heatmaps(hv: HeatmapView, sizes: Sequence[int], *, space: str = "
                                  "<extra></extra>"), row=1, col=col)
         if len(hv.marker_rows):
             fig.add_trace(go.Scatter(x=hv.marker_cols, y=hv.marker_rows, mode="markers", hoverinfo="skip",
-                                     showlegend=col == 1, name=f"pairs merged by the {CHOICE[choice][0]}",
+                                     showlegend=col == 1, name=f"pairs merged by {CHOICE[choice][0]}",
                                      marker=dict(symbol="circle-open", size=max(3, min(8, 600 // max(n, 1))),
                                                  color="black", line=dict(width=1))), row=1, col=col)
         for b in hv.boundaries:
@@ -108,7 +108,8 @@ def similarity_heatmaps(hv: HeatmapView, sizes: Sequence[int], *, space: str = "
                               row=1, col=col)
         fig.update_xaxes(tickvals=ticks, ticktext=labels, row=1, col=col, constrain="domain",
                          title_text="units, ordered by merged unit")
-        fig.update_yaxes(tickvals=ticks, ticktext=labels, autorange="reversed", row=1, col=col,
+        fig.update_yaxes(tickvals=ticks, ticktext=labels if col == 1 else None, showticklabels=col == 1,
+                         autorange="reversed", row=1, col=col,
                          scaleanchor=f"x{'' if col == 1 else col}", constrain="domain")
     pooled = f"; {hv.factor}×{hv.factor} block means" if hv.factor > 1 else ""
     _layout(fig, title=f"Similarity matrices — {space}{pooled}", height=480,
@@ -196,6 +197,17 @@ def merge_counts_figure(rows: Sequence[dict]) -> go.Figure:
             legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
     fig.update_xaxes(title_text="unit space (input → output)", tickangle=-35, type="category")
     fig.update_yaxes(title_text="merges (pairs of units joined)")
+    return fig
+
+
+def clip_contours(fig: go.Figure, vmax: float, *, levels: int = 12) -> go.Figure:
+    """Contour levels from 0 to `vmax` on the traces drawn on the shared colour axis, so the colour bar
+    ends at the clip value and everything above it takes the top colour (Plotly's automatic levels
+    span the whole data range and ignore ``cmax``)."""
+    for t in fig.data:
+        if t.type == "contour" and t.coloraxis == "coloraxis":
+            t.update(autocontour=False, contours=dict(start=0.0, end=float(vmax), size=float(vmax) / levels))
+    fig.update_coloraxes(cmin=0.0, cmax=float(vmax))
     return fig
 
 

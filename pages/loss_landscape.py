@@ -87,6 +87,8 @@ if go_:
 
 def _figure(res, plan, *, threshold, vmax):
     fig = landscape_figure(res, overlap_threshold=threshold, vmax=vmax)
+    if vmax is not None:
+        figures.clip_contours(fig, vmax)
     coords = {lab: res.model_coords[i] for i, lab in enumerate(res.model_labels)}
     return figures.add_segments(fig, coords, plan.segments, panels=len(res.task_names) + 1)
 
