@@ -49,16 +49,17 @@ else:
     if out is not None:
         model_path, manifest_path = out / "model.safetensors", out / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
-        a, b, c = st.columns(3)
-        a.download_button("model.safetensors", data=model_path.read_bytes, file_name="model.safetensors",
-                          mime="application/octet-stream", key="dl_model", on_click="ignore",
-                          icon=":material/download:", type="primary")
-        b.download_button("manifest.json", data=manifest_path.read_bytes(), file_name="manifest.json",
-                          mime="application/json", key="dl_manifest", on_click="ignore", icon=":material/download:")
-        c.download_button("both as merge.zip", data=lambda: zipped({"model.safetensors": model_path.read_bytes(),
-                                                                     "manifest.json": manifest_path.read_bytes()}),
-                          file_name="merge.zip", mime="application/zip", key="dl_zip", on_click="ignore",
-                          icon=":material/folder_zip:")
+        buttons = st.container(horizontal=True)
+        buttons.download_button("model.safetensors", data=model_path.read_bytes, file_name="model.safetensors",
+                                mime="application/octet-stream", key="dl_model", on_click="ignore",
+                                icon=":material/download:", type="primary")
+        buttons.download_button("manifest.json", data=manifest_path.read_bytes(), file_name="manifest.json",
+                                mime="application/json", key="dl_manifest", on_click="ignore",
+                                icon=":material/download:")
+        both = {"model.safetensors": model_path, "manifest.json": manifest_path}
+        buttons.download_button("both as merge.zip", data=lambda: zipped({n: p.read_bytes() for n, p in both.items()}),
+                                file_name="merge.zip", mime="application/zip", key="dl_zip", on_click="ignore",
+                                icon=":material/folder_zip:")
         st.caption(f"{'Multi-head' if result.multihead else 'Single'} model, {result.params:,} parameters, "
                    f"sha256 `{manifest['model_sha256'][:16]}…`; written to `{out}`. The manifest records the "
                    "config, the parents with their sha256, the data, versions, metrics and every unit "
@@ -67,12 +68,12 @@ else:
         st.subheader("Reproduce from the command line")
         st.code(manifest_command("manifest.json", "merged"), language="bash")
         st.caption("Redoes the merge from the manifest; the parents are checked against their sha256.")
-        every = len(session.data.eval.subset(session.union))
-        st.code(merge_command(result.config, parents=session.paths, dataset=session.data.name
-                              if session.data.name in ("digits", "mnist") else session.data.source,
-                              data_dir=session.data_dir, stats_images=session.stats_images,
-                              eval_images=None if len(session.eval) == every else len(session.eval), batch_size=session.batch_size, out="merged"),
-                language="bash", wrap_lines=True)
+        all_eval = len(session.data.eval.subset(session.union))
+        dataset = session.data.name if session.data.name in ("digits", "mnist") else session.data.source
+        st.code(merge_command(result.config, parents=session.paths, dataset=dataset, data_dir=session.data_dir,
+                              stats_images=session.stats_images,
+                              eval_images=None if len(session.eval) == all_eval else len(session.eval),
+                              batch_size=session.batch_size, out="merged"), language="bash", wrap_lines=True)
         st.caption("The same merge spelled out (options at their defaults are left out).")
 
 # ----------------------------------------------------------------------------- tables
@@ -89,11 +90,11 @@ for name, (table, caption) in tables.items():
                      caption=caption, label=f"tab:{name.replace(' ', '-')}")
     stem = name.replace(" ", "_")
     st.markdown(f"**{name.capitalize()}** ({len(table)} rows)")
-    left, right, _ = st.columns([1, 1, 4])
-    left.download_button("CSV", data=to_csv(table), file_name=f"{stem}.csv", mime="text/csv",
-                         key=f"dl_{stem}_csv", on_click="ignore", icon=":material/table:")
-    right.download_button("LaTeX", data=latex, file_name=f"{stem}.tex", mime="text/x-tex",
-                          key=f"dl_{stem}_tex", on_click="ignore", icon=":material/description:")
+    buttons = st.container(horizontal=True)
+    buttons.download_button("CSV", data=to_csv(table), file_name=f"{stem}.csv", mime="text/csv",
+                            key=f"dl_{stem}_csv", on_click="ignore", icon=":material/table:")
+    buttons.download_button("LaTeX", data=latex, file_name=f"{stem}.tex", mime="text/x-tex",
+                            key=f"dl_{stem}_tex", on_click="ignore", icon=":material/description:")
     with st.expander(f"LaTeX source of the {name} table (needs booktabs)"):
         st.code(latex, language="latex")
 
@@ -110,10 +111,10 @@ st.caption("HTML files are interactive and open offline (plotly.js inlined). "
                              "only HTML is offered here."))
 for title, fig in drawn.items():
     stem = "".join(ch if ch.isalnum() else "_" for ch in title.lower()).strip("_")
-    cols = st.columns([3, 1, 1, 1, 1], vertical_alignment="center")
-    cols[0].markdown(f"**{title}**")
-    cols[1].download_button("HTML", data=lambda f=fig: figure_html(f), file_name=f"{stem}.html", mime=MIME["html"],
-                            key=f"dl_fig_{stem}_html", on_click="ignore")
-    for col, fmt in zip(cols[2:], STATIC_FORMATS):
-        col.download_button(fmt.upper(), data=lambda f=fig, x=fmt: static_image(f, x), file_name=f"{stem}.{fmt}",
+    row = st.container(horizontal=True, vertical_alignment="center")
+    row.markdown(f"**{title}**", width=320)
+    row.download_button("HTML", data=lambda f=fig: figure_html(f), file_name=f"{stem}.html", mime=MIME["html"],
+                        key=f"dl_fig_{stem}_html", on_click="ignore")
+    for fmt in STATIC_FORMATS:
+        row.download_button(fmt.upper(), data=lambda f=fig, x=fmt: static_image(f, x), file_name=f"{stem}.{fmt}",
                             mime=MIME[fmt], key=f"dl_fig_{stem}_{fmt}", on_click="ignore", disabled=not static)

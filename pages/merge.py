@@ -139,7 +139,8 @@ references = {"ensemble": ensemble["joint"], **({"best parent": best_joint} if b
 alpha_col, cut_col = st.columns(2)
 for kind, col in (("alpha", alpha_col), ("cut", cut_col)):
     name = f"sweep_{kind}"
-    base = config.model_copy(update={kind: 0.0 if kind == "alpha" else "full"})  # what the sweep varies is not part of its identity
+    # what a sweep varies is not part of its identity
+    base = config.model_copy(update={kind: 0.0 if kind == "alpha" else "full"})
     with col:
         if kind == "alpha":
             label, enabled = "Run alpha sweep", dual
@@ -147,8 +148,9 @@ for kind, col in (("alpha", alpha_col), ("cut", cut_col)):
         else:
             label, enabled = "Run depth sweep", method != "ensemble"
             configs = grid(config, cuts=cuts) if enabled else []
+        why = "needs a MuDSC method" if kind == "alpha" else "the ensemble has no cut"
         if st.button(label, key=f"{name}_run", disabled=not enabled or running(name) is not None,
-                     help=None if enabled else "needs a MuDSC method" if kind == "alpha" else "the ensemble has no cut"):
+                     help=None if enabled else why):
             start_job(name, lambda progress, cancel, cs=configs: run_sweep(session, cs, progress=progress),
                       tag=base, wait=False)
             st.rerun()

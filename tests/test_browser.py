@@ -80,27 +80,27 @@ def test_demo_merge_and_alpha(app_url, tmp_path):
         page.goto(app_url)
         _settled(page)
         page.get_by_role("button", name="Load the demo parents").click()
-        expect(page.get_by_text("Ready:")).to_be_visible(timeout=90_000)
+        expect(page.get_by_text("Ready:")).to_be_visible(timeout=180_000)
         expect(page.get_by_text("Accuracy per task")).to_be_visible()
         _settled(page)
         page.screenshot(path=str(shots / "parents.png"), full_page=True)
 
         page.get_by_role("link", name="Merge", exact=True).first.click()
-        expect(page.get_by_text("Joint accuracy")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Joint accuracy")).to_be_visible(timeout=180_000)
         _settled(page)
         slider = page.get_by_role("slider", name="alpha: weight share of the similarity")
         assert slider.get_attribute("aria-valuetext") == "0.50"
         slider.focus()
         for _ in range(4):  # 4 steps of 0.05 down
             page.keyboard.press("ArrowLeft")
-        expect(page.get_by_text("Merged with mudsc-zip, alpha 0.3, cut full.")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Merged with mudsc-zip, alpha 0.3, cut full.")).to_be_visible(timeout=180_000)
         _settled(page)
         assert slider.get_attribute("aria-valuetext") == "0.30"
         expect(page.get_by_test_id("stPlotlyChart").first).to_be_visible()
         page.screenshot(path=str(shots / "merge.png"), full_page=True)
 
         page.get_by_role("link", name="Export", exact=True).first.click()
-        expect(page.get_by_text("Reproduce from the command line")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Reproduce from the command line")).to_be_visible(timeout=180_000)
         _settled(page)
         with page.expect_download() as download:
             page.get_by_role("button", name="manifest.json").click()

@@ -53,3 +53,17 @@ def test_architecture_summary_counts_layers():
     row = architecture_summary(model, {"spec": model.spec, "seed": 4})
     assert row["parameters"] == sum(p.numel() for p in model.parameters()) and row["input"] == "1x8x8"
     assert row["seed"] == 4
+
+
+def test_timm_weights_by_name(tmp_path, digits):
+    from mudsc.models import model_from_spec
+
+    spec = plain_spec("timm:test_resnet", classes="5-9", data=digits)
+    torch.manual_seed(0)
+    model = model_from_spec(spec)
+    plain = tmp_path / "timm.pt"
+    torch.save(model.state_dict(), plain)
+    rebuilt, info = load_model(self_describing(plain, root=tmp_path, spec=spec))
+    assert info["spec"]["arch"] == "timm:test_resnet" and tuple(rebuilt.classes) == (5, 6, 7, 8, 9)
+    x = digits.eval.x[:4]
+    assert torch.allclose(rebuilt(x), model.eval()(x))
