@@ -7,9 +7,9 @@ import sys
 from .errors import MudscError
 
 # One explicit list; each module adds its sub-commands with register(subparsers).
-from .commands import evaluate, merge, merge_same, stats, zoo
+from .commands import evaluate, landscape, merge, merge_same, stats, zoo
 
-COMMANDS = (zoo, evaluate, merge, merge_same, stats)
+COMMANDS = (zoo, evaluate, merge, merge_same, stats, landscape)
 
 
 def build_parser() -> argparse.ArgumentParser:

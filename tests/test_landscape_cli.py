@@ -1,0 +1,126 @@
+"""``mudsc landscape`` end to end on the digits demo pair: planes through primed parents and merges,
+npz contents, figures, refusals (collinear planes, partial merges, bad method names)."""
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from landscape.result import LandscapeResult
+from mudsc.cli import main
+from mudsc.commands.landscape import merge_specs
+from mudsc.errors import ConfigError
+
+# Small everything: a 5-point grid, 30 images per task, two permutation methods (cheap to merge).
+FAST = ["--grid", "5", "--eval-images", "30", "--calib-images", "64", "--stats-images", "250", "--reset-images", "250",
+        "--path-steps", "3", "--dataset", "digits"]
+
+
+def _run(capsys, demo_parents, *extra):
+    rc = main(["landscape", "--models", *map(str, demo_parents), *FAST, *extra])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def three_point(demo_parents, tmp_path_factory):
+    """One preview-BN three-point run (permute basis, rebasin as the third model), JSON and html figure."""
+    d = tmp_path_factory.mktemp("ls_cli")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["landscape", "--models", *map(str, demo_parents), *FAST, "--methods", "permute", "rebasin",
+                   "--plane", "three-point", "--bn", "preview", "--out", str(d / "tp.npz"),
+                   "--figure", str(d / "tp.html"), "--json"])
+    return rc, json.loads(buf.getvalue().strip().splitlines()[-1]), d
+
+
+def test_three_point_summary_places_the_models(three_point):
+    rc, s, _ = three_point
+    assert rc == 0
+    assert s["plane"] == "three_point" and s["bn"].startswith("preview")
+    assert s["plane_models"] == ["parent 0' (permute)", "parent 1' (permute)", "rebasin"]
+    m = {r["label"]: r for r in s["models"]}
+    a, b, third = (m[lab] for lab in s["plane_models"])
+    assert a["coords"] == pytest.approx([0, 0], abs=1e-6) and b["coords"][1] == pytest.approx(0, abs=1e-6)
+    assert b["coords"][0] > 0 and third["coords"][1] > 0
+    for r in (a, b, third):
+        assert r["distance"] == pytest.approx(0, abs=1e-3 * b["coords"][0])
+    # Each merge is the midpoint of its primed parents, also the rebased one (one permutation moved all three).
+    for name in ("permute", "rebasin"):
+        mid = (np.array(m[f"parent 0' ({name})"]["coords"]) + np.array(m[f"parent 1' ({name})"]["coords"])) / 2
+        assert m[name]["coords"] == pytest.approx(list(mid), abs=1e-3 * b["coords"][0])
+    assert set(s["barriers"]) == {"permute", "rebasin"} and "mean" in s["barriers"]["permute"]
+    assert s["exact_primed_parents"] == {"permute": True, "rebasin": True}
+    assert 0 <= s["overlap"]["share"] <= 1 and len(s["overlap"]["thresholds"]) == 2
+
+
+def test_three_point_npz_and_figure(three_point):
+    _, s, d = three_point
+    r = LandscapeResult.load(d / "tp.npz")
+    ny, nx = s["grid"]
+    assert max(ny, nx) == 5 and r.task_loss.shape == (2, ny, nx) and r.task_acc.shape == (2, ny, nx)
+    assert r.joint_loss.shape == (ny, nx) and r.complete and np.isfinite(r.task_loss).all()
+    assert ((r.task_acc >= 0) & (r.task_acc <= 1)).all()
+    assert len(r.xs) == nx and len(r.ys) == ny and np.all(np.diff(r.xs) > 0)
+    coords = {row["label"]: row["coords"] for row in s["models"]}
+    for i, lab in enumerate(r.model_labels):
+        assert r.model_coords[i] == pytest.approx(coords[lab])
+    assert r.settings["groups"]["parent 0' (rebasin)"] == "rebasin"
+    html = (d / "tp.html").read_text()
+    assert "plotly" in html and "rebasin" in html and s["figure"]["html"].endswith("tp.html")
+
+
+@pytest.mark.slow
+def test_pca_plane_exact_bn_with_png(capsys, demo_parents, tmp_path):
+    rc, out, err = _run(capsys, demo_parents, "--methods", "permute", "rebasin", "--plane", "pca", "--bn", "exact",
+                        "--out", str(tmp_path / "pca.npz"), "--figure", str(tmp_path / "pca.png"), "--json")
+    assert rc == 0, err
+    s = json.loads(out.strip().splitlines()[-1])
+    assert s["plane"] == "pca" and s["bn"] == "exact" and len(s["plane_models"]) == 6
+    png = tmp_path / "pca.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
+    r = LandscapeResult.load(tmp_path / "pca.npz")
+    assert r.bn_mode == "exact" and r.complete
+    i0, i1 = r.model_labels.index("parent 0' (permute)"), r.model_labels.index("parent 1' (permute)")
+    # A permuted parent is the parent: each is far better on its own task than the other parent is.
+    assert r.model_task_loss[i0, 0] < r.model_task_loss[i1, 0]
+    assert r.model_task_loss[i1, 1] < r.model_task_loss[i0, 1]
+
+
+def test_collinear_triple_is_refused(capsys, demo_parents, tmp_path):
+    # permute ignores alpha: both merges are the same network, so the third model lies on the parents' line.
+    rc, out, err = _run(capsys, demo_parents, "--methods", "permute", "--alpha", "0.3", "--alpha2", "0.7",
+                        "--plane", "three-point", "--out", str(tmp_path / "c.npz"))
+    assert rc == 2 and "span no plane" in err and "Traceback" not in err + out
+    assert not (tmp_path / "c.npz").exists()
+
+
+@pytest.mark.parametrize("methods, message", [(["zipitt"], "unknown method 'zipitt'"),
+                                              (["ensemble"], "no merged weights"),
+                                              (["permute@x"], "METHOD@ALPHA"),
+                                              (["permute@1.5"], "alpha")])
+def test_bad_methods_are_refused(capsys, demo_parents, tmp_path, methods, message):
+    rc, out, err = _run(capsys, demo_parents, "--methods", *methods, "--out", str(tmp_path / "x.npz"))
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_partial_merge_and_single_merge_planes_are_refused(capsys, demo_parents, tmp_path):
+    rc, _, err = _run(capsys, demo_parents, "--methods", "permute", "rebasin", "--cut", "layer1",
+                      "--out", str(tmp_path / "x.npz"))
+    assert rc == 2 and "per-task heads" in err
+    for plane in ("three-point", "pca"):
+        rc, _, err = _run(capsys, demo_parents, "--methods", "permute", "--plane", plane,
+                          "--out", str(tmp_path / "x.npz"))
+        assert rc == 2 and "needs a second merge" in err
+    rc, _, err = _run(capsys, demo_parents, "--methods", "permute", "--out", str(tmp_path / "x.txt"))
+    assert rc == 2 and ".npz" in err
+
+
+def test_merge_specs():
+    assert merge_specs(["mudsc-zip"], alpha=0.5, alpha2=0.9) == [("mudsc-zip", 0.5), ("mudsc-zip", 0.9)]
+    assert merge_specs(["zipit", "mudsc-zip@0.2", "wzip"], alpha=0.5, alpha2=None) == [
+        ("zipit", 0.5), ("mudsc-zip", 0.2), ("wzip", 0.5)]
+    assert merge_specs(["zipit", "mudsc-zip"], alpha=0.5, alpha2=0.7)[1] == ("mudsc-zip", 0.7)
+    with pytest.raises(ConfigError, match="both set"):
+        merge_specs(["zipit", "mudsc-zip@0.2"], alpha=0.5, alpha2=0.7)
