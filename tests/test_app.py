@@ -193,6 +193,12 @@ def test_merge_page_remerges_on_alpha_and_cut(merge_session):
     assert result.config.cut == "layer2" and result.multihead
     assert result.params > sum(t.numel() for t in merge_session.parents[0].parameters())  # per-task tails
 
+    space = merge_session.graph.spaces[3].name
+    at.session_state["m_overrides"] = {"edited_rows": {3: {"alpha": 0.9}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert at.session_state["result"].config.alpha_overrides == ((space, 0.9),)
+    assert "Unit spaces and cut" in at.session_state["figures"]
+
     at.selectbox(key="m_method").set_value("ensemble").run()
     assert at.segmented_control(key="m_cut").disabled
     assert at.session_state["result"].config.cut == "full"
