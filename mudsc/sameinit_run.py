@@ -58,6 +58,7 @@ def task_statistics(models: Sequence[nn.Module], data: Dataset, *, examples: int
         g = torch.Generator().manual_seed(seed + i)
         out.append(compute_stats(m, batches(split, batch_size, shuffle=True, generator=g), examples=examples,
                                  fisher=fisher, generator=g, device=device))
+        m.cpu()  # compute_stats leaves the model on its device
     return out
 
 
@@ -104,7 +105,7 @@ def shares_output_space(models: Sequence[nn.Module]) -> bool:
     """Whether every head is the same frozen class embedding, so one model answers every task."""
     heads = [m.head for m in models]
     return all(isinstance(h, SharedHead) for h in heads) and all(
-        torch.equal(heads[0].class_embed, h.class_embed) for h in heads[1:])
+        torch.equal(heads[0].class_embed.cpu(), h.class_embed.cpu()) for h in heads[1:])
 
 
 def evaluate_task_models(models: Sequence[nn.Module], data: Dataset, *, batch_size: int = 500,
