@@ -97,6 +97,17 @@ def legend_entries(result: LandscapeResult, styles: Sequence[MarkerStyle],
     return out
 
 
+def offplane_note(result: LandscapeResult, *, per_line: int = 5) -> str:
+    """Models off the plane (drawn at their projection) with their L2 distance to it, `per_line` a line;
+    empty when every model lies on the plane (distance under 0.1% of the plotted extent)."""
+    extent = max(float(np.ptp(result.xs)), float(np.ptp(result.ys)), 1e-12)
+    off = [f"{lab} {d:.3g}" for lab, d in zip(result.model_labels, result.model_distance) if d > 1e-3 * extent]
+    if not off:
+        return ""
+    lines = [", ".join(off[i:i + per_line]) for i in range(0, len(off), per_line)]
+    return "Projected onto the plane (distance to it): " + ",\n".join(lines)
+
+
 def _segment_coords(result: LandscapeResult, segments: Sequence[tuple[str, str]] | None):
     """(x pair, y pair, index of the first model) of every segment whose ends are both on the plot."""
     where = {lab: i for i, lab in enumerate(result.model_labels)}
@@ -117,7 +128,7 @@ def _decoration(result: LandscapeResult, groups, segments) -> tuple[dict | None,
 
 def _levels(panels: list[tuple[str, np.ndarray]], vmax: float | None) -> tuple[float, float, np.ndarray]:
     """One colour scale for every panel: 0 (or the lowest loss) up to `vmax` (or the highest), in
-    10-15 bands of a round width (1, 2, 2.5 or 5 x 10^k); the top is `vmax` rounded up to a band."""
+    6-12 bands of a round width (1, 2, 2.5 or 5 x 10^k); the top is `vmax` rounded up to a band."""
     finite = [z[np.isfinite(z)] for _, z in panels]
     finite = np.concatenate(finite) if finite else np.zeros(0)
     lo = 0.0 if vmax is not None or not finite.size else float(finite.min())
@@ -214,12 +225,15 @@ def landscape_figure(result: LandscapeResult, *, overlap_threshold: float | Sequ
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", showlegend=True,
                                  line=dict(color="black", width=2.5, dash="dash"),
                                  name=_overlap_label(result, overlap_threshold)), row=1, col=1)
+    note = offplane_note(result)
+    top = 90 + 16 * (note.count("\n") + 1) if note else 90
     fig.update_layout(
-        title=_title(result, title), template="plotly_white", width=width, height=height,
+        title=dict(text=_title(result, title), subtitle=dict(text=note.replace("\n", "<br>"), font=dict(size=11))),
+        template="plotly_white", width=width, height=height + top - 90,
         coloraxis=dict(colorscale="RdYlBu", cmin=lo, cmax=hi,
                        colorbar=dict(title="loss" + (f" (clipped at {hi:g})" if vmax is not None else ""))),
         legend=dict(orientation="h", yanchor="top", y=-0.12, x=0, traceorder="normal"),
-        margin=dict(t=90, b=60))
+        margin=dict(t=top, b=60))
     return fig
 
 
@@ -286,13 +300,15 @@ def _matplotlib_landscape(result: LandscapeResult, *, overlap_threshold, vmax, t
     entries = legend_entries(result, styles, groups)
     for e in entries:
         handles.append(Line2D([], [], marker=e.marker, color=e.color, linestyle="--" if e.dashed else "none",
-                              markeredgecolor="white", markersize=12 if e.dashed else 8))
+                              markeredgecolor="white", markersize=13 if e.marker == "*" else 8))
         labels.append(e.name)
     if mask is not None:
         handles.append(Line2D([], [], color="k", linestyle="--", linewidth=2))
         labels.append(_overlap_label(result, overlap_threshold))
     ncol = min(len(labels), 4 if groups else 5)
-    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
+    note = offplane_note(result)
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False,
+               title=note or None, title_fontsize=7)
     fig.suptitle(_title(result, title))
     return fig
 

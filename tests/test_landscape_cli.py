@@ -124,3 +124,41 @@ def test_merge_specs():
     assert merge_specs(["zipit", "mudsc-zip"], alpha=0.5, alpha2=0.7)[1] == ("mudsc-zip", 0.7)
     with pytest.raises(ConfigError, match="both set"):
         merge_specs(["zipit", "mudsc-zip@0.2"], alpha=0.5, alpha2=0.7)
+
+
+def _grouped_result():
+    xs, ys = np.linspace(-1, 2, 7), np.linspace(-1, 1.5, 6)
+    gx, gy = np.meshgrid(xs, ys)
+    labels = ["A' (m0)", "B' (m0)", "m0", "A' (m1)", "B' (m1)", "m1"]
+    r = LandscapeResult.empty(xs, ys, ["task A", "task B"], labels, ["parent", "parent", "merge"] * 2,
+                              [[0, 0], [1, 0], [0.5, 0], [0, 1], [1, 1], [0.5, 1]], [0, 0, 0, 0.5, 0, 0.25],
+                              bn_mode="exact", settings={"plane": {"kind": "pca"}})
+    flat = np.arange(xs.size * ys.size)
+    la, lb = (gx ** 2 + gy ** 2).reshape(-1), ((gx - 1) ** 2 + gy ** 2).reshape(-1)
+    r.update(flat, {"task_loss": np.stack([la, lb], 1), "task_acc": np.full((len(flat), 2), 0.5),
+                    "joint_loss": la, "joint_acc": np.full(len(flat), 0.4)})
+    groups = {lab: ("m0" if i < 3 else "m1") for i, lab in enumerate(labels)}
+    segments = [("A' (m0)", "m0"), ("m0", "B' (m0)"), ("A' (m1)", "m1"), ("m1", "B' (m1)")]
+    return r, groups, segments
+
+
+def test_grouped_figure_colours_legend_segments_and_offplane_note():
+    from landscape.figure import landscape_figure, offplane_note
+
+    r, groups, segments = _grouped_result()
+    fig = landscape_figure(r, overlap_threshold=0.5, vmax=2.41, groups=groups, segments=segments)
+    legend = [t.name for t in fig.data if t.showlegend]
+    assert legend[:5] == ["m0", "m1", "parent 0'", "parent 1'", "merge"] and "below 0.5" in legend[5]
+    models = {t.name: t for t in fig.data if t.type == "scatter" and t.mode == "markers" and not t.showlegend}
+    assert models["A' (m1) (parent)"].marker.color == models["m1 (merge)"].marker.color != models["m0 (merge)"].marker.color
+    assert models["A' (m0) (parent)"].marker.symbol != models["B' (m0) (parent)"].marker.symbol
+    lines = [t for t in fig.data if t.type == "scatter" and t.mode == "lines" and not t.showlegend]
+    assert len(lines) == 4 * 3  # every segment on every panel
+    # Round colour levels: the top band ends at or just above vmax, shared by every panel.
+    assert 2.41 <= fig.layout.coloraxis.cmax <= 2.6
+    (size,) = {t.contours.size for t in fig.data if t.type == "contour" and t.coloraxis}
+    bands = fig.layout.coloraxis.cmax / size
+    assert size in (0.1, 0.2, 0.25, 0.5) and bands == pytest.approx(round(bands)) and 6 <= round(bands) <= 12
+    note = offplane_note(r)
+    assert "A' (m1) 0.5" in note and "m1 0.25" in note and "m0 " not in note
+    assert "A' (m1)" in fig.layout.title.subtitle.text
