@@ -23,15 +23,18 @@ def network_figure(graph: UnitGraph, cut: str) -> go.Figure:
     merged = set(names) if cut == "full" else set(graph.cut(cut).merged_spaces)
     labels = [n.removeprefix("body.") for n in names] + ["head"]
     sizes = [s.size for s in graph.spaces]
-    head_merged = cut == "full"
-    colours = [MERGED if n in merged else KEPT for n in names] + [MERGED if head_merged else KEPT]
+    colours = [MERGED if n in merged else KEPT for n in names]
     fig = go.Figure(go.Bar(
-        x=list(range(len(labels))), y=sizes + [min(sizes) if sizes else 1], marker_color=colours,
+        x=list(range(len(names))), y=sizes, marker_color=colours, showlegend=False,
         customdata=[[lab, "merged" if c == MERGED else "kept per task", s.groups]
-                    for lab, c, s in zip(labels, colours, graph.spaces)] + [["head", "merged" if head_merged
-                                                                              else "kept per task", 1]],
-        hovertemplate="%{customdata[0]}<br>%{y} units, %{customdata[2]} group(s)<br>%{customdata[1]}<extra></extra>",
-        showlegend=False))
+                    for lab, c, s in zip(labels, colours, graph.spaces)],
+        hovertemplate="%{customdata[0]}<br>%{y} units, %{customdata[2]} group(s)<br>%{customdata[1]}<extra></extra>"))
+    # The classifier head has no unit space; a short bar shows whether it is shared or kept per task.
+    head_merged = cut == "full"
+    fig.add_trace(go.Bar(x=[len(names)], y=[min(sizes, default=1)], marker_color=MERGED if head_merged else KEPT,
+                         marker_pattern_shape="/", showlegend=False,
+                         hovertemplate="classifier head<br>" + ("merged" if head_merged else "kept per task")
+                         + "<extra></extra>"))
     top = max(sizes, default=1) * 1.18
     for c in graph.cuts:
         x = names.index(c.space) + 0.5

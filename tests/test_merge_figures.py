@@ -15,10 +15,11 @@ def graph():
 
 def test_network_figure_colours_the_merged_spaces(graph):
     for cut in graph.cuts:
-        colours = list(network_figure(graph, cut.name).data[0].marker.color)
-        assert colours.count(MERGED) == len(cut.merged_spaces) and colours[-1] == KEPT  # head kept per task
-    full = list(network_figure(graph, "full").data[0].marker.color)
-    assert full == [MERGED] * (len(graph.spaces) + 1)
+        fig = network_figure(graph, cut.name)
+        assert list(fig.data[0].marker.color).count(MERGED) == len(cut.merged_spaces)
+        assert fig.data[1].marker.color == KEPT  # the head stays per task
+    fig = network_figure(graph, "full")
+    assert list(fig.data[0].marker.color) == [MERGED] * len(graph.spaces) and fig.data[1].marker.color == MERGED
     with pytest.raises(UnknownNameError):
         network_figure(graph, "layer9")
 
