@@ -182,10 +182,13 @@ def landscape_figure(result: LandscapeResult, *, overlap_threshold: float | Sequ
     segs = _segment_coords(result, segments)
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p for p, _ in panels],
                         horizontal_spacing=0.06)
-    # Equal aspect: size the figure so the panels, not white space, take the room.
+    # Equal aspect: size the plot area so the panels, not white space, fill it (and the colour bar
+    # spans exactly the panels' height). Margins: left 80, right 140 (colour bar), bottom 110
+    # (axis titles, legend).
     width = 380 * len(panels) + 160
     aspect = float(np.ptp(result.ys) / max(np.ptp(result.xs), 1e-12)) if len(result.xs) > 1 else 1.0
-    height = int(min(max(0.78 * (width - 160) / len(panels) * aspect, 220), 700)) + 280
+    panel_w = (width - 220) * (1 - 0.06 * (len(panels) - 1)) / len(panels)
+    panel_h = int(min(max(panel_w * aspect, 150), 650))
     mask = result.overlap(overlap_threshold)[0].astype(float) if overlap_threshold is not None else None
     lo, hi, levels = _levels(panels, vmax)
     for col, (_, z) in enumerate(panels, start=1):
@@ -226,14 +229,15 @@ def landscape_figure(result: LandscapeResult, *, overlap_threshold: float | Sequ
                                  line=dict(color="black", width=2.5, dash="dash"),
                                  name=_overlap_label(result, overlap_threshold)), row=1, col=1)
     note = offplane_note(result)
-    top = 90 + 16 * (note.count("\n") + 1) if note else 90
+    top = 100 + 16 * (note.count("\n") + 1) if note else 100
     fig.update_layout(
         title=dict(text=_title(result, title), subtitle=dict(text=note.replace("\n", "<br>"), font=dict(size=11))),
-        template="plotly_white", width=width, height=height + top - 90,
+        template="plotly_white", width=width, height=top + panel_h + 110,
         coloraxis=dict(colorscale="RdYlBu", cmin=lo, cmax=hi,
-                       colorbar=dict(title="loss" + (f" (clipped at {hi:g})" if vmax is not None else ""))),
-        legend=dict(orientation="h", yanchor="top", y=-0.12, x=0, traceorder="normal"),
-        margin=dict(t=top, b=60))
+                       colorbar=dict(title=dict(text="loss" + (f" (clipped at {hi:g})" if vmax is not None else ""),
+                                                side="right"))),
+        legend=dict(orientation="h", yref="container", yanchor="bottom", y=0, x=0, traceorder="normal"),
+        margin=dict(l=80, r=140, t=top, b=110, autoexpand=False))
     return fig
 
 
