@@ -110,7 +110,6 @@ def _landscape(args: argparse.Namespace) -> int:
     import torch
 
     from landscape import GridSpec, compute_landscape, evaluate_path, make_eval_set
-    from landscape.figure import write_figure
     from landscape.frames import common_frame, plane_spec
     from landscape.plane import trainable_names
 
@@ -185,6 +184,8 @@ def _landscape(args: argparse.Namespace) -> int:
 
     figures = {}
     if args.figure:
+        from landscape.figure import write_figure  # plotly: only when a figure is asked for
+
         written = write_figure(result, Path(args.figure).with_suffix(""), formats=(fig_fmt,),
                                overlap_threshold=thresholds, vmax=vmax, groups=frame.groups,
                                segments=frame.segments)
