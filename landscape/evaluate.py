@@ -21,7 +21,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mudsc.errors import ConfigError, DataError

@@ -15,30 +15,16 @@ from typing import Sequence
 
 from torch import Tensor
 
-from mudsc.config import make_config
 from mudsc.errors import ConfigError
 from mudsc.fuse import transform_state_dict
-from mudsc.graph import UnitGraph
 from mudsc.session import MergeResult, MergeSession
-from mudsc.solve import solve
-from mudsc.views import is_permutation, transformed_parents
+from mudsc.views import is_permutation, rebase_maps, transformed_parents
 
 from . import plane as planes
 from .compute import PLANE_KINDS, PlaneSpec
 
 StateDict = dict[str, Tensor]
 Maps = dict[str, tuple[Tensor, Tensor]]
-
-
-def rebase_maps(reference: StateDict, other: StateDict, graph: UnitGraph, *, max_sweeps: int = 30,
-                seed: int = 0) -> Maps:
-    """Per unit space, the permutation (P [C, C], P^T [C, C]) that moves `other` into `reference`'s
-    basis, by weight matching (Git Re-Basin Algorithm 1, as :func:`mudsc.views.rebase`); apply it to
-    any state dict of `other`'s basis with :func:`mudsc.fuse.transform_state_dict`."""
-    cfg = make_config(method="rebasin", max_sweeps=max_sweeps, seed=seed, reset_bn=False)
-    sol = solve([reference, other], graph, [s.name for s in graph.spaces], cfg)
-    # parts()[1] is parent 1's (M, U) with M carrying the 1/N averaging weight; N = 2 here.
-    return {s: (m.parts()[1][0] * 2, m.parts()[1][1]) for s, m in sol.matches.items()}
 
 
 @dataclass

@@ -344,15 +344,22 @@ def is_permutation(result: MergeResult) -> bool:
     return True
 
 
+def rebase_maps(reference: dict[str, Tensor], other: dict[str, Tensor], graph: UnitGraph, *,
+                max_sweeps: int = 30, seed: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per unit space, the permutation (P [C, C], P^T [C, C]) moving `other` into `reference`'s basis
+    by Git Re-Basin weight matching (Ainsworth et al., ICLR 2023, Algorithm 1: Hungarian on raw weight
+    inner products, coordinate descent over the unit spaces); apply it to any state dict of `other`'s
+    basis with :func:`mudsc.fuse.transform_state_dict`."""
+    cfg = make_config(method="rebasin", max_sweeps=max_sweeps, seed=seed, reset_bn=False)
+    sol = solve([reference, other], graph, [s.name for s in graph.spaces], cfg)
+    # parts()[1] is parent 1's (M, U) with M carrying the 1/N averaging weight; N = 2 here.
+    return {s: (m.parts()[1][0] * 2, m.parts()[1][1]) for s, m in sol.matches.items()}
+
+
 def rebase(reference: dict[str, Tensor], other: dict[str, Tensor], graph: UnitGraph, *,
            max_sweeps: int = 30, seed: int = 0) -> dict[str, Tensor]:
-    """`other` permuted into `reference`'s basis by Git Re-Basin weight matching (Ainsworth et al.,
-    ICLR 2023, Algorithm 1: Hungarian on raw weight inner products, coordinate descent over the unit
-    spaces). The result computes the same function as `other`."""
-    cfg = make_config(method="rebasin", max_sweeps=max_sweeps, seed=seed, reset_bn=False)
-    spaces = [s.name for s in graph.spaces]
-    sol = solve([reference, other], graph, spaces, cfg)
-    maps = {s: (m.parts()[1][0] * 2, m.parts()[1][1]) for s, m in sol.matches.items()}
+    """`other` permuted into `reference`'s basis (:func:`rebase_maps`); it computes the same function."""
+    maps = rebase_maps(reference, other, graph, max_sweeps=max_sweeps, seed=seed)
     return {k: v.clone() for k, v in transform_state_dict(other, graph, maps).items()}
 
 

@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from landscape.figure import landscape_figure, path_figure, write_figure
 from landscape.barrier import PathResult

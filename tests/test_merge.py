@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from mudsc.config import make_config
-from mudsc.data import load_dataset
 from mudsc.errors import ConfigError, UnknownNameError
 from mudsc.fuse import transform_state_dict
 from mudsc.io import load_model

@@ -29,3 +29,12 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=None, sort_keys=True, default=float))
+
+
+def print_record(rec: dict, classes: str, *, as_json: bool) -> None:
+    """A trained or fine-tuned parent's record: JSON, or one line with its held-out accuracy."""
+    if as_json:
+        print_json(rec)
+    else:
+        print(f"{rec['path']}: accuracy {rec['accuracy']:.4f} on task {classes} "
+              f"({rec['dataset']['name']} held-out), {rec['train_seconds']:.1f} s")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data_args, print_json
+from .common import add_data_args, print_record
 
 
 def add_finetune(zsub: argparse._SubParsersAction) -> None:
@@ -30,9 +30,5 @@ def _finetune(args: argparse.Namespace) -> int:
     rec = finetune_parent(args.base, dataset=args.dataset, data_dir=args.data_dir, classes=args.classes,
                           seed=args.seed, epochs=args.epochs, head=args.head, lr=args.lr,
                           batch_size=args.batch_size, out=args.out, device=args.device)
-    if args.json:
-        print_json(rec)
-    else:
-        print(f"{rec['path']}: accuracy {rec['accuracy']:.4f} on task {args.classes} "
-              f"({rec['dataset']['name']} held-out), {rec['train_seconds']:.1f} s")
+    print_record(rec, args.classes, as_json=args.json)
     return 0

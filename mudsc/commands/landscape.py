@@ -106,7 +106,6 @@ def _landscape(args: argparse.Namespace) -> int:
     import copy
     import time
 
-    import numpy as np
     import torch
 
     from landscape import GridSpec, compute_landscape, evaluate_path, make_eval_set

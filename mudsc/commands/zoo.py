@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data_args, parse_kw, print_json
+from .common import add_data_args, parse_kw, print_json, print_record
 from .finetune import add_finetune
 
 
@@ -65,11 +65,7 @@ def _train(args: argparse.Namespace) -> int:
                            progress=update, **kw)
     finally:
         bar.close()
-    if args.json:
-        print_json(rec)
-    else:
-        print(f"{rec['path']}: accuracy {rec['accuracy']:.4f} on task {args.classes} "
-              f"({rec['dataset']['name']} held-out), {rec['train_seconds']:.1f} s")
+    print_record(rec, args.classes, as_json=args.json)
     return 0
 
 
