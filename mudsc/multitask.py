@@ -20,6 +20,7 @@ from .data import Dataset, batches, check_tasks
 from .device import default_device
 from .errors import ConfigError, DataError
 from .evaluate import columns
+from .train import optimizer_step
 
 
 def train_multitask(models: Sequence[nn.Module], base_body: dict[str, Tensor], data: Dataset, *, epochs: int = 3,
@@ -78,14 +79,7 @@ def train_multitask(models: Sequence[nn.Module], base_body: dict[str, Tensor], d
                 if rows.any():
                     logits = head(z[rows])[:, cols[t]]
                     loss = loss + F.cross_entropy(logits, target[rows], reduction="sum")
-            loss = loss / len(y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if progress is not None:
-                progress(step, total, loss.item())
+            step = optimizer_step(opt, sched, loss / len(y), step, total, progress)
     body_sd = {f"body.{k}": v.detach().cpu() for k, v in body.state_dict().items()}
     out = []
     for m, head in zip(models, heads):

@@ -46,12 +46,18 @@ def train_model(model: nn.Module, data: Dataset, classes: tuple[int, ...], *, ep
         for x, y in batches(train, batch_size, shuffle=True, augment=True, generator=g, drop_last=True):
             x, target = x.to(device), remap[y].to(device)
             loss = F.cross_entropy(model(x)[:, cols], target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if progress is not None:
-                progress(step, total, loss.item())
+            step = optimizer_step(opt, sched, loss, step, total, progress)
     model.eval()
     return accuracy(model, data.eval, classes, device=device)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, sched, loss: torch.Tensor, step: int, total: int,
+                   progress: Callable[[int, int, float], None] | None) -> int:
+    """One optimiser and schedule step on `loss`; reports progress and returns the new step count."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    if progress is not None:
+        progress(step + 1, total, loss.item())
+    return step + 1

@@ -11,8 +11,9 @@ from mudsc.session import MergeResult, MergeSession
 MEMO_ENTRIES = 24
 
 
-def require_merge() -> tuple[MergeSession, MergeResult]:
-    """The session and the latest merge, or a pointer to the page that makes them, and stop."""
+def require_merge(*, to_see: str | None = None) -> tuple[MergeSession, MergeResult]:
+    """The session and the latest merge, or a pointer to the page that makes them, and stop.
+    With `to_see`, also stop when the merge matched no units (there is nothing of that to show)."""
     session = st.session_state.get("session")
     if session is None:
         st.info("Load parents on the Parents page first")
@@ -20,6 +21,9 @@ def require_merge() -> tuple[MergeSession, MergeResult]:
     result = st.session_state.get("result")
     if result is None:
         st.info("Merge the parents on the Merge page first: these views explain a merge.")
+        st.stop()
+    if to_see is not None and result.solution is None:
+        st.info(f"The {result.config.method} merge matches no units; merge with a matching method to see {to_see}.")
         st.stop()
     return session, result
 

@@ -9,10 +9,7 @@ st.title("Alignment")
 st.caption("What the solver decided: the merge map of every unit space, the pairing of groups "
            "(GroupNorm groups, attention heads), and merges within one parent versus across parents.")
 
-session, result = require_merge()
-if result.solution is None:
-    st.info(f"The {result.config.method} merge matches no units; merge with a matching method to see its alignment.")
-    st.stop()
+session, result = require_merge(to_see="its alignment")
 matches = result.solution.matches
 
 # ----------------------------------------------------------------------------- merges within / across

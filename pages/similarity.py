@@ -12,10 +12,7 @@ st.title("Similarity")
 st.caption("Why units were merged: their similarity in weight space (S_W), in activation space (S_A), "
            "and the mix S = α S_W + (1 − α) S_A the merge matched on (MuDSC, Xu et al., CVPR 2024).")
 
-session, result = require_merge()
-if result.solution is None:
-    st.info(f"The {result.config.method} merge matches no units; merge with a matching method to see similarities.")
-    st.stop()
+session, result = require_merge(to_see="similarities")
 
 spaces = list(result.solution.matches)
 left, right = st.columns([2, 3])
