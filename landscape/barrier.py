@@ -65,7 +65,7 @@ class PathResult:
 def evaluate_path(template: nn.Module, states: Sequence[StateDict], eval_set: EvalSet, *,
                   labels: Sequence[str] | None = None, steps: int = 11, bn_mode: str = "exact",
                   stats: StateDict | None = None, names: Sequence[str] | None = None, chunk_size: int = 16,
-                  method: str = "vmap", autocast: bool | None = None,
+                  method: str = "auto", autocast: bool | None = None,
                   task_names: Sequence[str] | None = None) -> PathResult:
     """Metrics at `steps` evenly spaced points on each segment of the polyline through `states`.
 

@@ -18,7 +18,7 @@ from mudsc.errors import ConfigError, UnknownNameError
 from . import plane as planes
 from .cache import LandscapeCache, landscape_key
 from .evaluate import EvalSet, task_name
-from .grid import PointEvaluator, check_bn_mode, evaluate_coords, progressive_order
+from .grid import PointEvaluator, check_bn_mode, check_method, evaluate_coords, native_bf16, progressive_order
 from .result import LandscapeResult
 
 StateDict = Mapping[str, Tensor]
@@ -93,7 +93,7 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
                       should_stop: Callable[[], bool] | threading.Event | None = None,
                       on_update: Callable[[LandscapeResult], None] | None = None,
                       roles: Mapping[str, str] | None = None, names: Sequence[str] | None = None,
-                      stats_from: str | None = None, method: str = "vmap",
+                      stats_from: str | None = None, method: str = "auto",
                       autocast: bool | None = None) -> LandscapeResult:
     """Per-task and joint loss/accuracy over a plane through `models` (all in one basis).
 
@@ -113,8 +113,9 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
         on_update: receives the result after every chunk (coarse sub-grid first).
         roles: label -> 'parent' / 'merge' / ... for the figure's markers (default 'model').
         names: coordinate tensors (default: the template's trainable parameters).
-        method: ``vmap`` (falls back to the loop if the model is not vmappable) or ``loop``.
-        autocast: bf16 autocast (default: on CUDA only).
+        method: ``auto`` (see :func:`landscape.grid.evaluate_coords`), ``vmap`` (falls back to the
+            loop if the model is not vmappable) or ``loop``.
+        autocast: bf16 autocast (default: where the hardware runs bf16 natively).
     """
     if not models:
         raise ConfigError("compute_landscape needs at least one model")
@@ -124,6 +125,7 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
     stats_label = stats_from or labels[0]
     if stats_label not in models:
         raise UnknownNameError(f"stats_from names model {stats_label!r}, but the models are {', '.join(labels)}")
+    planes.check_same_shapes(models, names)
     plane = build_plane(plane_spec, models, names=names)
     placed = [plane.project(models[lab]) for lab in labels]
     coords = torch.stack([c for c, _ in placed])
@@ -133,7 +135,7 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
         xs, ys = planes.cover_grid(corners, resolution=grid.resolution, margin=0.0)
     else:
         xs, ys = planes.cover_grid(coords, resolution=grid.resolution, margin=grid.margin)
-    use_autocast = (eval_set.device.type == "cuda") if autocast is None else bool(autocast)
+    use_autocast = native_bf16(eval_set.device) if autocast is None else bool(autocast)
     spec = {"plane": asdict(plane_spec), "grid": asdict(grid), "bn_mode": bn_mode,
             "stats_from": stats_label if bn_mode == "preview" else None,
             "precision": "bf16-autocast" if use_autocast else "float32", "names": list(names),
@@ -144,6 +146,17 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
     role_list = [(roles or {}).get(lab, "model") for lab in labels]
 
     result = cache.load(key) if cache is not None else None
+    if result is not None and result.complete:
+        result.model_roles = role_list
+        if progress is not None:
+            progress(result.done.size, result.done.size)
+        return result
+
+    evaluator = PointEvaluator(template, plane, eval_set, bn_mode=bn_mode, stats=models[stats_label],
+                               autocast=use_autocast)
+    method = check_method(method, evaluator)
+    # Before any grid array is allocated: a grid that cannot fit is refused with the size it needs.
+    evaluator.check_memory(len(xs) * len(ys), method=method, chunk_size=chunk_size, grid_shape=(len(ys), len(xs)))
     if result is None:
         settings = {**spec, "plane_info": plane.describe(), "eval_set": eval_set.info,
                     "axis_units": "parameter-space L2 distance"}
@@ -154,13 +167,6 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
                                        settings=settings, fingerprint=key)
     result.model_roles = role_list
     total = result.done.size
-    if result.complete:
-        if progress is not None:
-            progress(total, total)
-        return result
-
-    evaluator = PointEvaluator(template, plane, eval_set, bn_mode=bn_mode, stats=models[stats_label],
-                               autocast=use_autocast)
     for i, lab in enumerate(labels):
         if torch.isnan(torch.as_tensor(result.model_joint_loss[i])):
             result.set_model_metrics(i, evaluator.means(evaluator.state_sums(models[lab])))

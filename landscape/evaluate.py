@@ -212,8 +212,8 @@ def _stratified(y: Tensor, classes: Sequence[int], n: int, generator: torch.Gene
     return torch.cat([p[:t] for p, t in zip(pools, take)])
 
 
-def make_eval_set(dataset, tasks: Sequence[Sequence[int]], *, per_task: int = 500, calib_size: int = 512,
-                  batch_size: int = 256, calib_batch_size: int = 128, generator: torch.Generator,
+def make_eval_set(dataset, tasks: Sequence[Sequence[int]], *, per_task: int = 500, calib_size: int = 256,
+                  batch_size: int = 512, calib_batch_size: int = 256, generator: torch.Generator,
                   device: torch.device | str = "cpu") -> EvalSet:
     """Class-stratified `per_task` examples per task from ``dataset.eval``, and `calib_size`
     stratified training images (all tasks' classes, no augmentation) for BatchNorm calibration."""

@@ -12,13 +12,18 @@ dict is materialised. Two BatchNorm modes:
   * ``preview``: every point uses one given set of statistics (frozen BN statistics): cheap, wrong
     between models; results say so.
 
-The per-point loop runs the same point function without ``vmap``; it is the fallback for models
-``vmap`` cannot handle and the reference the tests hold ``vmap`` to. On CUDA the forward runs
-under bf16 autocast (BN statistics and losses stay float32).
+The per-point loop runs the same point function without ``vmap`` (convolution weights in
+channels-last layout, which oneDNN runs faster); it is the fallback for models ``vmap`` cannot
+handle and the reference the tests hold ``vmap`` to. ``method='auto'`` takes ``vmap`` except for
+convolutional models on CPU, where batching points turns every convolution into a grouped one that
+is no faster than the loop (benchmarks/RESULTS.md, "Loss-landscape grid speed"). Where the
+hardware runs bf16 natively (CUDA, CPUs with AVX512-BF16 or AMX) the forward runs under bf16
+autocast by default (BN statistics and losses stay float32); ``autocast=False`` gives float32.
 """
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from typing import Callable, Mapping
 
@@ -32,7 +37,35 @@ from .evaluate import EvalSet, TaskLayout, metric_sums, task_counts
 from .plane import Plane
 
 BN_LABELS = {"exact": "exact", "preview": "preview (frozen BN statistics)"}
+METHODS = ("auto", "vmap", "loop")
 Sums = tuple[Tensor, Tensor, Tensor, Tensor]
+_GiB = 2 ** 30
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether bf16 autocast runs natively: CUDA, or a CPU whose oneDNN has bf16 kernels (AVX512-BF16, AMX)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    try:
+        return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def available_memory(device: torch.device | str) -> int:
+    """Free bytes on `device`: CUDA's free memory, or the kernel's MemAvailable for the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def bn_modules(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
@@ -66,6 +99,13 @@ def progressive_order(ny: int, nx: int, *, strides: tuple[int, ...] = (4, 2, 1))
     return torch.cat(order + [rest])
 
 
+def check_method(method: str, evaluator: "PointEvaluator") -> str:
+    """``auto`` -> the evaluator's faster method; refuses unknown names."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown grid method {method!r}; choose one of {', '.join(METHODS)}")
+    return evaluator.default_method() if method == "auto" else method
+
+
 class PointEvaluator:
     """Per-task and joint metrics of `template` at plane points, on the eval set's device.
 
@@ -75,7 +115,7 @@ class PointEvaluator:
         eval_set: fixed evaluation examples and calibration images.
         bn_mode: ``exact`` or ``preview``.
         stats: preview-mode BN statistics (state dict holding them); default the plane's ``base``.
-        autocast: bf16 autocast; default on CUDA only.
+        autocast: bf16 autocast; default where the hardware runs bf16 natively (:func:`native_bf16`).
     """
 
     def __init__(self, template: nn.Module, plane: Plane, eval_set: EvalSet, *, bn_mode: str = "exact",
@@ -93,9 +133,8 @@ class PointEvaluator:
             raise ConfigError("exact BN mode needs calibration images (calib_size > 0) for this BatchNorm model")
         self.counts = task_counts(eval_set.y, self.layout).double().cpu()
         self.n = len(eval_set.y)
-        self.autocast = (dev.type == "cuda") if autocast is None else bool(autocast)
-        if self.autocast and dev.type != "cuda":
-            raise ConfigError("bf16 autocast is only used on CUDA")
+        self.autocast = native_bf16(dev) if autocast is None else bool(autocast)
+        self.has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in self.model.modules())
         self.plane = plane
         self.origin, self.u, self.v = (t.to(dev, torch.float32) for t in (plane.origin, plane.u, plane.v))
         self.slices, off = [], 0
@@ -129,12 +168,23 @@ class PointEvaluator:
             out[name] = fill(full, dtype=dt, device=self.device)
         return out
 
-    def _params(self, c: Tensor) -> dict[str, Tensor]:
+    @property
+    def precision(self) -> str:
+        return "bf16-autocast" if self.autocast else "float32"
+
+    def default_method(self) -> str:
+        """``vmap`` on CUDA and for convolution-free models; the channels-last loop for conv nets on CPU."""
+        return "loop" if self.has_conv and self.device.type == "cpu" else "vmap"
+
+    def _params(self, c: Tensor, *, channels_last: bool = False) -> dict[str, Tensor]:
         flat = self.origin + c[0] * self.u + c[1] * self.v
-        return {n: flat[o:o + k].view(s) for n, o, k, s in self.slices}
+        out = {n: flat[o:o + k].view(s) for n, o, k, s in self.slices}
+        if channels_last:  # vmap cannot batch memory formats, so only the loop gets this
+            out = {n: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for n, t in out.items()}
+        return out
 
     def _forward(self, params: dict, buffers: dict, x: Tensor):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return functional_call(self.model, (params, buffers), (x,))
 
     def point_sums(self, params: dict[str, Tensor], stats: dict[str, Tensor]) -> Sums:
@@ -165,8 +215,45 @@ class PointEvaluator:
                 stats = self.fresh_stats(len(c)) if self.exact_bn else {}
                 fn = lambda ci, st: self.point_sums(self._params(ci), st)  # noqa: E731
                 return vmap(fn, in_dims=(0, 0))(c, stats)
-            outs = [self.point_sums(self._params(ci), self.fresh_stats() if self.exact_bn else {}) for ci in c]
+            outs = [self.point_sums(self._params(ci, channels_last=True), self.fresh_stats() if self.exact_bn else {})
+                    for ci in c]
             return tuple(torch.stack(z) for z in zip(*outs))
+
+    def memory_needed(self, points: int, *, method: str, chunk_size: int) -> dict[str, int]:
+        """Bytes a run over `points` grid points would hold at once: result grids, per-point weights, activations.
+
+        Activations are measured by one probe forward (hooks on every module, one image), scaled by
+        the largest batch and by the points evaluated at once (the chunk under ``vmap``, one in the loop).
+        """
+        sizes = []
+        hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel() * o.element_size())
+                                         if isinstance(o, Tensor) else None)
+                 for m in self.model.modules() if not list(m.children())]
+        try:
+            with torch.no_grad():
+                self._forward(self._params(torch.zeros(2, device=self.device)),
+                              {**self.fixed, **(self.fresh_stats() if self.exact_bn else {})}, self.eval_batches[0][0][:1])
+        finally:
+            for h in hooks:
+                h.remove()
+        per_image = 3 * max(sizes, default=0)  # a residual block keeps about three feature maps alive
+        batch = max([self.eval_batches[0][0].shape[0]] + [len(x) for x in self.calib])
+        at_once = min(chunk_size, points) if method == "vmap" else 1
+        return {"grid": points * (4 + 2 * len(self.counts)) * 8 * 2,  # float64 grids + progressive order
+                "weights": at_once * self.origin.numel() * 4 * 2,
+                "activations": at_once * batch * per_image}
+
+    def check_memory(self, points: int, *, method: str, chunk_size: int, grid_shape: tuple[int, int]) -> None:
+        """Refuse, with the size it would need, a run that would not fit in the device's free memory."""
+        need = self.memory_needed(points, method=method, chunk_size=chunk_size)
+        free = available_memory(self.device)
+        if sum(need.values()) > 0.8 * free:
+            ny, nx = grid_shape
+            parts = ", ".join(f"{k} {v / _GiB:.2f}" for k, v in need.items())
+            raise ConfigError(
+                f"a {ny}x{nx} grid needs about {sum(need.values()) / _GiB:.1f} GiB on {self.device} ({parts} GiB), "
+                f"but only {free / _GiB:.1f} GiB is free: lower the grid resolution, the chunk size or the "
+                "number of evaluation / calibration images")
 
     def state_sums(self, sd: Mapping[str, Tensor]) -> Sums:
         """Sums of one model given as a state dict (its coordinate tensors; BN per the mode)."""
@@ -181,7 +268,7 @@ class PointEvaluator:
                 "joint_loss": jl / self.n, "joint_acc": jc / self.n}
 
 
-def evaluate_coords(evaluator: PointEvaluator, coords: Tensor, *, method: str = "vmap", chunk_size: int = 16,
+def evaluate_coords(evaluator: PointEvaluator, coords: Tensor, *, method: str = "auto", chunk_size: int = 16,
                     progress: Callable[[int, int], None] | None = None,
                     should_stop: Callable[[], bool] | None = None,
                     on_chunk: Callable[[Tensor, dict[str, Tensor]], None] | None = None) -> tuple[Tensor, str]:
@@ -189,10 +276,9 @@ def evaluate_coords(evaluator: PointEvaluator, coords: Tensor, *, method: str = 
 
     `on_chunk(indices, means)` receives each finished chunk; `should_stop()` is checked between
     chunks, so a cancelled run keeps what it finished. ``method='vmap'`` falls back to the loop (with
-    a warning) when vmap cannot run the model.
+    a warning) when vmap cannot run the model; ``'auto'`` is :meth:`PointEvaluator.default_method`.
     """
-    if method not in ("vmap", "loop"):
-        raise ConfigError(f"unknown grid method {method!r}; choose 'vmap' or 'loop'")
+    method = check_method(method, evaluator)
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
     coords = torch.as_tensor(coords, dtype=torch.float64).reshape(-1, 2)

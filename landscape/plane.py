@@ -119,8 +119,24 @@ def _layout(sd: StateDict, names: Sequence[str]) -> tuple[tuple, tuple, dict]:
     return shapes, dtypes, base
 
 
+def check_same_shapes(models: Mapping[str, StateDict], names: Sequence[str]) -> None:
+    """Refuse models that cannot share a plane: a missing coordinate tensor or one of another shape."""
+    labels = list(models)
+    ref = models[labels[0]]
+    for lab in labels[1:]:
+        for n in names:
+            if n not in models[lab]:
+                raise ShapeMismatchError(f"plane: model {lab!r} lacks coordinate tensor {n!r}, so it cannot share a "
+                                         f"plane with {labels[0]!r}")
+            if n in ref and models[lab][n].shape != ref[n].shape:
+                raise ShapeMismatchError(
+                    f"plane: models {labels[0]!r} and {lab!r} cannot share a plane: tensor {n!r} has shape "
+                    f"{tuple(ref[n].shape)} in {labels[0]!r} and {tuple(models[lab][n].shape)} in {lab!r}")
+
+
 def _check_same(sds: Sequence[StateDict], names: Sequence[str], shapes: tuple) -> None:
-    for i, sd in enumerate(sds):
+    """`sds` (the models after the first) against the first model's `shapes`."""
+    for i, sd in enumerate(sds, start=1):
         for n, s in zip(names, shapes):
             if n not in sd:
                 raise ShapeMismatchError(f"plane: model {i} lacks coordinate tensor {n!r}")

@@ -117,6 +117,24 @@ def test_partial_merge_and_single_merge_planes_are_refused(capsys, demo_parents,
     assert rc == 2 and ".npz" in err
 
 
+def test_grid_too_large_and_mismatched_parents_are_refused(capsys, demo_parents, tmp_path):
+    rc, out, err = _run(capsys, demo_parents, "--methods", "permute", "rebasin", "--grid", "200000",
+                        "--out", str(tmp_path / "big.npz"))
+    assert rc == 2 and "grid needs about" in err and "GiB" in err and "lower the grid resolution" in err
+    assert "Traceback" not in err + out and not (tmp_path / "big.npz").exists()
+
+    from mudsc.io import load_model, save_model
+    from mudsc.models import model_from_spec
+
+    _, meta = load_model(demo_parents[1])
+    wider = dict(meta["spec"], kwargs={**meta["spec"]["kwargs"], "width": 2})
+    wide = save_model(model_from_spec(wider), tmp_path / "wide.safetensors")
+    rc = main(["landscape", "--models", str(demo_parents[0]), str(wide), *FAST, "--methods", "permute", "rebasin",
+               "--out", str(tmp_path / "w.npz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "parent 1 differs from parent 0 in width or shape" in err, err
+
+
 def test_merge_specs():
     assert merge_specs(["mudsc-zip"], alpha=0.5, alpha2=0.9) == [("mudsc-zip", 0.5), ("mudsc-zip", 0.9)]
     assert merge_specs(["zipit", "mudsc-zip@0.2", "wzip"], alpha=0.5, alpha2=None) == [

@@ -8,8 +8,9 @@ import torch
 import landscape.compute as compute_mod
 from landscape import GridSpec, LandscapeResult, PlaneSpec, compute_landscape, evaluate_path, make_eval_set
 from landscape.barrier import interpolation_barrier
+from landscape.plane import three_point, trainable_names
 from mudsc.data import load_dataset
-from mudsc.errors import ConfigError, UnknownNameError
+from mudsc.errors import ConfigError, ShapeMismatchError, UnknownNameError
 from mudsc.models import create_model
 
 TASKS = [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
@@ -113,6 +114,25 @@ def test_bad_specs_are_refused(setup, tmp_path):
     tpl, sds, es = setup
     with pytest.raises(UnknownNameError):
         compute_landscape(tpl, sds, PlaneSpec("pca", models=("A", "B", "Q")), es, use_cache=False)
+
+
+def test_a_grid_too_large_is_refused_with_its_size_before_allocating(setup, tmp_path):
+    # 200,000 points along the longer side: ~4e10 points, far beyond any machine; refused with the size.
+    with pytest.raises(ConfigError, match=r"a \d+x200000 grid needs about [0-9.]+ GiB on cpu"):
+        _run(setup, tmp_path, grid=GridSpec(resolution=200_000, margin=0.2))
+    assert not list(tmp_path.rglob("*.npz"))
+
+
+def test_models_of_different_shapes_cannot_share_a_plane(setup, tmp_path):
+    tpl, sds, es = setup
+    torch.manual_seed(5)
+    wider = create_model("mlp", classes=TASKS[0], num_classes=10, in_chans=1, img_size=8, width=24).state_dict()
+    for kind in ("three_point", "pca"):
+        with pytest.raises(ShapeMismatchError, match=r"models 'A' and 'M' cannot share a plane: tensor '[^']+' has "
+                                                     r"shape \(16, 64\) in 'A' and \(24, 64\) in 'M'"):
+            compute_landscape(tpl, {**sds, "M": wider}, PlaneSpec(kind), es, use_cache=False)
+    with pytest.raises(ShapeMismatchError, match=r"model 2 tensor .* has shape \(24, 64\), expected \(16, 64\)"):
+        three_point(sds["A"], sds["B"], wider, names=trainable_names(tpl))
 
 
 def test_pca_and_random_planes_run(setup, tmp_path):

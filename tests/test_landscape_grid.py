@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from landscape.evaluate import make_eval_set, multitask_metrics, TaskLayout
-from landscape.grid import BN_LABELS, PointEvaluator, evaluate_coords, progressive_order
+from landscape import grid
+from landscape.grid import BN_LABELS, PointEvaluator, evaluate_coords, native_bf16, progressive_order
 from landscape.plane import three_point, trainable_names
 from mudsc.data import load_dataset
 from mudsc.errors import ConfigError
@@ -46,7 +47,7 @@ def test_vmap_matches_loop(eval_set, arch, kw, bn_mode):
     tpl, (a, b, c) = _three(arch, **kw)
     pl = three_point(a, b, c, names=trainable_names(tpl))
     coords = COORDS * pl.info["axis_lengths"][0]
-    ev = PointEvaluator(tpl, pl, eval_set, bn_mode=bn_mode)
+    ev = PointEvaluator(tpl, pl, eval_set, bn_mode=bn_mode, autocast=False)
     v = _means(ev, coords, "vmap", 2)
     loop = _means(ev, coords, "loop", 3)
     for k in v:
@@ -60,7 +61,7 @@ def test_exact_bn_equals_manual_reset_at_a_grid_point(eval_set):
     pl = three_point(a, b, c, names=trainable_names(tpl))
     coords = torch.tensor([[0.4 * pl.info["axis_lengths"][0], 0.6 * pl.info["axis_lengths"][1]]],
                           dtype=torch.float64)
-    ev = PointEvaluator(tpl, pl, eval_set, bn_mode="exact")
+    ev = PointEvaluator(tpl, pl, eval_set, bn_mode="exact", autocast=False)
     got = _means(ev, coords, "vmap", 4)
     # Reference: load the point into a real module, reset BN with momentum=None, one pass, eval.
     m = copy.deepcopy(tpl)
@@ -90,6 +91,42 @@ def test_preview_differs_from_exact_and_is_labelled(eval_set):
     assert BN_LABELS["preview"] == "preview (frozen BN statistics)" and BN_LABELS["exact"] == "exact"
     with pytest.raises(ConfigError):
         PointEvaluator(tpl, pl, eval_set, bn_mode="frozen")
+
+
+def test_auto_method_and_precision_follow_the_hardware(eval_set):
+    for arch, kw in [("mlp", dict(width=16)), ("resnet20", dict(width=1))]:
+        tpl, (a, b, c) = _three(arch, **kw)
+        ev = PointEvaluator(tpl, three_point(a, b, c, names=trainable_names(tpl)), eval_set)
+        assert ev.default_method() == ("loop" if arch == "resnet20" else "vmap")  # eval_set is on the CPU
+        assert ev.autocast == native_bf16("cpu")
+        assert ev.precision == ("bf16-autocast" if ev.autocast else "float32")
+    with pytest.raises(ConfigError, match="unknown grid method"):
+        evaluate_coords(ev, COORDS, method="scan")
+
+
+@pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no native bf16")
+def test_cpu_bf16_is_close_to_float32(eval_set):
+    tpl, (a, b, c) = _three("resnet20", width=1)
+    pl = three_point(a, b, c, names=trainable_names(tpl))
+    coords = COORDS * pl.info["axis_lengths"][0]
+    fp32 = _means(PointEvaluator(tpl, pl, eval_set, autocast=False), coords, "loop", 3)
+    bf16 = _means(PointEvaluator(tpl, pl, eval_set, autocast=True), coords, "loop", 3)
+    assert not torch.equal(bf16["task_loss"], fp32["task_loss"])  # it did run in bf16
+    assert torch.allclose(bf16["task_loss"], fp32["task_loss"], atol=0.05, rtol=0.05)
+
+
+def test_memory_estimate_scales_and_refuses_what_does_not_fit(eval_set, monkeypatch):
+    tpl, (a, b, c) = _three("resnet20", width=1)
+    ev = PointEvaluator(tpl, three_point(a, b, c, names=trainable_names(tpl)), eval_set, autocast=False)
+    one = ev.memory_needed(100, method="vmap", chunk_size=1)
+    eight = ev.memory_needed(100, method="vmap", chunk_size=8)
+    assert eight["activations"] == 8 * one["activations"] > 0 and eight["weights"] == 8 * one["weights"]
+    assert ev.memory_needed(100, method="loop", chunk_size=8)["activations"] == one["activations"]
+    assert ev.memory_needed(200, method="loop", chunk_size=8)["grid"] == 2 * one["grid"]
+    ev.check_memory(441, method="vmap", chunk_size=16, grid_shape=(21, 21))  # fits: no error
+    monkeypatch.setattr(grid, "available_memory", lambda device: 2 ** 20)
+    with pytest.raises(ConfigError, match=r"a 21x21 grid needs about [0-9.]+ GiB on cpu .* only 0.0 GiB is free"):
+        ev.check_memory(441, method="vmap", chunk_size=16, grid_shape=(21, 21))
 
 
 def test_progressive_order_is_coarse_first_permutation():

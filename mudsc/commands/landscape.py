@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="exact: BatchNorm statistics recomputed at every point; preview: the first merge's")
     p.add_argument("--stats-images", type=int, default=1000, help="images for the merges' activation statistics")
     p.add_argument("--eval-images", type=int, default=500, help="held-out images per task at every point")
-    p.add_argument("--calib-images", type=int, default=512, help="training images for exact BatchNorm statistics")
+    p.add_argument("--calib-images", type=int, default=256, help="training images for exact BatchNorm statistics")
     p.add_argument("--reset-images", type=int, default=1000, help="training images for each merge's BatchNorm reset")
     p.add_argument("--path-steps", type=int, default=11,
                    help="points per segment of each parent 0' - merge - parent 1' path (barrier); 0 skips it")
@@ -43,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="overlap region: every task's loss below this share of its chance-level loss ln K")
     p.add_argument("--vmax", type=float, help="clip the figure's colour scale at this loss (default 1.5 ln K)")
     p.add_argument("--chunk-size", type=int, default=16, help="grid points per vectorised call")
+    p.add_argument("--method", choices=("auto", "vmap", "loop"), default="auto",
+                   help="grid evaluation: vmap over chunks of points, the per-point loop, or auto (vmap, except "
+                        "the loop for convolutional models on CPU, where it is faster)")
+    p.add_argument("--precision", choices=("auto", "float32", "bf16"), default="auto",
+                   help="forward precision: bf16 autocast where the hardware runs it natively (auto), or fixed")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the landscape cache")
     p.add_argument("--out", required=True, help="output .npz (grids, axes, model coordinates)")
     p.add_argument("--figure", help="also draw the figure: FILE.html, .png, .svg or .pdf")
@@ -152,10 +157,12 @@ def _landscape(args: argparse.Namespace) -> int:
 
     ev = make_eval_set(session.data, session.tasks, per_task=args.eval_images, calib_size=args.calib_images,
                        generator=torch.Generator().manual_seed(args.seed), device=session.device)
+    autocast = {"auto": None, "float32": False, "bf16": True}[args.precision]
     t0 = time.perf_counter()
     result = compute_landscape(template, frame.models, spec, ev, grid=grid, bn_mode=args.bn,
                                chunk_size=args.chunk_size, use_cache=not args.no_cache, roles=frame.roles,
-                               stats_from=names[0], names=coord_names, progress=_progress_printer())
+                               stats_from=names[0], names=coord_names, progress=_progress_printer(),
+                               method=args.method, autocast=autocast)
     t_grid = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -164,7 +171,8 @@ def _landscape(args: argparse.Namespace) -> int:
         for name, triple in frame.triples.items():
             path = evaluate_path(template, [frame.models[lab] for lab in triple], ev, labels=list(triple),
                                  steps=args.path_steps, bn_mode=args.bn, stats=frame.models[names[0]],
-                                 names=coord_names, chunk_size=args.chunk_size, task_names=result.task_names)
+                                 names=coord_names, chunk_size=args.chunk_size, task_names=result.task_names,
+                                 method=args.method, autocast=autocast)
             barriers[name] = path.barriers()
     t_path = time.perf_counter() - t0
 
@@ -213,6 +221,7 @@ def _summary(result, frame, barriers: dict, thresholds: list[float], share: floa
     info = result.settings.get("plane_info", {})
     return {"grid": [len(result.ys), len(result.xs)], "plane": info.get("kind"), "plane_info": info,
             "plane_models": list(result.settings.get("plane", {}).get("models", [])), "bn": result.bn_label,
+            "precision": result.settings.get("precision"), "method": result.settings.get("method"),
             "complete": result.complete, "tasks": result.task_names, "models": models,
             "overlap": {"thresholds": thresholds, "share": share, "area": area}, "barriers": barriers,
             "exact_primed_parents": frame.exact}
@@ -220,7 +229,7 @@ def _summary(result, frame, barriers: dict, thresholds: list[float], share: floa
 
 def _print(s: dict) -> None:
     ny, nx = s["grid"]
-    print(f"{s['plane']} plane, {ny}x{nx} grid, BN {s['bn']}; tasks: {', '.join(s['tasks'])}")
+    print(f"{s['plane']} plane, {ny}x{nx} grid, BN {s['bn']}, {s['precision']}; tasks: {', '.join(s['tasks'])}")
     for m in s["models"]:
         losses = ", ".join(f"{v:.3f}" for v in m["task_loss"].values())
         print(f"  {m['label']:<32} at ({m['coords'][0]:8.3f}, {m['coords'][1]:8.3f}), off plane {m['distance']:7.3f}; "
