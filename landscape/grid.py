@@ -231,8 +231,9 @@ class PointEvaluator:
                  for m in self.model.modules() if not list(m.children())]
         try:
             with torch.no_grad():
-                self._forward(self._params(torch.zeros(2, device=self.device)),
-                              {**self.fixed, **(self.fresh_stats() if self.exact_bn else {})}, self.eval_batches[0][0][:1])
+                stats = self.fresh_stats() if self.exact_bn else {}
+                self._forward(self._params(torch.zeros(2, device=self.device)), {**self.fixed, **stats},
+                              self.eval_batches[0][0][:1])
         finally:
             for h in hooks:
                 h.remove()

@@ -50,7 +50,7 @@ with st.form("landscape_form"):
                          help="The merge is the mean of the primed parents, so it lies on their segment; "
                               "the plane needs a third model off that line.")
     c3, c4, c5 = st.columns(3)
-    resolution = c3.slider("Grid points along the longer side", 3, 41, 21 if cuda else 9, key="ls_res")
+    resolution = c3.slider("Grid points along the longer side", 3, 41, 21, key="ls_res")
     bn = c4.radio("BatchNorm statistics", ["exact", "preview"], key="ls_bn",
                   format_func={"exact": "exact (recomputed at every point)",
                                "preview": "preview (frozen: the merge's statistics)"}.get)
@@ -109,7 +109,7 @@ def _draw(res, plan, *, key: str) -> None:
                + ", ".join(f"{t:.2f}" for t in threshold) + f"): {100 * frac:.0f}% of the computed points. "
                "Primed parents are the parents moved into the merge's basis; other methods' merges are "
                "rebased into it by weight matching; dashed lines join parent 0', the merge and parent 1'. "
-               f"BatchNorm: {res.bn_label}.")
+               f"BatchNorm: {res.bn_label}; forward precision: {res.settings.get('precision', 'float32')}.")
     rows = [{"model": lab, "role": res.model_roles[i], "distance to plane": round(float(res.model_distance[i]), 3),
              **{f"loss {n}": round(float(res.model_task_loss[i, k]), 3) for k, n in enumerate(res.task_names)},
              "joint accuracy": round(float(res.model_joint_acc[i]), 3)} for i, lab in enumerate(res.model_labels)]

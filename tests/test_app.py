@@ -1,6 +1,7 @@
 """The Streamlit app through AppTest: every page runs from app.py with a seeded session, bad input shows
 an error and keeps the state, every widget has a key, engines never import Streamlit."""
 import ast
+import json
 import os
 import socket
 import subprocess
@@ -157,6 +158,87 @@ def test_upload_and_plain_weights_build_the_session(demo_parents, tmp_path):
     assert unkeyed_widgets(at) == []
 
 
+def _variant(demo_parent, path: Path, **changes) -> Path:
+    """The demo parent's architecture with `changes` to its spec, freshly initialised, saved to `path`."""
+    from mudsc.io import load_model, save_model
+    from mudsc.models import model_from_spec
+
+    _, meta = load_model(demo_parent)
+    spec = {**meta["spec"], **changes, "kwargs": {**meta["spec"]["kwargs"], **changes.pop("kwargs", {})}}
+    return save_model(model_from_spec(spec), path)
+
+
+def test_corrupt_and_mismatched_uploads_keep_state(demo_parents, tmp_path):
+    from mudsc.studio import load_parent
+
+    at = open_app(parents=[load_parent(str(demo_parents[0]), dataset="digits")])
+    at.file_uploader(key="upload").upload("broken.safetensors", b"\x10\x00\x00\x00not a safetensors file").run()
+    at.button(key="add_upload").click().run()
+    assert not at.exception
+    assert any("broken.safetensors" in e.value for e in at.error), [e.value for e in at.error]
+    assert len(at.session_state["parents"]) == 1
+
+    mnist_sized = _variant(demo_parents[1], tmp_path / "mnist_sized.safetensors", img_size=28)
+    at.file_uploader(key="upload").upload(mnist_sized.name, mnist_sized.read_bytes()).run()
+    at.button(key="add_upload").click().run()
+    assert not at.exception
+    assert any("expects 1x28x28 inputs, but digits images are 1x8x8" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    assert [p.name for p in at.session_state["parents"]] == [Path(demo_parents[0]).name]
+
+
+def test_unknown_timm_name_is_an_error(demo_parents, tmp_path):
+    from mudsc.studio import load_parent
+
+    at = open_app(parents=[load_parent(str(demo_parents[0]), dataset="digits")])
+    weights = tmp_path / "w.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, weights)
+    at.text_input(key="plain_arch").set_value("timm:resnet_nonexistent_42")
+    at.text_input(key="plain_classes").set_value("0-4")
+    at.text_input(key="plain_path").set_value(str(weights)).run()
+    at.button(key="add_plain").click().run()
+    assert not at.exception
+    assert any("resnet_nonexistent_42" in e.value and "unknown" in e.value.lower() for e in at.error), \
+        [e.value for e in at.error]
+    assert len(at.session_state["parents"]) == 1
+
+
+def test_data_directory_without_data_keeps_the_data_and_parents(demo_parents, tmp_path):
+    from mudsc.studio import load_parent
+
+    at = open_app(parents=[load_parent(str(demo_parents[0]), dataset="digits")])
+    (tmp_path / "empty").mkdir()
+    at.selectbox(key="data_kind").set_value("mnist").run()
+    assert any("Give the MNIST directory" in i.value for i in at.info)
+    at.text_input(key="data_path").set_value(str(tmp_path / "empty")).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("Keeping digits:") and str(tmp_path / "empty") in e for e in errors), errors
+    assert at.session_state["data"] == ("digits", None)
+    assert len(at.session_state["parents"]) == 1
+    assert table(at, "own-task accuracy")["own-task accuracy"].iloc[0] > 0.9
+
+
+def test_incompatible_pair_is_refused_and_both_parents_stay(demo_parents, tmp_path):
+    from mudsc.studio import load_parent
+
+    wide = _variant(demo_parents[1], tmp_path / "wide.safetensors", kwargs={"width": 2})
+    at = open_app(parents=[load_parent(str(demo_parents[0]), dataset="digits"),
+                           load_parent(str(wide), dataset="digits")])
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("These parents cannot be merged:") and "width or shape" in e for e in errors), errors
+    assert len(at.session_state["parents"]) == 2 and "session" not in at.session_state
+    # Removing the odd one out and adding the right partner gives a working session again.
+    at.multiselect(key="remove_names").set_value(["wide.safetensors"]).run()
+    at.button(key="remove_parents").click().run()
+    at.text_input(key="ckpt_path").set_value(str(demo_parents[1])).run()
+    at.button(key="add_parent").click().run()
+    if "session" not in at.session_state:
+        wait_jobs(at, "stats")
+    assert "session" in at.session_state and not at.error
+
+
 def test_removing_a_parent_drops_the_session(demo_parents):
     from mudsc.studio import load_parent
 
@@ -237,6 +319,47 @@ def test_export_page_offers_checkpoint_commands_tables_and_figures(merge_session
     exports = list((Path(os.environ["MUDSC_HOME"]) / "exports").glob("*/manifest.json"))
     assert exports and all((m.parent / "model.safetensors").is_file() for m in exports)
     assert unkeyed_widgets(at) == []
+
+
+def _chart_points(chart) -> int:
+    """How many data points a rendered plotly chart holds (x, y or z values over its traces)."""
+    fig = json.loads(chart.proto.spec)
+    count = 0
+    for trace in fig.get("data", []):
+        for axis in ("x", "y", "z", "values"):
+            v = trace.get(axis)
+            if isinstance(v, dict) and "bdata" in v:  # plotly's typed-array encoding
+                count += int(v.get("shape", "1").split(",")[0]) if "shape" in v else 1
+            elif isinstance(v, list):
+                count += len(v)
+    return count
+
+
+def test_demo_flow_merge_then_export_reproduces_the_shown_accuracy(merge_session):
+    from mudsc.evaluate import multitask_metrics, predict
+    from mudsc.io import load_model
+
+    at = open_app("merge", session=merge_session, session_key=("demo-flow",))
+    before = table(at, "per-task")["joint"].iloc[0]
+    at.slider(key="m_alpha").set_value(0.8).run()
+    shown = table(at, "per-task")
+    assert shown["model"].iloc[0].startswith("merged") and "alpha 0.8" in shown["model"].iloc[0]
+    assert shown["joint"].iloc[0] != before  # moving alpha changed the merge and its metrics
+    charts = at.get("plotly_chart")
+    assert charts and all(_chart_points(c) > 0 for c in charts)
+
+    at.switch_page("pages/export.py").run()
+    assert not at.exception
+    config = at.session_state["result"].config
+    manifests = [m for m in (Path(os.environ["MUDSC_HOME"]) / "exports").glob("*/manifest.json")
+                 if json.loads(m.read_text())["config"] == config.model_dump(mode="json")]
+    assert len(manifests) == 1
+    model, info = load_model(manifests[0].parent / "model.safetensors")
+    logits = predict(model, merge_session.eval, device="cpu")
+    got = multitask_metrics(logits, merge_session.eval.y, model.output_classes, merge_session.tasks)
+    assert got.joint == pytest.approx(shown["joint"].iloc[0], abs=1e-9)
+    assert got.per_task == pytest.approx(shown["per-task"].iloc[0], abs=1e-9)
+    assert info["merge"]["alpha"] == 0.8
 
 
 def test_export_page_refuses_the_ensemble(merge_session):

@@ -3,6 +3,7 @@
 Never downloads a browser; skips when /usr/bin/chromium or Playwright is missing. Screenshots go to
 pytest's tmp dir (set MUDSC_SCREENSHOTS=DIR to keep them somewhere to look at).
 """
+import json
 import os
 import shutil
 import socket
@@ -10,9 +11,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the module-level fixture skips without Playwright
+    expect = None
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -69,14 +76,36 @@ def _settled(page, timeout: float = 60_000) -> None:
     page.wait_for_timeout(300)
 
 
-def test_demo_merge_and_alpha(app_url, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+# Plotly keeps the figure on its graph div: the traces' point counts and the layout's shapes, per chart.
+CHARTS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(el => ({
+    points: (el._fullData || []).reduce((n, t) => n + Math.max(
+        ...['x', 'y', 'z'].map(k => (t[k] && t[k].length) || 0)), 0),
+    shapes: JSON.stringify((el.layout || {}).shapes || [])}))"""
+
+
+def _charts(page) -> list[dict]:
+    return page.evaluate(CHARTS_JS)
+
+
+def _metric(page, label: str) -> str:
+    return page.get_by_test_id("stMetric").filter(has_text=label).get_by_test_id("stMetricValue").inner_text()
+
+
+def _open(page, name: str, ready_text: str) -> None:
+    page.get_by_role("link", name=name, exact=True).first.click()
+    expect(page.get_by_text(ready_text).first).to_be_visible(timeout=180_000)
+    _settled(page)
+
+
+def test_demo_through_every_page(app_url, tmp_path):
+    from playwright.sync_api import sync_playwright
 
     shots = Path(os.environ.get("MUDSC_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
+    timings = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2000})
+        page = browser.new_page(viewport={"width": 1400, "height": 2000}, accept_downloads=True)
         page.goto(app_url)
         _settled(page)
         page.get_by_role("button", name="Load the demo parents").click()
@@ -85,25 +114,63 @@ def test_demo_merge_and_alpha(app_url, tmp_path):
         _settled(page)
         page.screenshot(path=str(shots / "parents.png"), full_page=True)
 
-        page.get_by_role("link", name="Merge", exact=True).first.click()
-        expect(page.get_by_text("Joint accuracy")).to_be_visible(timeout=180_000)
+        # Merge: the alpha sweep, then alpha moved: the metric and the sweep's "current" marker change.
+        _open(page, "Merge", "Joint accuracy")
+        page.get_by_role("button", name="Run alpha sweep").click()
+        expect(page.get_by_text("accuracy vs alpha")).to_be_visible(timeout=180_000)
         _settled(page)
+        before_joint, before_charts = _metric(page, "Joint accuracy"), _charts(page)
+        assert len(before_charts) >= 2 and all(c["points"] > 0 for c in before_charts)
         slider = page.get_by_role("slider", name="alpha: weight share of the similarity")
         assert slider.get_attribute("aria-valuetext") == "0.50"
         slider.focus()
         for _ in range(4):  # 4 steps of 0.05 down
             page.keyboard.press("ArrowLeft")
+        t0 = time.perf_counter()
         expect(page.get_by_text("Merged with mudsc-zip, alpha 0.3, cut full.")).to_be_visible(timeout=180_000)
+        timings["alpha_update_s"] = time.perf_counter() - t0
         _settled(page)
         assert slider.get_attribute("aria-valuetext") == "0.30"
-        expect(page.get_by_test_id("stPlotlyChart").first).to_be_visible()
+        after_charts = _charts(page)
+        assert _metric(page, "Joint accuracy") != before_joint
+        assert [c["shapes"] for c in after_charts] != [c["shapes"] for c in before_charts]  # the marker moved
         page.screenshot(path=str(shots / "merge.png"), full_page=True)
 
-        page.get_by_role("link", name="Export", exact=True).first.click()
-        expect(page.get_by_text("Reproduce from the command line")).to_be_visible(timeout=180_000)
+        # Similarity: scatter, agreement bars and heatmaps, each holding data; then the UMAP.
+        _open(page, "Similarity", "Weight vs activation similarity")
+        charts = _charts(page)
+        assert len(charts) >= 3 and all(c["points"] > 0 for c in charts)
+        page.screenshot(path=str(shots / "similarity.png"), full_page=True)
+        page.get_by_role("button", name="Compute the UMAP").click()
+        page.wait_for_function("n => document.querySelectorAll('.js-plotly-plot').length > n", arg=len(charts),
+                               timeout=180_000)
         _settled(page)
+        page.screenshot(path=str(shots / "similarity_umap.png"), full_page=True)
+
+        _open(page, "Alignment", "Merges within one parent vs across parents")
+        charts = _charts(page)
+        assert len(charts) >= 2 and all(c["points"] > 0 for c in charts)
+        page.screenshot(path=str(shots / "alignment.png"), full_page=True)
+
+        # Landscape: a small exact-BN plane through the primed parents, the merge and the permute merge.
+        _open(page, "Landscape", "Compute landscape")
+        page.get_by_role("button", name="Compute landscape").click()
+        expect(page.get_by_text("Overlap threshold")).to_be_visible(timeout=300_000)
+        _settled(page)
+        charts = _charts(page)
+        assert len(charts) == 1 and charts[0]["points"] > 0
+        page.screenshot(path=str(shots / "landscape.png"), full_page=True)
+
+        # Export: the manifest and the zip of checkpoint + manifest download.
+        _open(page, "Export", "Reproduce from the command line")
         with page.expect_download() as download:
             page.get_by_role("button", name="manifest.json").click()
-        assert b'"manifest_version"' in Path(download.value.path()).read_bytes()
+        manifest = json.loads(Path(download.value.path()).read_text())
+        assert manifest["config"]["alpha"] == 0.3 and manifest["config"]["method"] == "mudsc-zip"
+        with page.expect_download() as download:
+            page.get_by_role("button", name="both as merge.zip").click()
+        with zipfile.ZipFile(download.value.path()) as z:
+            assert sorted(z.namelist()) == ["manifest.json", "model.safetensors"]
         page.screenshot(path=str(shots / "export.png"), full_page=True)
         browser.close()
+    (shots / "timings.json").write_text(json.dumps(timings))

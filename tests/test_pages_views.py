@@ -98,3 +98,24 @@ def test_landscape_page_computes_a_small_grid(session):
     assert job.status == "done" and job.result.complete
     assert job.result.model_labels[:3] == ["parent 0'", "parent 1'", "merge: permute"]
     assert _charts(at) == 1 and len(at.dataframe) == 1
+
+
+def test_landscape_page_refuses_a_grid_too_large_and_keeps_the_merge(session, monkeypatch):
+    import landscape.grid
+
+    monkeypatch.setattr(landscape.grid, "available_memory", lambda device: 2 ** 20)  # a 1 MiB machine
+    result = session.merge(make_config(method="permute"))
+    at = _page("loss_landscape", session, result)
+    at.multiselect(key="ls_others").set_value([])
+    at.slider(key="ls_res").set_value(5)
+    at.radio(key="ls_bn").set_value("preview")
+    at.number_input(key="ls_eval").set_value(20)
+    next(b for b in at.button if b.label == "Compute landscape").click().run()
+    at.session_state["landscape_job"]["job"].wait(120)
+    at.run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("Landscape failed: a ") and "GiB" in e and "lower the grid resolution" in e
+               for e in errors), errors
+    assert at.session_state["result"] is result and at.session_state["session"] is session
+    assert not at.get("expander")  # a user error, not a crash: no traceback
