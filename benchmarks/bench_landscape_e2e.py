@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["mudsc-zip", "zipit"])
     ap.add_argument("--figure", default="png", help="figure format to write too ('' for none)")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--precision", choices=("auto", "float32", "bf16"), default="auto")
     ap.add_argument("--keep", help="directory to keep the npz and figure in (default: a temporary one)")
     args = ap.parse_args()
 
@@ -41,7 +42,8 @@ def main() -> None:
         Path(tmp).mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "mudsc.cli"] + (["--device", args.device] if args.device else []) + [
             "landscape", "--models", *map(str, parents), "--methods", *args.methods, "--plane", args.plane,
-            "--grid", str(args.grid), "--bn", args.bn, "--dataset", "digits", "--no-cache", "--json",
+            "--grid", str(args.grid), "--bn", args.bn, "--precision", args.precision, "--dataset", "digits",
+            "--no-cache", "--json",
             "--out", str(Path(tmp) / "ls.npz")]
         if args.figure:
             cmd += ["--figure", str(Path(tmp) / f"ls.{args.figure}")]
@@ -55,9 +57,11 @@ def main() -> None:
     sec = s["seconds"]
     ny, nx = s["grid"]
     print(f"{platform.processor() or platform.machine()}, load average at start {load:.1f}")
-    print("| plane | grid | BN | methods | merges + frame s | grid s | points/s | paths s | total wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.plane} | {ny}x{nx} | {args.bn} | {' '.join(args.methods)} | {sec['merge']:.1f} | {sec['grid']:.1f} "
+    print("| plane | grid | BN | precision, method | methods | merges + frame s | grid s | points/s | paths s "
+          "| total wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {args.plane} | {ny}x{nx} | {args.bn} | {s['precision']}, {s['method']} | {' '.join(args.methods)} "
+          f"| {sec['merge']:.1f} | {sec['grid']:.1f} "
           f"| {ny * nx / sec['grid']:.1f} | {sec['paths']:.1f} | {wall:.1f} |")
 
 

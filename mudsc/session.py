@@ -119,7 +119,7 @@ class MergeSession:
         self.sds = [{k: v.detach().cpu() for k, v in p.state_dict().items()} for p in self.parents]
         self._act: ActivationStats | None = None
         self._results: dict[MergeConfig, MergeResult] = {}
-        self._parent_logits: list | None = None
+        self._parent_metrics: list[dict] | None = None  # parents and eval set are fixed: computed once
         self.timings: dict[str, float] = {}
         self.paths: list[str] = []          # set by from_paths; the manifest records them
         self.data_dir: str | None = None
@@ -221,17 +221,19 @@ class MergeSession:
 
     def parent_metrics(self) -> list[dict]:
         """Each parent's own-task accuracy, and its joint/per-task accuracy where its head allows."""
-        out = []
-        for p, task in zip(self.parents, self.tasks):
-            logits = predict(p, self.eval, batch_size=self.batch_size, device=self.device)
-            p.cpu()
-            shared = set(self.union) <= set(p.output_classes)
-            m = multitask_metrics(logits, self.eval.y, p.output_classes, self.tasks) if shared else None
-            own = multitask_metrics(logits, self.eval.y, p.output_classes, [task]).tasks[0]
-            out.append({"task": list(task), "own_task_acc": own,
-                        "joint_acc": m.joint if m else None, "per_task_acc": m.per_task if m else None,
-                        "task_acc": list(m.tasks) if m else None})
-        return out
+        if self._parent_metrics is None:
+            out = []
+            for p, task in zip(self.parents, self.tasks):
+                logits = predict(p, self.eval, batch_size=self.batch_size, device=self.device)
+                p.cpu()
+                shared = set(self.union) <= set(p.output_classes)
+                m = multitask_metrics(logits, self.eval.y, p.output_classes, self.tasks) if shared else None
+                own = multitask_metrics(logits, self.eval.y, p.output_classes, [task]).tasks[0]
+                out.append({"task": list(task), "own_task_acc": own,
+                            "joint_acc": m.joint if m else None, "per_task_acc": m.per_task if m else None,
+                            "task_acc": list(m.tasks) if m else None})
+            self._parent_metrics = out
+        return copy.deepcopy(self._parent_metrics)
 
 
 def _refresh(state: dict[str, Tensor], model: nn.Module, multihead: bool) -> dict[str, Tensor]:

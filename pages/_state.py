@@ -111,6 +111,14 @@ def cached_export(session_key: tuple, config: MergeConfig, _session: MergeSessio
     return out
 
 
+@st.cache_resource(show_spinner=False, max_entries=32)
+def cached_network_figure(session_key: tuple, cut: str, _session: MergeSession):
+    """The drawing of the unit spaces with the cut: the same for every alpha, so drawn once per cut."""
+    from mudsc.merge_figures import network_figure
+
+    return network_figure(_session.graph, cut)
+
+
 @st.cache_resource(show_spinner="Checking static image export", max_entries=1)
 def static_export_works() -> bool:
     from mudsc.figure_export import static_export_works as probe

@@ -6,11 +6,11 @@ import streamlit as st
 
 from mudsc.config import METHODS, make_config
 from mudsc.errors import MudscError
-from mudsc.merge_figures import network_figure, sweep_figure
+from mudsc.merge_figures import sweep_figure
 from mudsc.summary import config_label, task_label
 from mudsc.sweep import grid, run_sweep
-from pages._state import (cached_metric_rows, figures, job_status, jobs, require_session, running, session_key,
-                          start_job, take)
+from pages._state import (cached_metric_rows, cached_network_figure, figures, job_status, jobs, require_session,
+                          running, session_key, start_job, take)
 
 METHOD_HELP = {
     "mudsc-zip": "MuDSC (Xu et al., CVPR 2024): weight and activation similarity mixed by alpha, units zipped "
@@ -88,7 +88,7 @@ except MudscError as e:
     config = st.session_state.get("config") or make_config()
 
 with figure_slot:
-    net = network_figure(graph, config.cut)
+    net = cached_network_figure(key, config.cut, session)
     st.plotly_chart(net, key="network_chart", config={"displayModeBar": False})
     figures()["Unit spaces and cut"] = net
 
