@@ -19,6 +19,13 @@ from torch import Tensor
 from .graph import UnitGraph
 
 
+def descriptor_neighbours(graph: UnitGraph, space: str) -> frozenset[str]:
+    """The other unit spaces whose maps :func:`descriptors` of `space` reads (they share a tensor with it)."""
+    params = {r.param for r in graph.space(space).refs if r.role != "stat"}
+    return frozenset(q.name for q in graph.spaces
+                     if q.name != space and any(r.param in params for r in q.refs))
+
+
 def descriptors(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str,
                 maps: dict[str, list[tuple[Tensor, Tensor]]]) -> Tensor:
     """N state dicts -> [O, D]: one weight descriptor per unit of `space`, parents stacked.

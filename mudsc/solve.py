@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .config import MergeConfig
 from .graph import UnitGraph
-from .similarity import descriptors, mix, weight_similarity
+from .similarity import descriptor_neighbours, descriptors, mix, weight_similarity
 from .solvers import get_solver
 from .solvers.align import max_assignment
 from .solvers.groups import pair_groups
@@ -63,6 +63,10 @@ def tied_pairing(sims: list[Tensor], sizes: tuple[int, ...], groups: int) -> lis
         for i in range(1, len(sizes)):
             total[i - 1] += pair_groups(s[:n, i * n:(i + 1) * n], groups=groups, who="tied groups")[0]
     return [max_assignment(t, who="tied groups") for t in total]
+
+
+def _same_match(a: Match, b: Match) -> bool:
+    return a.score == b.score and torch.equal(a.merge, b.merge) and torch.equal(a.unmerge, b.unmerge)
 
 
 def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], config: MergeConfig, *,
@@ -109,18 +113,32 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
     history: list[float] = []
     sweeps = 0
     last_sw: dict[str, Tensor] = {}
+    neighbours = {s: descriptor_neighbours(graph, s) for s in spaces}
+    # A space whose neighbours' matches are the very objects it was last solved against has the same
+    # S_W, so the same similarity and the same (deterministic) solution: reuse them. An unchanged
+    # solution keeps its object, so late sweeps, which change few spaces, skip their repeated work.
+    # Entries hold their key's objects, so an id in a key cannot be reused by a new object.
+    memo: dict[str, dict[tuple[int, ...], tuple[tuple[Match, ...], Match]]] = {s: {} for s in spaces}
     for sweep in range(config.max_sweeps):
         sweeps = sweep + 1
         scores = []
         for j in torch.randperm(len(spaces), generator=gen).tolist():
             s = spaces[j]
+            key = tuple(matches[q] for q in sorted(neighbours[s]) if q in matches)
+            hit = memo[s].get(tuple(map(id, key)))
+            if s not in tie_of and hit is not None:
+                matches[s] = hit[1]
+                scores.append(hit[1].score)
+                continue
             maps = {q: m.parts() for q, m in matches.items() if q != s}
             s_w = weight_similarity(descriptors(sds, graph, s, maps), metric=metric)
             last_sw[s] = s_w
             alpha = config.alpha_for(s)
             sim = mix(s_w, act_corr[s] if act_corr is not None and s in act_corr else None, alpha, mode=config.mix)
-            matches[s] = solve_one(sim, sizes[s], kind=kind, groups=groups[s], config=config,
-                                   pairing=pairing_for(s, sim))
+            new = solve_one(sim, sizes[s], kind=kind, groups=groups[s], config=config, pairing=pairing_for(s, sim))
+            old = matches.get(s)
+            matches[s] = old if old is not None and _same_match(old, new) else new
+            memo[s][tuple(map(id, key))] = (key, matches[s])
             current[s] = sim
             scores.append(matches[s].score)
         total = float(sum(scores) / len(scores))

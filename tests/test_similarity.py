@@ -37,3 +37,32 @@ def test_mix_published_and_standardized():
     off = ~torch.eye(4, dtype=torch.bool)
     # after standardising, the nearly constant S_W adds nothing to the ranking of off-diagonal pairs
     assert torch.equal(std[off].argsort(), s_a[off].argsort())
+
+
+def test_descriptors_read_only_their_neighbours_maps():
+    """The iterative solve reuses a space's S_W while its neighbours' matches are unchanged: that is
+    only exact if descriptors() reads nothing but the maps descriptor_neighbours() names."""
+    from mudsc.graph import trace
+    from mudsc.models import create_model
+    from mudsc.similarity import descriptor_neighbours, descriptors
+
+    sds = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model("resnet20", classes=(0, 1), num_classes=10, in_chans=1, img_size=8, width=1)
+        sds.append(model.state_dict())
+    graph = trace(model)
+    g = torch.Generator().manual_seed(3)
+    maps = {}
+    for s in graph.spaces:
+        z = torch.randn(2 * s.size, 8, generator=g)
+        maps[s.name] = greedy_zip(torch.corrcoef(z), (s.size, s.size), a=0.5, b=1.0).parts()
+    some_have_neighbours = False
+    for s in graph.spaces:
+        near = descriptor_neighbours(graph, s.name)
+        assert s.name not in near
+        some_have_neighbours |= bool(near)
+        full = descriptors(sds, graph, s.name, {q: m for q, m in maps.items() if q != s.name})
+        only = descriptors(sds, graph, s.name, {q: maps[q] for q in near})
+        assert torch.equal(full, only), s.name
+    assert some_have_neighbours
