@@ -130,7 +130,7 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
                 matches[s] = hit[1]
                 scores.append(hit[1].score)
                 continue
-            maps = {q: m.parts() for q, m in matches.items() if q != s}
+            maps = {q: matches[q].parts() for q in neighbours[s] if q in matches}
             s_w = weight_similarity(descriptors(sds, graph, s, maps), metric=metric)
             last_sw[s] = s_w
             alpha = config.alpha_for(s)
