@@ -2,15 +2,14 @@
 and LaTeX, and every figure the session drew (HTML; PNG, SVG and PDF where a browser can render them)."""
 from __future__ import annotations
 
-import io
 import json
-import zipfile
+from pathlib import Path
 
 import streamlit as st
 
 from mudsc.commandline import manifest_command, merge_command
 from mudsc.errors import MudscError
-from mudsc.figure_export import MIME, STATIC_FORMATS, figure_html, static_image
+from mudsc.figure_export import MIME, STATIC_FORMATS, figure_files, figure_html, file_stem, static_image, zip_bytes
 from mudsc.summary import config_label
 from mudsc.tables import to_csv, to_latex
 from pages._state import (cached_export, cached_metric_rows, figures, require_session, session_key,
@@ -26,14 +25,8 @@ if result is None:
     st.page_link("pages/merge.py", label="Go to Merge", icon=":material/arrow_forward:")
     st.stop()
 st.caption(f"The current merge: **{config_label(result)}**.")
-
-
-def zipped(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in files.items():
-            z.writestr(name, data)
-    return buf.getvalue()
+everything_slot = st.container()
+bundle: dict[str, str | Path] = {}  # the one zip of everything: path in the archive -> text or file to read
 
 
 # ----------------------------------------------------------------------------- checkpoint
@@ -52,13 +45,14 @@ else:
         buttons = st.container(horizontal=True)
         buttons.download_button("model.safetensors", data=model_path.read_bytes, file_name="model.safetensors",
                                 mime="application/octet-stream", key="dl_model", on_click="ignore",
-                                icon=":material/download:", type="primary")
+                                icon=":material/download:")
         buttons.download_button("manifest.json", data=manifest_path.read_bytes(), file_name="manifest.json",
                                 mime="application/json", key="dl_manifest", on_click="ignore",
                                 icon=":material/download:")
         both = {"model.safetensors": model_path, "manifest.json": manifest_path}
-        buttons.download_button("both as merge.zip", data=lambda: zipped({n: p.read_bytes() for n, p in both.items()}),
-                                file_name="merge.zip", mime="application/zip", key="dl_zip", on_click="ignore",
+        bundle.update({f"merge/{n}": p for n, p in both.items()})
+        buttons.download_button("both as merge.zip", file_name="merge.zip", mime="application/zip", key="dl_zip",
+                                data=lambda: zip_bytes({n: p.read_bytes() for n, p in both.items()}), on_click="ignore",
                                 icon=":material/folder_zip:")
         st.caption(f"{'Multi-head' if result.multihead else 'Single'} model, {result.params:,} parameters, "
                    f"sha256 `{manifest['model_sha256'][:16]}…`; written to `{out}`. The manifest records the "
@@ -66,15 +60,19 @@ else:
                    "space's transform.")
 
         st.subheader("Reproduce from the command line")
-        st.code(manifest_command("manifest.json", "merged"), language="bash")
+        from_manifest = manifest_command("manifest.json", "merged")
+        st.code(from_manifest, language="bash")
         st.caption("Redoes the merge from the manifest; the parents are checked against their sha256.")
         all_eval = len(session.data.eval.subset(session.union))
         dataset = session.data.name if session.data.name in ("digits", "mnist") else session.data.source
-        st.code(merge_command(result.config, parents=session.paths, dataset=dataset, data_dir=session.data_dir,
-                              stats_images=session.stats_images,
-                              eval_images=None if len(session.eval) == all_eval else len(session.eval),
-                              batch_size=session.batch_size, out="merged"), language="bash", wrap_lines=True)
+        spelled = merge_command(result.config, parents=session.paths, dataset=dataset, data_dir=session.data_dir,
+                                stats_images=session.stats_images,
+                                eval_images=None if len(session.eval) == all_eval else len(session.eval),
+                                batch_size=session.batch_size, out="merged")
+        st.code(spelled, language="bash", wrap_lines=True)
         st.caption("The same merge spelled out (options at their defaults are left out).")
+        bundle["merge/reproduce.sh"] = ("#!/bin/sh\n# Redo the merge from its manifest (parents checked by sha256):\n"
+                                        f"{from_manifest}\n# or, spelled out:\n# {spelled}\n")
 
 # ----------------------------------------------------------------------------- tables
 st.subheader("Tables")
@@ -89,6 +87,7 @@ for name, (table, caption) in tables.items():
     latex = to_latex(table, percent=accuracy, bold_max=[k for k in accuracy if k in ("joint", "joint_acc")],
                      caption=caption, label=f"tab:{name.replace(' ', '-')}")
     stem = name.replace(" ", "_")
+    bundle.update({f"tables/{stem}.csv": to_csv(table), f"tables/{stem}.tex": latex})
     st.markdown(f"**{name.capitalize()}** ({len(table)} rows)")
     buttons = st.container(horizontal=True)
     buttons.download_button("CSV", data=to_csv(table), file_name=f"{stem}.csv", mime="text/csv",
@@ -101,16 +100,16 @@ for name, (table, caption) in tables.items():
 # ----------------------------------------------------------------------------- figures
 st.subheader("Figures")
 drawn = figures()
+static = static_export_works()
 if not drawn:
     st.info("No figures yet: the Merge page and the analysis pages add theirs here.")
-    st.stop()
-static = static_export_works()
-st.caption("HTML files are interactive and open offline (plotly.js inlined). "
-           + ("PNG, SVG and PDF are rendered by kaleido with the machine's Chromium when you click."
-              if static else "PNG, SVG and PDF need a Chrome or Chromium for kaleido (apt-get install chromium); "
-                             "only HTML is offered here."))
+else:
+    st.caption("HTML files are interactive and open offline (plotly.js inlined). "
+               + ("PNG, SVG and PDF are rendered by kaleido with the machine's Chromium when you click."
+                  if static else "PNG, SVG and PDF need a Chrome or Chromium for kaleido (apt-get install chromium); "
+                                 "only HTML is offered here."))
 for title, fig in drawn.items():
-    stem = "".join(ch if ch.isalnum() else "_" for ch in title.lower()).strip("_")
+    stem = file_stem(title)
     row = st.container(horizontal=True, vertical_alignment="center")
     row.markdown(f"**{title}**", width=320)
     row.download_button("HTML", data=lambda f=fig: figure_html(f), file_name=f"{stem}.html", mime=MIME["html"],
@@ -118,3 +117,18 @@ for title, fig in drawn.items():
     for fmt in STATIC_FORMATS:
         row.download_button(fmt.upper(), data=lambda f=fig, x=fmt: static_image(f, x), file_name=f"{stem}.{fmt}",
                             mime=MIME[fmt], key=f"dl_fig_{stem}_{fmt}", on_click="ignore", disabled=not static)
+
+# ----------------------------------------------------------------------------- everything
+def everything() -> bytes:
+    files = {name: v.read_bytes() if isinstance(v, Path) else v for name, v in bundle.items()}
+    return zip_bytes({**files, **figure_files(drawn, static_formats=("pdf", "png") if static else ())})
+
+
+with everything_slot:
+    kinds = (["the checkpoint, manifest and commands"] if "merge/manifest.json" in bundle else []) + [
+        f"{len(tables)} table(s) as CSV and LaTeX",
+        f"{len(drawn)} figure(s) as HTML" + (", PDF and PNG" if static else "")]
+    st.download_button("Everything as one zip", data=everything, file_name="mudsc_export.zip", mime="application/zip",
+                       key="dl_everything", type="primary", icon=":material/folder_zip:", on_click="ignore")
+    st.caption("One archive for the paper: " + "; ".join(kinds) + ". Figures are rendered when you click "
+               "(about 0.2 s each once the renderer has started).")

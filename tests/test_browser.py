@@ -171,6 +171,14 @@ def test_demo_through_every_page(app_url, tmp_path):
             page.get_by_role("button", name="both as merge.zip").click()
         with zipfile.ZipFile(download.value.path()) as z:
             assert sorted(z.namelist()) == ["manifest.json", "model.safetensors"]
+        with page.expect_download(timeout=180_000) as download:
+            page.get_by_role("button", name="Everything as one zip").click()
+        with zipfile.ZipFile(download.value.path()) as z:
+            names = set(z.namelist())
+            assert {"merge/model.safetensors", "merge/manifest.json", "merge/reproduce.sh", "tables/metrics.csv",
+                    "tables/metrics.tex", "tables/alpha_sweep.csv", "figures/plotly.min.js",
+                    "figures/loss_landscape.html", "figures/loss_landscape.pdf", "figures/alpha_sweep.png"} <= names
+            assert b"mudsc merge --manifest manifest.json" in z.read("merge/reproduce.sh")
         page.screenshot(path=str(shots / "export.png"), full_page=True)
         browser.close()
     (shots / "timings.json").write_text(json.dumps(timings))

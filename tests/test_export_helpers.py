@@ -2,6 +2,7 @@
 import csv
 import io
 import shlex
+import zipfile
 
 import plotly.graph_objects as go
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from mudsc.commandline import manifest_command, merge_command
 from mudsc.config import make_config
 from mudsc.errors import ConfigError
-from mudsc.figure_export import figure_html, static_image
+from mudsc.figure_export import figure_files, figure_html, file_stem, static_export_works, static_image, zip_bytes
 from mudsc.tables import latex_escape, to_csv, to_latex
 
 ROWS = [{"model": "merged (mudsc-zip, alpha 0.5)", "joint": 0.6312, "task 0-4": 0.9, "params": 275696},
@@ -85,3 +86,25 @@ def test_figure_html_is_self_contained():
 def test_static_image_rejects_unknown_formats():
     with pytest.raises(ConfigError, match="unknown image format"):
         static_image(go.Figure(), "gif")
+
+
+def test_file_stems_and_zip():
+    assert file_stem("Similarity matrices — body.layer1.0.conv1") == "similarity_matrices_body_layer1_0_conv1"
+    assert file_stem("///") == "figure"
+    data = zip_bytes({"a/b.txt": "text", "c.bin": b"\x00\x01"})
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        assert sorted(z.namelist()) == ["a/b.txt", "c.bin"] and z.read("c.bin") == b"\x00\x01"
+
+
+def test_figure_files_share_one_plotly_js_and_render_static_formats():
+    figs = {"Loss landscape": go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])), "Alpha sweep": go.Figure(go.Scatter(y=[1, 2]))}
+    html_only = figure_files(figs, static_formats=())
+    assert sorted(html_only) == ["figures/alpha_sweep.html", "figures/loss_landscape.html", "figures/plotly.min.js"]
+    page = html_only["figures/loss_landscape.html"]
+    assert b'src="plotly.min.js"' in page and len(page) < 100_000  # not inlined: the js is shared
+    assert len(html_only["figures/plotly.min.js"]) > 1_000_000
+    assert figure_files({}) == {}
+    if not static_export_works():
+        pytest.skip("no Chromium for kaleido")
+    files = figure_files(figs)
+    assert files["figures/loss_landscape.pdf"][:4] == b"%PDF" and files["figures/alpha_sweep.png"][:4] == b"\x89PNG"
