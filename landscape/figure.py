@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mudsc.errors import ConfigError
+from mudsc.figure_export import STATIC_FORMATS, static_image
 
 from .barrier import PathResult
 from .result import LandscapeResult
@@ -30,7 +31,6 @@ SYMBOLS = {"parent": ("circle", "o"), "merge": ("star", "*"), "model": ("diamond
 PARENT_SYMBOLS = (("circle", "o"), ("square", "s"), ("triangle-up", "^"), ("pentagon", "p"))
 # Marker colours that stand out on the red-yellow-blue loss scale.
 COLORS = ("#000000", "#e7298a", "#00a65a", "#7b3294", "#8c510a", "#666666", "#f781bf", "#01665e")
-STATIC_FORMATS = ("png", "svg", "pdf")
 
 
 @dataclass(frozen=True)
@@ -347,8 +347,8 @@ def write_figure(result: LandscapeResult, stem: str | Path, *, formats: Sequence
     if static:
         try:
             for f in static:
-                fig.write_image(stem.with_name(f"{stem.name}.{f}"))
                 paths[f] = stem.with_name(f"{stem.name}.{f}")
+                paths[f].write_bytes(static_image(fig, f, scale=1.0))  # one kept browser for all formats
             engine = "kaleido"
         except Exception as e:  # kaleido raises its own types (no Chrome, timeouts); any of them means: fall back
             import matplotlib.pyplot as plt
