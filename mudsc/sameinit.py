@@ -90,8 +90,14 @@ class SameInitConfig:
         return cls(**data)
 
     @property
+    def stat_parts(self) -> tuple[str, ...]:
+        """The :class:`~mudsc.taskstats.TaskStats` fields this merge reads (empty: none)."""
+        kind = self.objective if self.method == "mats" else self.method
+        return {"regmean": ("gram",), "fisher": ("fisher",), "kfac": ("gram", "grad")}.get(kind, ())
+
+    @property
     def needs_stats(self) -> bool:
-        return self.method in ("fisher", "regmean") or (self.method == "mats" and self.objective != "identity")
+        return bool(self.stat_parts)
 
 
 @dataclass(frozen=True)
@@ -161,10 +167,8 @@ def check_bodies(base: StateDict, finetuned: Sequence[StateDict]) -> None:
 def _validate_stats(base: StateDict, stats: Sequence[TaskStats], n: int, config: SameInitConfig) -> None:
     if len(stats) != n:
         raise ConfigError(f"{config.method} needs statistics for each of the {n} fine-tuned models, got {len(stats)}")
-    want = {"regmean": ("gram",), "fisher": ("fisher",), "kfac": ("gram", "grad")}
-    kind = config.objective if config.method == "mats" else config.method
     names = {"gram": "input Gram", "grad": "output-gradient factor", "fisher": "diagonal Fisher"}
-    for part in want[kind]:
+    for part in config.stat_parts:
         ref = {k for k in getattr(stats[0], part) if k.startswith(BODY)}
         if not ref:
             raise CheckpointError(f"statistics of task 0 hold no {names[part]} for any key under {BODY!r}")

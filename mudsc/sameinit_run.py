@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,7 @@ from .fuse import reset_bn_stats_
 from .io import save_model
 from .models.heads import SharedHead
 from .sameinit import SameInitConfig, SameInitReport, merge_same_init
-from .taskstats import TaskStats, compute_stats
+from .taskstats import PARTS, TaskStats, compute_stats
 
 BODY = "body."
 MANIFEST_FORMAT = "mudsc.merge-same/1"
@@ -49,15 +49,16 @@ def with_body(model: nn.Module, body: dict[str, Tensor]) -> nn.Module:
 
 
 def task_statistics(models: Sequence[nn.Module], data: Dataset, *, examples: int = 1000, fisher: str = "sampled",
-                    batch_size: int = 32, seed: int = 0, device=None) -> list[TaskStats]:
+                    batch_size: int = 32, seed: int = 0, device=None, parts: Collection[str] = PARTS
+                    ) -> list[TaskStats]:
     """One :class:`TaskStats` per model, from the first `examples` of its own task's training images
-    in a seeded order (the conventions of ``mudsc stats``)."""
+    in a seeded order (the conventions of ``mudsc stats``); only `parts` are computed."""
     out = []
     for i, m in enumerate(models):
         split = data.train.subset(tuple(m.classes))
         g = torch.Generator().manual_seed(seed + i)
         out.append(compute_stats(m, batches(split, batch_size, shuffle=True, generator=g), examples=examples,
-                                 fisher=fisher, generator=g, device=device))
+                                 fisher=fisher, generator=g, device=device, parts=parts))
         m.cpu()  # compute_stats leaves the model on its device
     return out
 

@@ -21,6 +21,8 @@ Conventions (they fix how the solvers read the statistics):
 * ``y`` is drawn from the model's own prediction (``fisher='sampled'``, the true Fisher, one draw per
   example) or is the true label (``'empirical'``); both ``G`` and the diagonal Fisher use that ``y``.
 * The model runs in ``eval()`` mode (frozen norm statistics, no dropout). Sums accumulate in float64.
+* Only the parts a merge needs are computed (``parts``): the Gram alone is one forward pass, ``G``
+  adds a backward pass, the diagonal Fisher per-example gradients (the bulk of the cost).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Collection, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,7 @@ from .errors import CheckpointError, ConfigError, DataError
 STATS_FORMAT = "mudsc.taskstats/1"
 FISHER_KINDS = ("sampled", "empirical")
 PER_EXAMPLE = ("vmap", "loop")
+PARTS = ("gram", "grad", "fisher")  # TaskStats fields: input Gram, output-gradient factor, diagonal Fisher
 _RESERVED = ("format", "count", "fisher", "bias")
 
 
@@ -178,8 +181,8 @@ def _per_example_sq_grads(model: nn.Module, params: dict[str, Tensor], x: Tensor
 
 def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, examples: int = 1000,
                   fisher: str = "sampled", per_example: str = "vmap", chunk_size: int | None = None,
-                  generator: torch.Generator | None = None,
-                  device: torch.device | str | None = None) -> TaskStats:
+                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                  parts: Collection[str] = PARTS) -> TaskStats:
     """Gram, K-FAC factor and diagonal Fisher of `model` over the first `examples` of `batches`.
 
     Args:
@@ -191,7 +194,11 @@ def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
         chunk_size: vmap chunk size, to cap memory.
         generator: draws the sampled labels (CPU generator).
         device: where to compute; default :func:`mudsc.device.default_device`.
+        parts: which of ``gram``, ``grad``, ``fisher`` to compute; the others stay empty.
     """
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise ConfigError(f"statistics parts must be some of {', '.join(PARTS)}, got {sorted(parts)}")
     if fisher not in FISHER_KINDS:
         raise ConfigError(f"unknown Fisher kind {fisher!r}; choose one of {', '.join(FISHER_KINDS)}")
     if per_example not in PER_EXAMPLE:
@@ -216,19 +223,22 @@ def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
                     break
                 x = x[:take].to(dev)
                 target = label_columns(y[:take], tuple(output_classes)).to(dev)
-                rec.active = True
-                logits = model(x)
+                rec.active = "gram" in parts or "grad" in parts
+                with torch.set_grad_enabled("grad" in parts):  # no backward, no output-gradient hook
+                    logits = model(x)
                 if fisher == "sampled":
                     probs = logits.detach().double().softmax(-1).cpu()
                     target = torch.multinomial(probs, 1, generator=gen)[:, 0].to(dev)
-                # summed loss: each row of dl/d(output) is its own example's gradient
-                loss = F.cross_entropy(logits, target, reduction="sum")
-                torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+                if "grad" in parts:
+                    # summed loss: each row of dl/d(output) is its own example's gradient
+                    loss = F.cross_entropy(logits, target, reduction="sum")
+                    torch.autograd.grad(loss, list(params.values()), allow_unused=True)
                 rec.active = False
-                detached = {k: p.detach() for k, p in params.items()} if per_example == "vmap" else params
-                for k, v in _per_example_sq_grads(model, detached, x, target, per_example=per_example,
-                                                  chunk_size=chunk_size).items():
-                    sq[k] += v
+                if "fisher" in parts:
+                    detached = {k: p.detach() for k, p in params.items()} if per_example == "vmap" else params
+                    for k, v in _per_example_sq_grads(model, detached, x, target, per_example=per_example,
+                                                      chunk_size=chunk_size).items():
+                        sq[k] += v
                 seen += take
     finally:
         model.train(was_training)
@@ -236,9 +246,9 @@ def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
         raise DataError("statistics: the data yielded no examples")
     return TaskStats(
         count=seen, fisher_kind=fisher,
-        gram={k: (v / rec.rows[k]).cpu() for k, v in rec.gram.items()},
+        gram={k: (v / rec.rows[k]).cpu() for k, v in rec.gram.items()} if "gram" in parts else {},
         grad={k: (v / rec.rows[k]).cpu() for k, v in rec.grad.items()},
-        fisher={k: (v / seen).cpu() for k, v in sq.items()},
+        fisher={k: (v / seen).cpu() for k, v in sq.items()} if "fisher" in parts else {},
         bias={k: b for k, b in rec.bias.items() if k in rec.gram},
     )
 

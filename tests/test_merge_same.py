@@ -113,6 +113,16 @@ def test_stats_files_from_mudsc_stats_are_used_and_checked(zoo, tmp_path, capsys
     assert rc == 2 and "one per model" in capsys.readouterr().err
     rc, _ = _merge(zoo, tmp_path, "fisher", "--stats", stats[0], str(tmp_path / "missing.safetensors"))
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+    gram_only = []
+    for i, p in enumerate(paths):
+        s = tmp_path / f"g{i}.safetensors"
+        assert main(["--device", "cpu", "stats", "--model", str(p), "--dataset", "digits", "--examples", "64",
+                     "--parts", "gram", "--out", str(s)]) == 0
+        gram_only.append(str(s))
+    capsys.readouterr()
+    assert _merge(zoo, tmp_path, "regmean", "--stats", *gram_only)[0] == 0  # RegMean reads only the Gram
+    rc, _ = _merge(zoo, tmp_path, "fisher", "--stats", *gram_only)
+    assert rc == 2 and "hold no diagonal Fisher" in capsys.readouterr().err
 
 
 def test_bad_input_exits_2_without_a_traceback(zoo, tmp_path, capsys):

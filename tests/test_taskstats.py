@@ -63,6 +63,27 @@ def test_linear_stats_match_hand_computation_empirical(per_example):
     _assert_matches(stats, _hand_linear_stats(model, x, label_columns(y, (2, 5, 7))))
 
 
+def test_only_the_asked_parts_are_computed_and_they_equal_the_full_pass():
+    g = torch.Generator().manual_seed(1)
+    model = _linear_model()
+    x, y = _data(12, g)
+    batches = [(x[:6], y[:6]), (x[6:], y[6:])]
+    full = compute_stats(model, batches, examples=12, fisher="empirical", device="cpu")
+    for parts in (("gram",), ("gram", "grad"), ("fisher",), ("grad",)):
+        got = compute_stats(model, batches, examples=12, fisher="empirical", device="cpu", parts=parts)
+        for part in ("gram", "grad", "fisher"):
+            if part in parts:
+                assert set(getattr(got, part)) == set(getattr(full, part))
+                for k, v in getattr(full, part).items():
+                    torch.testing.assert_close(getattr(got, part)[k], v, msg=f"{parts}: {part}[{k}]")
+            else:
+                assert getattr(got, part) == {}, (parts, part)
+    with pytest.raises(ConfigError, match="statistics parts"):
+        compute_stats(model, batches, parts=("hessian",))
+    with pytest.raises(ConfigError, match="statistics parts"):
+        compute_stats(model, batches, parts=())
+
+
 def test_sampled_fisher_uses_labels_drawn_from_the_prediction():
     g = torch.Generator().manual_seed(1)
     model = _linear_model(1)

@@ -184,9 +184,9 @@ def _merge_same(args: argparse.Namespace) -> int:
             stats = _stats(args, inputs)
         elif config.needs_stats:
             stats = task_statistics(models, data, examples=args.stats_examples, fisher=args.fisher, seed=args.seed,
-                                    device=args.device)
+                                    device=args.device, parts=config.stat_parts)
             inputs["stats"] = {"computed": {"examples": args.stats_examples, "fisher": args.fisher,
-                                            "seed": args.seed, "split": "train"}}
+                                            "seed": args.seed, "split": "train", "parts": list(config.stat_parts)}}
             timings["stats"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         merged, report = merge_task_models(base_sd, models, stats, config=config, init=init_sd, device=args.device)

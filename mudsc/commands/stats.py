@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--examples", type=int, default=1000)
     s.add_argument("--fisher", choices=("sampled", "empirical"), default="sampled",
                    help="labels drawn from the model's prediction (true Fisher) or the true labels")
+    s.add_argument("--parts", nargs="+", choices=("gram", "grad", "fisher"), default=["gram", "grad", "fisher"],
+                   help="what to collect: gram (RegMean), gram grad (MaTS K-FAC), fisher (Fisher merging); "
+                        "default all, so one file serves every method")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--seed", type=int, default=0, help="seeds the example order and sampled labels")
     s.add_argument("--out", required=True, help="output .safetensors file")
@@ -39,17 +42,19 @@ def _stats(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
     stats = compute_stats(model, batches(split, args.batch_size, shuffle=True, generator=g),
-                          examples=args.examples, fisher=args.fisher, generator=g, device=args.device)
+                          examples=args.examples, fisher=args.fisher, generator=g, device=args.device,
+                          parts=args.parts)
     seconds = time.perf_counter() - t0
     meta = {"model": str(args.model), "model_sha256": sha256_file(args.model), "dataset": data.name,
             "dataset_sha256": data.fingerprint, "classes": ",".join(map(str, classes)), "split": args.split,
             "seed": str(args.seed)}
     save_stats(stats, args.out, meta)
-    rec = {"path": args.out, "count": stats.count, "layers": len(stats.gram), "fisher": stats.fisher_kind,
+    tensors = {part: len(getattr(stats, part)) for part in args.parts}
+    rec = {"path": args.out, "count": stats.count, "tensors": tensors, "fisher": stats.fisher_kind,
            "seconds": round(seconds, 2)}
     if args.json:
         print_json(rec)
     else:
-        print(f"{args.out}: {stats.count} examples, {len(stats.gram)} layers, {stats.fisher_kind} Fisher, "
-              f"{seconds:.1f} s")
+        held = ", ".join(f"{part} for {n} tensors" for part, n in tensors.items())
+        print(f"{args.out}: {stats.count} examples, {held}, {stats.fisher_kind} labels, {seconds:.1f} s")
     return 0
