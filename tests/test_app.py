@@ -187,6 +187,22 @@ def test_corrupt_and_mismatched_uploads_keep_state(demo_parents, tmp_path):
     assert [p.name for p in at.session_state["parents"]] == [Path(demo_parents[0]).name]
 
 
+def test_checkpoint_with_nans_is_refused_by_path(demo_parents, tmp_path):
+    from mudsc.io import load_model, save_model
+    from mudsc.studio import load_parent
+
+    model, _ = load_model(demo_parents[1])
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("nan"))
+    broken = save_model(model, tmp_path / "nan_parent.safetensors")
+    at = open_app(parents=[load_parent(str(demo_parents[0]), dataset="digits")])
+    at.text_input(key="ckpt_path").set_value(str(broken)).run()
+    at.button(key="add_parent").click().run()
+    assert not at.exception
+    assert any("NaN or Inf" in e.value for e in at.error), [e.value for e in at.error]
+    assert len(at.session_state["parents"]) == 1
+
+
 def test_unknown_timm_name_is_an_error(demo_parents, tmp_path):
     from mudsc.studio import load_parent
 
