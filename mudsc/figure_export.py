@@ -31,7 +31,11 @@ _server: list[bool] = []
 
 
 def _keep_browser() -> None:
-    import kaleido
+    try:
+        import kaleido
+    except ImportError:
+        raise ConfigError("static figure export needs the kaleido package (pip install kaleido); "
+                          "the HTML file works without it") from None
 
     if not _server:
         kaleido.start_sync_server(silence_warnings=True)
@@ -50,6 +54,8 @@ def static_image(fig: go.Figure, fmt: str, *, scale: float = 2.0) -> bytes:
             warnings.filterwarnings("ignore", message="The kopts argument is ignored")
             _keep_browser()
             return pio.to_image(fig, format=fmt, scale=scale)
+    except ConfigError:
+        raise
     except Exception as e:  # kaleido raises its own types (no browser, timeouts): one user-facing error
         raise ConfigError(f"static {fmt} export failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                           "install Chromium (apt-get install chromium) or use the HTML file") from None
