@@ -81,18 +81,22 @@ def test_landscape_page_needs_a_full_merge(session):
     assert any("full merge" in i.value for i in at.info)
 
 
-def test_landscape_page_computes_a_small_grid(session):
-    result = session.merge(make_config(method="permute"))
+def _compute_small_landscape(session, result, *, resolution: int) -> AppTest:
+    """The Landscape page with a preview-BN grid of `resolution` points, no other merges, computed."""
     at = _page("loss_landscape", session, result)
     assert not at.exception
     at.multiselect(key="ls_others").set_value([])
-    at.slider(key="ls_res").set_value(3)
+    at.slider(key="ls_res").set_value(resolution)
     at.radio(key="ls_bn").set_value("preview")
     at.number_input(key="ls_eval").set_value(20)
     next(b for b in at.button if b.label == "Compute landscape").click().run()
     assert not at.exception
     at.session_state["landscape_job"]["job"].wait(120)
-    at.run()
+    return at.run()
+
+
+def test_landscape_page_computes_a_small_grid(session):
+    at = _compute_small_landscape(session, session.merge(make_config(method="permute")), resolution=3)
     assert not at.exception
     job = at.session_state["landscape_job"]["job"]
     assert job.status == "done" and job.result.complete
@@ -105,14 +109,7 @@ def test_landscape_page_refuses_a_grid_too_large_and_keeps_the_merge(session, mo
 
     monkeypatch.setattr(landscape.grid, "available_memory", lambda device: 2 ** 20)  # a 1 MiB machine
     result = session.merge(make_config(method="permute"))
-    at = _page("loss_landscape", session, result)
-    at.multiselect(key="ls_others").set_value([])
-    at.slider(key="ls_res").set_value(5)
-    at.radio(key="ls_bn").set_value("preview")
-    at.number_input(key="ls_eval").set_value(20)
-    next(b for b in at.button if b.label == "Compute landscape").click().run()
-    at.session_state["landscape_job"]["job"].wait(120)
-    at.run()
+    at = _compute_small_landscape(session, result, resolution=5)
     assert not at.exception
     errors = [e.value for e in at.error]
     assert any(e.startswith("Landscape failed: a ") and "GiB" in e and "lower the grid resolution" in e
