@@ -18,7 +18,8 @@ from mudsc.errors import ConfigError, UnknownNameError
 from . import plane as planes
 from .cache import LandscapeCache, landscape_key
 from .evaluate import EvalSet, task_name
-from .grid import PointEvaluator, check_bn_mode, check_method, evaluate_coords, native_bf16, progressive_order
+from .grid import (PointEvaluator, check_bn_mode, check_method, evaluate_coords, native_bf16, precision_label,
+                   progressive_order)
 from .result import LandscapeResult
 
 StateDict = Mapping[str, Tensor]
@@ -138,7 +139,7 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
     use_autocast = native_bf16(eval_set.device) if autocast is None else bool(autocast)
     spec = {"plane": asdict(plane_spec), "grid": asdict(grid), "bn_mode": bn_mode,
             "stats_from": stats_label if bn_mode == "preview" else None,
-            "precision": "bf16-autocast" if use_autocast else "float32", "names": list(names),
+            "precision": precision_label(use_autocast), "names": list(names),
             "template": repr(template), "output_classes": repr(template.output_classes),
             "tasks": [list(t) for t in eval_set.tasks]}
     key = landscape_key(models, data_fingerprint=eval_set.fingerprint, spec=spec)

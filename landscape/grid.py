@@ -53,6 +53,11 @@ def native_bf16(device: torch.device | str) -> bool:
         return False
 
 
+def precision_label(autocast: bool) -> str:
+    """How results record the forward precision (part of the cache key)."""
+    return "bf16-autocast" if autocast else "float32"
+
+
 def available_memory(device: torch.device | str) -> int:
     """Free bytes on `device`: CUDA's free memory, or the kernel's MemAvailable for the CPU."""
     device = torch.device(device)
@@ -170,7 +175,7 @@ class PointEvaluator:
 
     @property
     def precision(self) -> str:
-        return "bf16-autocast" if self.autocast else "float32"
+        return precision_label(self.autocast)
 
     def default_method(self) -> str:
         """``vmap`` on CUDA and for convolution-free models; the channels-last loop for conv nets on CPU."""
