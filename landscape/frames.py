@@ -18,7 +18,7 @@ from torch import Tensor
 from mudsc.errors import ConfigError
 from mudsc.fuse import transform_state_dict
 from mudsc.session import MergeResult, MergeSession
-from mudsc.views import is_permutation, rebase_maps, transformed_parents
+from mudsc.views import LandscapePlan, is_permutation, rebase_maps, transformed_parents
 
 from . import plane as planes
 from .compute import PLANE_KINDS, PlaneSpec
@@ -86,6 +86,15 @@ def common_frame(session: MergeSession, results: Sequence[MergeResult], names: S
         frame.triples[name] = (labels[0], name, *labels[1:-1])
         frame.exact[name] = is_permutation(res)
     return frame
+
+
+def pca_plan(frame: Frame) -> LandscapePlan:
+    """A PCA plane through every model of `frame` (each merge with its primed parents, MuDSC Fig. 3),
+    markers coloured per merge, each merge's parent 0' - merge - parent 1' path drawn."""
+    if len(frame.models) < 3:
+        raise ConfigError("a PCA plane needs at least 3 models")
+    return LandscapePlan(dict(frame.models), dict(frame.roles), tuple(frame.models), frame.segments,
+                         dict(frame.groups))
 
 
 def plane_spec(frame: Frame, kind: str, *, names: Sequence[str], seed: int = 0) -> PlaneSpec:

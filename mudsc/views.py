@@ -366,12 +366,14 @@ def rebase(reference: dict[str, Tensor], other: dict[str, Tensor], graph: UnitGr
 @dataclass
 class LandscapePlan:
     """Models for a landscape, all in the basis of one merge: label -> state dict, label -> role
-    ('parent' or 'merge'), the plane's model labels, and the segments to draw between models."""
+    ('parent' or 'merge'), the plane's model labels, the segments to draw between models, and
+    optionally label -> the merge a model belongs to (one marker colour per merge)."""
 
     models: dict[str, dict[str, Tensor]]
     roles: dict[str, str]
     plane_models: tuple[str, ...]
     segments: list[tuple[str, str]]
+    groups: dict[str, str] | None = None
 
 
 PLANES = ("three_point", "pca", "random")

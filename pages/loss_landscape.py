@@ -8,6 +8,7 @@ import torch
 
 from landscape import GridSpec, PlaneSpec, compute_landscape, make_eval_set
 from landscape.figure import landscape_figure
+from landscape.frames import common_frame, pca_plan
 from mudsc import figures, views
 from mudsc.config import METHODS
 from mudsc.jobs import Job
@@ -45,6 +46,9 @@ with st.form("landscape_form"):
                             default=[m for m in ("permute", "zipit") if m != result.config.method], key="ls_others",
                             help="Same settings as the current merge, other method; aligned to this merge by "
                                  "Git Re-Basin weight matching. New merges are computed first.")
+    every_parent = c2.checkbox("PCA plane: each method's own primed parents too (MuDSC Fig. 3)", key="ls_all_parents",
+                               help="Every merge comes with its parents moved into its basis, the whole group "
+                                    "aligned to this merge by weight matching; markers are coloured per method.")
     thirds = ["parent 1"] + [f"parent {i}'" for i in range(2, len(session.parents))] + [f"merge: {m}" for m in others]
     third = c2.selectbox("Third model of the three-point plane", thirds, key="ls_third",
                          help="The merge is the mean of the primed parents, so it lies on their segment; "
@@ -58,12 +62,16 @@ with st.form("landscape_form"):
     go_ = st.form_submit_button("Compute landscape", type="primary")
 
 
-def _work(progress, cancel, *, config, others, plane, third, resolution, bn, per_task, holder):
+def _work(progress, cancel, *, config, others, plane, third, every_parent, resolution, bn, per_task, holder):
     other_results = []
     for m in others:
         progress(f"merging with {m}", 0.0)
         other_results.append(session.merge(config.model_copy(update={"method": m})))
-    plan = views.landscape_plan(session, result, plane=plane, others=other_results, third=third)
+    if plane == "pca" and every_parent:
+        merges = [result, *other_results]
+        plan = pca_plan(common_frame(session, merges, [views.merge_label(r) for r in merges]))
+    else:
+        plan = views.landscape_plan(session, result, plane=plane, others=other_results, third=third)
     holder["plan"] = plan
     ev = make_eval_set(session.data, session.tasks, per_task=per_task, calib_size=256,
                        generator=torch.Generator().manual_seed(0), device=session.device)
@@ -80,12 +88,15 @@ if go_:
         old["job"].cancel()
     holder: dict = {}
     params = dict(config=result.config, others=tuple(others), plane=plane, third=third if plane == "three_point" else None,
-                  resolution=int(resolution), bn=bn, per_task=int(per_task))
+                  every_parent=bool(every_parent), resolution=int(resolution), bn=bn, per_task=int(per_task))
     job = Job("landscape", lambda p, c: _work(p, c, holder=holder, **params)).start()
     st.session_state[JOB] = {"job": job, "holder": holder, "config": result.config, "session": id(session)}
 
 
 def _figure(res, plan, *, threshold, vmax):
+    if plan.groups:  # several merges with their own primed parents: colours and paths per merge
+        return landscape_figure(res, overlap_threshold=threshold, vmax=vmax, groups=plan.groups,
+                                segments=plan.segments)
     fig = landscape_figure(res, overlap_threshold=threshold, vmax=vmax)
     if vmax is not None:
         figures.clip_contours(fig, vmax)

@@ -1,4 +1,5 @@
 """AppTest of the Similarity, Alignment and Landscape pages with a seeded small session."""
+import json
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,24 @@ def test_landscape_page_refuses_a_grid_too_large_and_keeps_the_merge(session, mo
                for e in errors), errors
     assert at.session_state["result"] is result and at.session_state["session"] is session
     assert not at.get("expander")  # a user error, not a crash: no traceback
+
+
+def test_landscape_page_pca_with_every_methods_primed_parents(session):
+    result = session.merge(make_config(method="zipit"))
+    at = _page("loss_landscape", session, result)
+    at.radio(key="ls_plane").set_value("pca")
+    at.checkbox(key="ls_all_parents").check()
+    at.multiselect(key="ls_others").set_value(["permute"])
+    at.slider(key="ls_res").set_value(3)
+    at.radio(key="ls_bn").set_value("preview")
+    at.number_input(key="ls_eval").set_value(20)
+    next(b for b in at.button if b.label == "Compute landscape").click().run()
+    at.session_state["landscape_job"]["job"].wait(120)
+    at.run()
+    assert not at.exception
+    res = at.session_state["landscape_job"]["job"].result
+    assert res.model_labels == ["parent 0' (merge: zipit)", "parent 1' (merge: zipit)", "merge: zipit",
+                                "parent 0' (merge: permute)", "parent 1' (merge: permute)", "merge: permute"]
+    assert res.settings["plane"]["models"] == res.model_labels  # the PCA plane goes through all six
+    legend = {t.get("name") for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if t.get("showlegend")}
+    assert {"merge: zipit", "merge: permute"} <= legend  # one colour per method
