@@ -26,7 +26,7 @@ import torch
 from mudsc.data import load_dataset, parse_classes
 from mudsc.device import default_device
 from mudsc.evaluate import accuracy
-from mudsc.finetune import finetune_parent
+from mudsc.finetune import task_family
 from mudsc.hybrid import align_parents, average_state_dict
 from mudsc.io import load_model
 from mudsc.multitask import train_multitask
@@ -71,18 +71,12 @@ def merge_and_score(base_sd, models, stats, data, method, opts, device) -> dict:
 
 
 def same_init(args, data, device) -> dict:
-    root = Path(args.out) / f"sameinit_{args.arch}"
     tasks = args.tasks.split(",")
     kw = json.loads(args.kw)
-    base = root / "base.safetensors"
     t0 = time.perf_counter()
-    train_parent(dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, classes="all", seed=0, out=base,
-                 epochs=args.base_epochs, head="own", device=device, **kw)
-    paths = []
-    for i, t in enumerate(tasks):
-        paths.append(root / f"task{i}.safetensors")
-        finetune_parent(base, dataset=args.dataset, data_dir=args.data_dir, classes=t, seed=i + 1, out=paths[-1],
-                        epochs=args.epochs, device=device)
+    base, paths = task_family(Path(args.out) / f"sameinit_{args.arch}", dataset=args.dataset, data_dir=args.data_dir,
+                              arch=args.arch, tasks=tasks, base_epochs=args.base_epochs, epochs=args.epochs,
+                              device=device, **kw)
     models = [load_model(p)[0] for p in paths]
     base_sd = load_model(base)[0].state_dict()
     prep = time.perf_counter() - t0

@@ -16,11 +16,10 @@ import torch
 from mudsc.data import batches, load_dataset, parse_classes
 from mudsc.device import default_device
 from mudsc.evaluate import accuracy
-from mudsc.finetune import finetune_parent
+from mudsc.finetune import task_family
 from mudsc.io import load_model
 from mudsc.sameinit import SameInitConfig, merge_same_init
 from mudsc.taskstats import compute_stats
-from mudsc.zoo import train_parent
 
 METHODS = [
     ("average", {}), ("task-arithmetic", {"lam": 0.3}), ("task-arithmetic", {"lam": 0.5}),
@@ -59,20 +58,14 @@ def main() -> None:
     ap.add_argument("--json-out")
     args = ap.parse_args()
     device = default_device(args.device)
-    root = Path(args.root)
     data = load_dataset(args.dataset, args.data_dir)
     tasks = args.tasks.split(",")
     kw = json.loads(args.kw)
-    base = root / "base.safetensors"
     t0 = time.perf_counter()
-    train_parent(dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, classes="all", seed=0, out=base,
-                 epochs=args.base_epochs, head="own", device=device, **kw)
-    paths, stats, stat_s = [], [], []
-    for i, t in enumerate(tasks):
-        out = root / f"task{i}.safetensors"
-        finetune_parent(base, dataset=args.dataset, data_dir=args.data_dir, classes=t, seed=i + 1, out=out,
-                        epochs=args.epochs, device=device)
-        paths.append(out)
+    base, paths = task_family(args.root, dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, tasks=tasks,
+                              base_epochs=args.base_epochs, epochs=args.epochs, device=device, **kw)
+    stats, stat_s = [], []
+    for i, (t, out) in enumerate(zip(tasks, paths)):
         model, _ = load_model(out)
         split = data.train.subset(parse_classes(t, data.num_classes))
         g = torch.Generator().manual_seed(i)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -53,3 +53,21 @@ def finetune_parent(base: str | os.PathLike, *, dataset: str, classes: str, seed
               "base": {"path": str(base), "sha256": sha256_file(base)}}
     save_model(model.cpu(), Path(out), **record)
     return {"path": str(out), **record}
+
+
+def task_family(root: str | os.PathLike, *, dataset: str, arch: str, tasks: Sequence[str], data_dir: str | None = None,
+                base_epochs: int = 1, epochs: int = 5, device=None, **kwargs) -> tuple[Path, list[Path]]:
+    """A same-init family: a base trained on all classes (seed 0, own head) at ``root/base.safetensors``,
+    fine-tuned once per task (seed i + 1) to ``root/task{i}.safetensors``; returns (base, task paths).
+    `kwargs` are the architecture's options."""
+    from .zoo import train_parent
+
+    root = Path(root)
+    base = root / "base.safetensors"
+    train_parent(dataset=dataset, data_dir=data_dir, arch=arch, classes="all", seed=0, out=base,
+                 epochs=base_epochs, head="own", device=device, **kwargs)
+    paths = [root / f"task{i}.safetensors" for i in range(len(tasks))]
+    for i, (task, out) in enumerate(zip(tasks, paths)):
+        finetune_parent(base, dataset=dataset, data_dir=data_dir, classes=task, seed=i + 1, out=out, epochs=epochs,
+                        device=device)
+    return base, paths

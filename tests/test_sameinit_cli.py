@@ -89,3 +89,15 @@ def test_finetune_rejects_a_base_of_other_geometry(tmp_path):
     with pytest.raises(CheckpointError, match="28px"):
         _run(["zoo", "finetune", "--base", str(tmp_path / "b.safetensors"), "--dataset", "digits", "--classes", "0-4",
               "--out", str(tmp_path / "t.safetensors")])
+
+
+def test_task_family_fine_tunes_one_base_per_task(tmp_path):
+    from mudsc.finetune import task_family
+
+    base, paths = task_family(tmp_path, dataset="digits", arch="mlp", tasks=["0-4", "5-9"], epochs=1, device="cpu",
+                              width=16)
+    assert base == tmp_path / "base.safetensors" and [p.name for p in paths] == ["task0.safetensors", "task1.safetensors"]
+    models = [load_model(p) for p in paths]
+    assert [tuple(m.classes) for m, _ in models] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
+    assert all(info["base"]["path"] == str(base) for _, info in models)
+    assert [info["seed"] for _, info in models] == [1, 2]
