@@ -28,12 +28,11 @@ from .solvers.match import Match
 
 @dataclass
 class Solution:
-    """The match of every solved space, the sweep scores, and the similarities of the final solve."""
+    """The match of every solved space, and the sweep scores of the iterative solve."""
 
     matches: dict[str, Match]
     history: list[float] = field(default_factory=list)
     sweeps: int = 0
-    weight_sim: dict[str, Tensor] = field(default_factory=dict)
 
 
 def solve_one(sim: Tensor, sizes: tuple[int, ...], *, kind: str, groups: int, config: MergeConfig,
@@ -112,7 +111,6 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
     best_score, bad = float("-inf"), 0
     history: list[float] = []
     sweeps = 0
-    last_sw: dict[str, Tensor] = {}
     neighbours = {s: descriptor_neighbours(graph, s) for s in spaces}
     # A space whose neighbours' matches are the very objects it was last solved against has the same
     # S_W, so the same similarity and the same (deterministic) solution: reuse them. An unchanged
@@ -132,7 +130,6 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
                 continue
             maps = {q: matches[q].parts() for q in neighbours[s] if q in matches}
             s_w = weight_similarity(descriptors(sds, graph, s, maps), metric=metric)
-            last_sw[s] = s_w
             alpha = config.alpha_for(s)
             sim = mix(s_w, act_corr[s] if act_corr is not None and s in act_corr else None, alpha, mode=config.mix)
             new = solve_one(sim, sizes[s], kind=kind, groups=groups[s], config=config, pairing=pairing_for(s, sim))
@@ -152,4 +149,4 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
                 break
         else:
             best, best_score, bad = dict(matches), total, 0
-    return Solution(best if best is not None else matches, history, sweeps, last_sw)
+    return Solution(best if best is not None else matches, history, sweeps)
