@@ -11,7 +11,7 @@ ADDRESS ?= localhost
 # (Re)create the venv when it is missing or its interpreter no longer runs, then install.
 $(STAMP): pyproject.toml constraints.txt
 	@if ! $(PY) -c "import sys" >/dev/null 2>&1; then rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); fi
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[app,test]"
 	@touch $(STAMP)
 
 run: $(STAMP)

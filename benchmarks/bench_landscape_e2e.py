@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mudsc.zoo import demo_pair  # noqa: E402
+from mudsc.zoo.demo import demo_pair  # noqa: E402
 
 
 def main() -> None:

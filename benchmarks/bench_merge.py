@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from mudsc.config import METHODS, make_config
-from mudsc.session import MergeSession
-from mudsc.sweep import aggregate, grid, run_sweep
-from mudsc.zoo import train_parent
+from mudsc.diffinit.config import METHODS, make_config
+from mudsc.diffinit.session import MergeSession
+from mudsc.diffinit.sweep import aggregate, grid, run_sweep
+from mudsc.zoo.demo import train_parent
 
 
 def parents(args, pair: int) -> list[Path]:

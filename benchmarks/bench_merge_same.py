@@ -26,14 +26,14 @@ import torch
 from mudsc.data import load_dataset, parse_classes
 from mudsc.device import default_device
 from mudsc.evaluate import accuracy
-from mudsc.finetune import task_family
-from mudsc.hybrid import align_parents, average_state_dict
-from mudsc.io import load_model
-from mudsc.multitask import train_multitask
-from mudsc.sameinit import SameInitConfig
-from mudsc.sameinit_run import (body_of, evaluate_task_models, merge_task_models, reset_bn_, task_statistics,
+from mudsc.zoo.finetune import task_family
+from mudsc.sameinit.hybrid import align_parents, average_state_dict
+from mudsc.models.checkpoint import load_model
+from mudsc.sameinit.multitask import train_multitask
+from mudsc.sameinit.merge import SameInitConfig
+from mudsc.sameinit.run import (body_of, evaluate_task_models, merge_task_models, reset_bn_, task_statistics,
                                 with_body)
-from mudsc.zoo import train_parent
+from mudsc.zoo.demo import train_parent
 
 SAME_INIT = [
     ("average", {}), ("task-arithmetic", {"lam": 0.3}), ("ties", {"ties_density": 0.2}), ("fisher", {}),

@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from mudsc.config import make_config
+from mudsc.diffinit.config import make_config
 from mudsc.data import batches, load_dataset
-from mudsc.io import load_model
+from mudsc.models.checkpoint import load_model
 from mudsc.models import create_model
-from mudsc.session import MergeSession
-from mudsc.stats import activation_stats
+from mudsc.diffinit.session import MergeSession
+from mudsc.diffinit.stats import activation_stats
 
 
 def timed(fn, repeat: int = 3) -> float:

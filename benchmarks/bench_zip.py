@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from mudsc.solvers import greedy_zip, greedy_zip_reference
+from mudsc.diffinit.solvers import greedy_zip, greedy_zip_reference
 
 
 def parent_similarity(c: int, *, samples: int, generator: torch.Generator) -> torch.Tensor:

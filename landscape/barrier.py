@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from mudsc.errors import ConfigError
 
-from . import plane as planes
-from .evaluate import EvalSet, task_name
-from .grid import BN_LABELS, PointEvaluator, check_bn_mode, evaluate_coords
+from landscape import plane as planes
+from landscape.evaluate import EvalSet, task_name
+from landscape.grid import BN_LABELS, PointEvaluator, check_bn_mode, evaluate_coords
 
 StateDict = Mapping[str, Tensor]
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from mudsc.errors import CheckpointError
 
-from .result import LandscapeResult
+from landscape.result import LandscapeResult
 
 # Bump when the engine's numbers change for the same inputs, so old cache entries stop matching.
 ENGINE_VERSION = "landscape-1"

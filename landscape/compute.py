@@ -15,12 +15,12 @@ from torch import Tensor, nn
 
 from mudsc.errors import ConfigError, UnknownNameError
 
-from . import plane as planes
-from .cache import LandscapeCache, landscape_key
-from .evaluate import EvalSet, task_name
-from .grid import (PointEvaluator, check_bn_mode, check_method, evaluate_coords, native_bf16, precision_label,
+from landscape import plane as planes
+from landscape.cache import LandscapeCache, landscape_key
+from landscape.evaluate import EvalSet, task_name
+from landscape.grid import (PointEvaluator, check_bn_mode, check_method, evaluate_coords, native_bf16, precision_label,
                    progressive_order)
-from .result import LandscapeResult
+from landscape.result import LandscapeResult
 
 StateDict = Mapping[str, Tensor]
 PLANE_KINDS = ("three_point", "pca", "random")

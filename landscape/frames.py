@@ -1,7 +1,7 @@
 """One coordinate frame for several merges of the same parents, for planes through all of them.
 
 Each merge lives in its own merged basis, where its parents, moved into that basis
-(:func:`mudsc.views.transformed_parents`), average to it. To draw several methods on one plane, the
+(:func:`mudsc.studio.views.transformed_parents`), average to it. To draw several methods on one plane, the
 MuDSC landscape figure (Xu et al., CVPR 2024, Fig. 3; ``loss_landscape/plot.ipynb``) re-aligns every
 other method's triple to the first method's by a weight-matching permutation (Git Re-Basin,
 Ainsworth et al., ICLR 2023, Algorithm 1). Here the permutation is found once per method, between
@@ -16,12 +16,12 @@ from typing import Sequence
 from torch import Tensor
 
 from mudsc.errors import ConfigError
-from mudsc.fuse import transform_state_dict
-from mudsc.session import MergeResult, MergeSession
-from mudsc.views import LandscapePlan, is_permutation, rebase_maps, transformed_parents
+from mudsc.diffinit.fuse import transform_state_dict
+from mudsc.diffinit.session import MergeResult, MergeSession
+from mudsc.studio.views import LandscapePlan, is_permutation, rebase_maps, transformed_parents
 
-from . import plane as planes
-from .compute import PLANE_KINDS, PlaneSpec
+from landscape import plane as planes
+from landscape.compute import PLANE_KINDS, PlaneSpec
 
 StateDict = dict[str, Tensor]
 Maps = dict[str, tuple[Tensor, Tensor]]

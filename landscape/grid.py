@@ -33,8 +33,8 @@ from torch.func import functional_call, vmap
 
 from mudsc.errors import ConfigError
 
-from .evaluate import EvalSet, TaskLayout, metric_sums, task_counts
-from .plane import Plane
+from landscape.evaluate import EvalSet, TaskLayout, metric_sums, task_counts
+from landscape.plane import Plane
 
 BN_LABELS = {"exact": "exact", "preview": "preview (frozen BN statistics)"}
 METHODS = ("auto", "vmap", "loop")

@@ -12,7 +12,7 @@ import torch
 
 from mudsc.errors import CheckpointError, ConfigError
 
-from .grid import BN_LABELS
+from landscape.grid import BN_LABELS
 
 _ARRAYS = ("xs", "ys", "task_loss", "task_acc", "joint_loss", "joint_acc", "done", "model_coords",
            "model_distance", "model_task_loss", "model_task_acc", "model_joint_loss", "model_joint_acc")

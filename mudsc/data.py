@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import DataError, UnknownNameError
+from mudsc.errors import DataError, UnknownNameError
 
 DATASETS = ("digits", "mnist", "imagefolder", "npz")
 MNIST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

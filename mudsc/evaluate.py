@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .data import Split, batches
-from .device import default_device
+from mudsc.data import Split, batches
+from mudsc.device import default_device
 
 
 def columns(output_classes: tuple[int, ...], classes: tuple[int, ...]) -> list[int]:

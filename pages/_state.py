@@ -5,7 +5,7 @@ Canonical state lives in ``st.session_state`` under plain keys, never in widget 
 - ``settings``: :class:`AppSettings`, read once per browser session by ``app.py``
 - ``data``: ``(dataset, data_dir)`` the parents are evaluated on
 - ``parents``: ``list[mudsc.studio.Parent]``
-- ``session`` / ``session_key``: the ready :class:`~mudsc.session.MergeSession` and its fingerprint
+- ``session`` / ``session_key``: the ready :class:`~mudsc.diffinit.session.MergeSession` and its fingerprint
 - ``config`` / ``result``: the current ``MergeConfig`` and the latest ``MergeResult``
 - ``sweeps``: ``{"alpha" | "cut": {"base": MergeConfig, "rows": list[dict]}}``
 - ``figures``: ``{title: plotly Figure}``, every figure a page draws, for the Export page
@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from mudsc.config import MergeConfig
-from mudsc.jobs import Job
-from mudsc.session import MergeResult, MergeSession
-from mudsc.studio import Parent, load_parent
+from mudsc.diffinit.config import MergeConfig
+from mudsc.studio.jobs import Job
+from mudsc.diffinit.session import MergeResult, MergeSession
+from mudsc.studio.parents import Parent, load_parent
 
 POLL_SECONDS = 0.5
 
@@ -44,7 +44,7 @@ class AppSettings:
 
     @classmethod
     def from_env(cls) -> "AppSettings":
-        from mudsc.zoo import home
+        from mudsc.zoo.demo import home
 
         env = os.environ
         return cls(home=home(), max_upload_mb=int(env.get("MUDSC_MAX_UPLOAD_MB", 200)),
@@ -61,7 +61,7 @@ def settings() -> AppSettings:
 @st.cache_data(show_spinner=False, max_entries=256)
 def file_sha256(path: str, mtime_ns: int, size: int) -> str:
     """sha256 of a file, recomputed only when its modification time or size changes."""
-    from mudsc.io import sha256_file
+    from mudsc.models.checkpoint import sha256_file
 
     return sha256_file(path)
 
@@ -77,7 +77,7 @@ def fingerprint(path: str | Path) -> tuple[str, str]:
 def cached_parent(path: str, sha256: str, dataset: str, data_dir: str | None) -> Parent:
     """A checkpoint evaluated on a data set (checked to fit first, so a mismatch is a clear error)."""
     from mudsc.data import load_dataset
-    from mudsc.parent_sources import check_fits, read_info
+    from mudsc.studio.parent_sources import check_fits, read_info
 
     check_fits(read_info(path), load_dataset(dataset, data_dir), name=Path(path).name)
     return load_parent(path, dataset=dataset, data_dir=data_dir)
@@ -94,7 +94,7 @@ def cached_session(files: tuple[tuple[str, str], ...], dataset: str, data_dir: s
 @st.cache_data(show_spinner="Evaluating parents and ensemble", max_entries=64)
 def cached_metric_rows(session_key: tuple, config: MergeConfig, _session: MergeSession,
                        _result: MergeResult) -> list[dict]:
-    from mudsc.summary import metric_rows
+    from mudsc.studio.summary import metric_rows
 
     return metric_rows(_result, _session)
 
@@ -103,7 +103,7 @@ def cached_metric_rows(session_key: tuple, config: MergeConfig, _session: MergeS
 def cached_export(session_key: tuple, config: MergeConfig, _session: MergeSession,
                   _result: MergeResult) -> Path:
     """``model.safetensors`` and ``manifest.json`` of a merge, in ``$MUDSC_HOME/exports/<digest>``."""
-    from mudsc.export import save_merge
+    from mudsc.diffinit.manifest import save_merge
 
     digest = hashlib.sha256(repr((session_key, config.model_dump_json())).encode()).hexdigest()[:16]
     out = settings().home / "exports" / digest
@@ -114,14 +114,14 @@ def cached_export(session_key: tuple, config: MergeConfig, _session: MergeSessio
 @st.cache_resource(show_spinner=False, max_entries=32)
 def cached_network_figure(session_key: tuple, cut: str, _session: MergeSession):
     """The drawing of the unit spaces with the cut: the same for every alpha, so drawn once per cut."""
-    from mudsc.merge_figures import network_figure
+    from mudsc.studio.merge_figures import network_figure
 
     return network_figure(_session.graph, cut)
 
 
 @st.cache_resource(show_spinner="Checking static image export", max_entries=1)
 def static_export_works() -> bool:
-    from mudsc.figure_export import static_export_works as probe
+    from mudsc.studio.figure_export import static_export_works as probe
 
     return probe()
 

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from mudsc.session import MergeResult, MergeSession
+from mudsc.diffinit.session import MergeResult, MergeSession
 
 MEMO_ENTRIES = 24
 

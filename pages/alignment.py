@@ -2,7 +2,7 @@
 many merges stayed inside one parent."""
 import streamlit as st
 
-from mudsc import figures, views
+from mudsc.studio import figures, views
 from pages._views import require_merge, show
 
 st.title("Alignment")

@@ -9,9 +9,9 @@ import torch
 from landscape import GridSpec, PlaneSpec, compute_landscape, make_eval_set
 from landscape.figure import landscape_figure
 from landscape.frames import common_frame, pca_plan
-from mudsc import figures, views
-from mudsc.config import METHODS
-from mudsc.jobs import Job
+from mudsc.studio import figures, views
+from mudsc.diffinit.config import METHODS
+from mudsc.studio.jobs import Job
 from pages._views import require_merge, show
 
 JOB = "landscape_job"

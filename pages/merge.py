@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from mudsc.config import METHODS, make_config
+from mudsc.diffinit.config import METHODS, make_config
 from mudsc.errors import MudscError
-from mudsc.merge_figures import sweep_figure
-from mudsc.summary import config_label, task_label
-from mudsc.sweep import grid, run_sweep
+from mudsc.studio.merge_figures import sweep_figure
+from mudsc.studio.summary import config_label, task_label
+from mudsc.diffinit.sweep import grid, run_sweep
 from pages._state import (cached_metric_rows, cached_network_figure, figures, job_status, jobs, require_session,
                           running, session_key, start_job, take)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import streamlit as st
 
 from mudsc.errors import MudscError
-from mudsc.studio import Parent, describe_parents
-from mudsc.summary import parent_rows, space_rows
+from mudsc.studio.parents import Parent, describe_parents
+from mudsc.studio.summary import parent_rows, space_rows
 from pages._state import (cached_parent, cached_session, current_session, drop_session, fingerprint,
                           job_status, running, settings, start_job, take)
 
@@ -36,7 +36,7 @@ def add_parents(paths: list[str | Path]) -> int:
 
 
 def train_demo(progress, cancel) -> list[str]:
-    from mudsc.zoo import demo_pair
+    from mudsc.zoo.demo import demo_pair
 
     seen = {"parent": 0, "last": 0}
 
@@ -140,7 +140,7 @@ with upload_tab:
                              key="upload", max_upload_size=cfg.max_upload_mb)
     st.caption(f"Up to {cfg.max_upload_mb} MB per file; bigger checkpoints load from a path.")
     if st.button("Add uploaded checkpoints", key="add_upload", disabled=not files):
-        from mudsc.parent_sources import self_describing, store_upload
+        from mudsc.studio.parent_sources import self_describing, store_upload
 
         stored = None
         try:
@@ -159,7 +159,7 @@ with path_tab:
     ckpt = st.text_input("Checkpoint path (.safetensors written by mudsc)", key="ckpt_path",
                          placeholder="~/.cache/mudsc/zoo/resnet20.digits_04_s0.safetensors")
     if st.button("Add parent", key="add_parent", disabled=not ckpt.strip()):
-        from mudsc.parent_sources import self_describing
+        from mudsc.studio.parent_sources import self_describing
 
         try:
             add_parents([self_describing(ckpt.strip(), root=cfg.home)])
@@ -181,9 +181,9 @@ with plain_tab:
     feat_dim = e.number_input("Embedding width", min_value=1, value=64, step=1, key="plain_feat_dim")
     weights = f.text_input("Weights file", key="plain_path", placeholder="/path/to/weights.pt")
     if st.button("Add parent", key="add_plain", disabled=not (arch.strip() and weights.strip() and classes.strip())):
-        from mudsc.commands.common import parse_kw
+        from mudsc.cli.common import parse_kw
         from mudsc.data import load_dataset
-        from mudsc.parent_sources import plain_spec, self_describing
+        from mudsc.studio.parent_sources import plain_spec, self_describing
 
         try:
             spec = plain_spec(arch, classes=classes, data=load_dataset(name, data_dir), head=head,
@@ -205,7 +205,7 @@ st.dataframe(describe_parents(parents), hide_index=True, key="parents_table", co
         format="percent", help="accuracy among the classes it never saw: near chance is expected"),
     "parameters": st.column_config.NumberColumn(format="compact")})
 with st.expander("Architectures"):
-    from mudsc.parent_sources import architecture_summary
+    from mudsc.studio.parent_sources import architecture_summary
 
     st.dataframe([{"parent": p.name, **architecture_summary(p.model, p.info)} for p in parents], hide_index=True,
                  key="arch_table", column_config={"parameters": st.column_config.NumberColumn(format="compact")})

@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from mudsc import figures, umap_view, views
+from mudsc.studio import figures, umap_view, views
 from mudsc.errors import MudscError
 from pages._views import memo, require_merge, show
 

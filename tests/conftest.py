@@ -34,6 +34,6 @@ def mnist_dir():
 @pytest.fixture(scope="session")
 def demo_parents(tmp_path_factory):
     """The built-in demo pair, trained once per test session."""
-    from mudsc.zoo import demo_pair
+    from mudsc.zoo.demo import demo_pair
 
     return demo_pair(root=tmp_path_factory.mktemp("demo"))

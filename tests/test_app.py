@@ -41,7 +41,7 @@ def _fresh_caches():
 
 @pytest.fixture(scope="module")
 def merge_session(demo_parents):
-    from mudsc.session import MergeSession
+    from mudsc.diffinit.session import MergeSession
 
     session = MergeSession.from_paths([str(p) for p in demo_parents], "digits", stats_images=250, eval_images=200)
     session.activation_stats()
@@ -97,7 +97,7 @@ def wait_jobs(at: AppTest, *names: str) -> None:
 # ----------------------------------------------------------------------------- Parents
 
 def test_parents_page_bad_path_keeps_state(demo_parents):
-    from mudsc.studio import load_parent
+    from mudsc.studio.parents import load_parent
 
     at = open_app()
     assert any("No parents loaded" in i.value for i in at.info)
@@ -113,7 +113,7 @@ def test_parents_page_bad_path_keeps_state(demo_parents):
 
 
 def test_upload_over_the_limit_keeps_state(demo_parents):
-    from mudsc.studio import load_parent
+    from mudsc.studio.parents import load_parent
 
     at = open_app(parents=[load_parent(str(demo_parents[0]), dataset="digits")])
     at.session_state["settings"] = small_settings(max_upload_mb=1)
@@ -126,7 +126,7 @@ def test_upload_over_the_limit_keeps_state(demo_parents):
 
 
 def test_upload_and_plain_weights_build_the_session(demo_parents, tmp_path):
-    from mudsc.io import load_model
+    from mudsc.models.checkpoint import load_model
 
     at = open_app()
     at.file_uploader(key="upload").upload(demo_parents[0].name, demo_parents[0].read_bytes()).run()
@@ -160,7 +160,7 @@ def test_upload_and_plain_weights_build_the_session(demo_parents, tmp_path):
 
 def _variant(demo_parent, path: Path, **changes) -> Path:
     """The demo parent's architecture with `changes` to its spec, freshly initialised, saved to `path`."""
-    from mudsc.io import load_model, save_model
+    from mudsc.models.checkpoint import load_model, save_model
     from mudsc.models import model_from_spec
 
     _, meta = load_model(demo_parent)
@@ -169,7 +169,7 @@ def _variant(demo_parent, path: Path, **changes) -> Path:
 
 
 def test_corrupt_and_mismatched_uploads_keep_state(demo_parents, tmp_path):
-    from mudsc.studio import load_parent
+    from mudsc.studio.parents import load_parent
 
     at = open_app(parents=[load_parent(str(demo_parents[0]), dataset="digits")])
     at.file_uploader(key="upload").upload("broken.safetensors", b"\x10\x00\x00\x00not a safetensors file").run()
@@ -188,8 +188,8 @@ def test_corrupt_and_mismatched_uploads_keep_state(demo_parents, tmp_path):
 
 
 def test_checkpoint_with_nans_is_refused_by_path(demo_parents, tmp_path):
-    from mudsc.io import load_model, save_model
-    from mudsc.studio import load_parent
+    from mudsc.models.checkpoint import load_model, save_model
+    from mudsc.studio.parents import load_parent
 
     model, _ = load_model(demo_parents[1])
     with torch.no_grad():
@@ -204,7 +204,7 @@ def test_checkpoint_with_nans_is_refused_by_path(demo_parents, tmp_path):
 
 
 def test_unknown_timm_name_is_an_error(demo_parents, tmp_path):
-    from mudsc.studio import load_parent
+    from mudsc.studio.parents import load_parent
 
     at = open_app(parents=[load_parent(str(demo_parents[0]), dataset="digits")])
     weights = tmp_path / "w.pt"
@@ -220,7 +220,7 @@ def test_unknown_timm_name_is_an_error(demo_parents, tmp_path):
 
 
 def test_data_directory_without_data_keeps_the_data_and_parents(demo_parents, tmp_path):
-    from mudsc.studio import load_parent
+    from mudsc.studio.parents import load_parent
 
     at = open_app(parents=[load_parent(str(demo_parents[0]), dataset="digits")])
     (tmp_path / "empty").mkdir()
@@ -236,7 +236,7 @@ def test_data_directory_without_data_keeps_the_data_and_parents(demo_parents, tm
 
 
 def test_incompatible_pair_is_refused_and_both_parents_stay(demo_parents, tmp_path):
-    from mudsc.studio import load_parent
+    from mudsc.studio.parents import load_parent
 
     wide = _variant(demo_parents[1], tmp_path / "wide.safetensors", kwargs={"width": 2})
     at = open_app(parents=[load_parent(str(demo_parents[0]), dataset="digits"),
@@ -256,7 +256,7 @@ def test_incompatible_pair_is_refused_and_both_parents_stay(demo_parents, tmp_pa
 
 
 def test_removing_a_parent_drops_the_session(demo_parents):
-    from mudsc.studio import load_parent
+    from mudsc.studio.parents import load_parent
 
     at = open_app(parents=[load_parent(str(p), dataset="digits") for p in demo_parents])
     if "session" not in at.session_state:
@@ -317,8 +317,8 @@ def test_depth_sweep_runs_in_the_background(merge_session):
 # ----------------------------------------------------------------------------- Export
 
 def test_export_page_offers_checkpoint_commands_tables_and_figures(merge_session):
-    from mudsc.config import make_config
-    from mudsc.merge_figures import network_figure
+    from mudsc.diffinit.config import make_config
+    from mudsc.studio.merge_figures import network_figure
 
     config = make_config(alpha=0.3, cut="layer3")
     result = merge_session.merge(config)
@@ -353,7 +353,7 @@ def _chart_points(chart) -> int:
 
 def test_demo_flow_merge_then_export_reproduces_the_shown_accuracy(merge_session):
     from mudsc.evaluate import multitask_metrics, predict
-    from mudsc.io import load_model
+    from mudsc.models.checkpoint import load_model
 
     at = open_app("merge", session=merge_session, session_key=("demo-flow",))
     before = table(at, "per-task")["joint"].iloc[0]
@@ -379,7 +379,7 @@ def test_demo_flow_merge_then_export_reproduces_the_shown_accuracy(merge_session
 
 
 def test_export_page_refuses_the_ensemble(merge_session):
-    from mudsc.config import make_config
+    from mudsc.diffinit.config import make_config
 
     config = make_config(method="ensemble")
     at = open_app("export", session=merge_session, session_key=("test",), config=config,

@@ -27,7 +27,7 @@ def test_train_then_eval_json(tmp_path, capsys):
 
 
 def test_training_is_deterministic(tmp_path):
-    from mudsc.io import read_state_dict
+    from mudsc.models.checkpoint import read_state_dict
 
     paths = []
     for i in range(2):

@@ -7,11 +7,11 @@ import zipfile
 import plotly.graph_objects as go
 import pytest
 
-from mudsc.commandline import manifest_command, merge_command
-from mudsc.config import make_config
+from mudsc.cli.command_lines import manifest_command, merge_command
+from mudsc.diffinit.config import make_config
 from mudsc.errors import ConfigError
-from mudsc.figure_export import figure_files, figure_html, file_stem, static_export_works, static_image, zip_bytes
-from mudsc.tables import latex_escape, to_csv, to_latex
+from mudsc.studio.figure_export import figure_files, figure_html, file_stem, static_export_works, static_image, zip_bytes
+from mudsc.studio.tables import latex_escape, to_csv, to_latex
 
 ROWS = [{"model": "merged (mudsc-zip, alpha 0.5)", "joint": 0.6312, "task 0-4": 0.9, "params": 275696},
         {"model": "parent_0 & co", "joint": 0.4722, "task 0-4": None, "params": 275696},
@@ -58,7 +58,7 @@ def test_csv_round_trips_values():
 ])
 def test_merge_command_parses_back_to_the_same_config(fields):
     from mudsc.cli import build_parser
-    from mudsc.commands.merge import _config
+    from mudsc.cli.merge import _config
 
     config = make_config(**fields)
     cmd = merge_command(config, parents=["/a b/p0.safetensors", "p1.safetensors"], dataset="mnist",

@@ -8,8 +8,8 @@ from torch.func import functional_call
 from unit_helpers import inputs, make, random_perms, rel_err
 
 from mudsc.errors import CheckpointError, ConfigError, DataError, ShapeMismatchError, UnknownNameError
-from mudsc.fuse import fuse, reset_bn_stats_, transform_state_dict
-from mudsc.graph import trace
+from mudsc.diffinit.fuse import fuse, reset_bn_stats_, transform_state_dict
+from mudsc.unitgraph import trace
 
 
 class _Match:
@@ -79,7 +79,7 @@ def test_zipping_duplicate_units_is_exact():
 
 def test_transform_respects_repeat_and_start():
     # a tensor axis holding two spaces side by side, the second one repeated twice per unit
-    from mudsc.graph import AxisRef, Tap, UnitGraph, UnitSpace
+    from mudsc.unitgraph import AxisRef, Tap, UnitGraph, UnitSpace
 
     refs = lambda start, rep: (AxisRef("w", 1, "in", start, rep),)  # noqa: E731
     g = UnitGraph(spaces=(UnitSpace("a", 2, (), refs(0, 1), (Tap("n", 1),), 0),
@@ -138,7 +138,7 @@ def test_reset_without_batchnorm_is_a_no_op():
 @pytest.mark.parametrize("arch,kw", [("resnet20", {"width": 1}),
                                      ("timm:vit_tiny_patch16_224", {"patch_size": 7, "depth": 2, "num_heads": 3})])
 def test_on_cuda(arch, kw):
-    from mudsc.graph import observed, split
+    from mudsc.unitgraph import observed, split
 
     dev = torch.device("cuda")
     m = make(arch, "own", **kw).float().to(dev)

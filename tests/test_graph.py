@@ -9,8 +9,8 @@ from torch import nn
 from unit_helpers import ARCHS, inputs, make, random_perms, rel_err
 
 from mudsc.errors import ConfigError, UnknownNameError
-from mudsc.fuse import transform_state_dict
-from mudsc.graph import UnitGraph, observed, split, trace
+from mudsc.diffinit.fuse import transform_state_dict
+from mudsc.unitgraph import UnitGraph, observed, split, trace
 
 
 def _graph(arch, head="shared", **kw):
@@ -294,7 +294,9 @@ def test_vit_attention_spaces():
 
 
 def test_default_leaves_and_hashable_graphs():
-    from mudsc.graph import DEFAULT_LEAVES
+    from mudsc.unitgraph import default_leaves
+
+    DEFAULT_LEAVES = default_leaves()
     from timm.layers import BatchNormAct2d, DropPath
 
     assert {BatchNormAct2d, DropPath} <= set(DEFAULT_LEAVES)

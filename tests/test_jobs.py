@@ -1,7 +1,7 @@
 import time
 
 from mudsc.errors import ConfigError
-from mudsc.jobs import Job
+from mudsc.studio.jobs import Job
 
 
 def test_job_result_progress_and_errors():

@@ -9,7 +9,7 @@ import pytest
 
 from landscape.result import LandscapeResult
 from mudsc.cli import main
-from mudsc.commands.landscape import merge_specs
+from mudsc.cli.landscape import merge_specs
 from mudsc.errors import ConfigError
 
 # Small everything: a 5-point grid, 30 images per task, two permutation methods (cheap to merge).
@@ -123,7 +123,7 @@ def test_grid_too_large_and_mismatched_parents_are_refused(capsys, demo_parents,
     assert rc == 2 and "grid needs about" in err and "GiB" in err and "lower the grid resolution" in err
     assert "Traceback" not in err + out and not (tmp_path / "big.npz").exists()
 
-    from mudsc.io import load_model, save_model
+    from mudsc.models.checkpoint import load_model, save_model
     from mudsc.models import model_from_spec
 
     _, meta = load_model(demo_parents[1])

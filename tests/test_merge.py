@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from mudsc.config import make_config
+from mudsc.diffinit.config import make_config
 from mudsc.errors import ConfigError, UnknownNameError
-from mudsc.fuse import transform_state_dict
-from mudsc.io import load_model
+from mudsc.diffinit.fuse import transform_state_dict
+from mudsc.models.checkpoint import load_model
 from mudsc.models import create_model
-from mudsc.session import MergeSession
+from mudsc.diffinit.session import MergeSession
 
 
 def _model(arch, seed=0, classes=(0, 1, 2, 3, 4), head="shared", **kw):
@@ -55,7 +55,7 @@ CASES += [("demo", {}, method) for method in ("zipit", "mudsc-zip")]
 @pytest.mark.parametrize("arch,kw,method", CASES, ids=[f"{a.split('_')[0]}-{m}" for a, _, m in CASES])
 def test_self_merge_recovers_permutation(digits, demo_parents, arch, kw, method):
     a = load_model(demo_parents[0])[0] if arch == "demo" else _model(arch, **kw)
-    from mudsc.graph import trace
+    from mudsc.unitgraph import trace
 
     b, perms = _permuted_copy(a, trace(a), seed=1)
     session = MergeSession([a, b], digits, stats_images=250, eval_images=100)
@@ -99,7 +99,7 @@ def test_partial_zip_multihead_and_ensemble(demo_parents, digits, tmp_path):
     own = [p["own_task_acc"] for p in session.parent_metrics()]
     assert ens.metrics.tasks == pytest.approx(own)
     session.paths = [str(p) for p in demo_parents]
-    from mudsc.export import save_merge
+    from mudsc.diffinit.manifest import save_merge
 
     save_merge(early, session, tmp_path / "early")
     loaded, info = load_model(tmp_path / "early" / "model.safetensors")

@@ -2,10 +2,10 @@
 import pytest
 
 from mudsc.errors import ConfigError, UnknownNameError
-from mudsc.graph import trace
-from mudsc.merge_figures import KEPT, MERGED, network_figure, sweep_figure
+from mudsc.unitgraph import trace
+from mudsc.studio.merge_figures import KEPT, MERGED, network_figure, sweep_figure
 from mudsc.models import create_model
-from mudsc.summary import space_rows, task_label
+from mudsc.studio.summary import space_rows, task_label
 
 
 @pytest.fixture(scope="module")

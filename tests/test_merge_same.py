@@ -5,16 +5,16 @@ import pytest
 import torch
 
 from mudsc.cli import main
-from mudsc.config import make_config
+from mudsc.diffinit.config import make_config
 from mudsc.errors import ConfigError
-from mudsc.finetune import finetune_parent
-from mudsc.fuse import transform_state_dict
-from mudsc.graph import trace
-from mudsc.hybrid import HYBRIDS, aligned_state_dicts
-from mudsc.io import load_model, save_model, sha256_file
+from mudsc.zoo.finetune import finetune_parent
+from mudsc.diffinit.fuse import transform_state_dict
+from mudsc.unitgraph import trace
+from mudsc.sameinit.hybrid import HYBRIDS, aligned_state_dicts
+from mudsc.models.checkpoint import load_model, save_model, sha256_file
 from mudsc.models import create_model, model_from_spec
-from mudsc.sameinit import METHODS
-from mudsc.session import MergeSession
+from mudsc.sameinit.merge import METHODS
+from mudsc.diffinit.session import MergeSession
 
 TASKS = ("0-4", "5-9")
 
@@ -191,7 +191,7 @@ def test_permuted_copy_aligned_and_fused_with_regmean_reproduces_the_model(digit
 
 
 def test_align_then_average_is_the_engines_alignment_merge(digits, tmp_path):
-    from mudsc.hybrid import align_parents, average_state_dict
+    from mudsc.sameinit.hybrid import align_parents, average_state_dict
 
     a = _mlp((0, 1, 2, 3, 4), seed=0, head="shared", width=24)
     b = _mlp((5, 6, 7, 8, 9), seed=1, head="shared", width=24)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mudsc.errors import CheckpointError, ConfigError, ShapeMismatchError, UnknownNameError
-from mudsc.io import load_model, read_state_dict, save_model
+from mudsc.models.checkpoint import load_model, read_state_dict, save_model
 from mudsc.models import create_model, list_models
 
 ARCHS = [

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mudsc.config import make_config
+from mudsc.diffinit.config import make_config
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ("similarity", "alignment", "loss_landscape")
@@ -14,8 +14,8 @@ PAGES = ("similarity", "alignment", "loss_landscape")
 @pytest.fixture(scope="module")
 def session(demo_parents):
     from mudsc.data import load_dataset
-    from mudsc.io import load_model
-    from mudsc.session import MergeSession
+    from mudsc.models.checkpoint import load_model
+    from mudsc.diffinit.session import MergeSession
 
     models = [load_model(p)[0] for p in demo_parents]
     return MergeSession(models, load_dataset("digits"), stats_images=250, eval_images=200)

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from mudsc.errors import CheckpointError, DataError
-from mudsc.io import load_model, sha256_file
+from mudsc.models.checkpoint import load_model, sha256_file
 from mudsc.models import create_model
-from mudsc.parent_sources import (architecture_summary, check_fits, layer_counts, plain_spec, read_info,
+from mudsc.studio.parent_sources import (architecture_summary, check_fits, layer_counts, plain_spec, read_info,
                                   self_describing, store_upload)
 
 

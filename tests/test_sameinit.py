@@ -9,8 +9,8 @@ from torch import nn
 from mudsc.errors import CheckpointError, ConfigError, ShapeMismatchError, UnknownNameError
 from mudsc.models import create_model
 from mudsc.models.heads import Classifier, OwnHead
-from mudsc.sameinit import METHODS, SameInitConfig, merge_same_init, ties_merge
-from mudsc.taskstats import compute_stats
+from mudsc.sameinit.merge import METHODS, SameInitConfig, merge_same_init, ties_merge
+from mudsc.sameinit.taskstats import compute_stats
 
 CLASSES = ((0, 1, 2), (3, 4, 5))
 BUFFERS = ("running_mean", "running_var")

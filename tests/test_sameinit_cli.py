@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from mudsc.commands import finetune as finetune_cmd
-from mudsc.commands import stats as stats_cmd
+from mudsc.cli import finetune as finetune_cmd
+from mudsc.cli import stats as stats_cmd
 from mudsc.errors import CheckpointError
-from mudsc.io import load_model, save_model
+from mudsc.models.checkpoint import load_model, save_model
 from mudsc.models import create_model
-from mudsc.sameinit import SameInitConfig, merge_same_init
-from mudsc.taskstats import load_stats
+from mudsc.sameinit.merge import SameInitConfig, merge_same_init
+from mudsc.sameinit.taskstats import load_stats
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +92,7 @@ def test_finetune_rejects_a_base_of_other_geometry(tmp_path):
 
 
 def test_task_family_fine_tunes_one_base_per_task(tmp_path):
-    from mudsc.finetune import task_family
+    from mudsc.zoo.finetune import task_family
 
     base, paths = task_family(tmp_path, dataset="digits", arch="mlp", tasks=["0-4", "5-9"], epochs=1, device="cpu",
                               width=16)

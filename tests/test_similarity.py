@@ -1,8 +1,8 @@
 import torch
 
-from mudsc.fuse import apply_along_axis
-from mudsc.similarity import _pool, mix, weight_similarity
-from mudsc.solvers import greedy_zip
+from mudsc.diffinit.fuse import apply_along_axis
+from mudsc.diffinit.similarity import _pool, mix, weight_similarity
+from mudsc.diffinit.solvers import greedy_zip
 
 
 def test_pool_equals_dense_maps():
@@ -42,9 +42,9 @@ def test_mix_published_and_standardized():
 def test_descriptors_read_only_their_neighbours_maps():
     """The iterative solve reuses a space's S_W while its neighbours' matches are unchanged: that is
     only exact if descriptors() reads nothing but the maps descriptor_neighbours() names."""
-    from mudsc.graph import trace
+    from mudsc.unitgraph import trace
     from mudsc.models import create_model
-    from mudsc.similarity import descriptor_neighbours, descriptors
+    from mudsc.diffinit.similarity import descriptor_neighbours, descriptors
 
     sds = []
     for seed in (0, 1):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mudsc.errors import ConfigError, UnknownNameError
-from mudsc.solvers import (GroupMatch, Match, get_solver, greedy_zip, greedy_zip_reference, group_hungarian,
+from mudsc.diffinit.solvers import (GroupMatch, Match, get_solver, greedy_zip, greedy_zip_reference, group_hungarian,
                            group_zip, hungarian, identity, list_solvers, register_solver, solver_paper)
 
 ALL = {

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mudsc.errors import ConfigError, ShapeMismatchError
-from mudsc.subspace import (conjugate_gradient, fisher_system, identity_system, initial_point, kfac_system,
+from mudsc.sameinit.subspace import (conjugate_gradient, fisher_system, identity_system, initial_point, kfac_system,
                             regmean_system, scale_offdiagonal, solve_cg, solve_fisher, solve_regmean)
 
 D = torch.float64

@@ -6,7 +6,7 @@ from torch import nn
 
 from mudsc.errors import CheckpointError, ConfigError, DataError
 from mudsc.models.heads import Classifier, OwnHead
-from mudsc.taskstats import compute_stats, conv_patches, label_columns, load_stats, save_stats
+from mudsc.sameinit.taskstats import compute_stats, conv_patches, label_columns, load_stats, save_stats
 
 D = torch.float64
 

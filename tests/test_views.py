@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from mudsc import figures, umap_view, views
-from mudsc.config import make_config
+from mudsc.studio import figures, umap_view, views
+from mudsc.diffinit.config import make_config
 from mudsc.errors import ConfigError
-from mudsc.fuse import fuse, transform_state_dict
-from mudsc.solvers import group_hungarian, hungarian
+from mudsc.diffinit.fuse import fuse, transform_state_dict
+from mudsc.diffinit.solvers import group_hungarian, hungarian
 
 
 @pytest.fixture(scope="module")
 def session(demo_parents):
     from mudsc.data import load_dataset
-    from mudsc.io import load_model
-    from mudsc.session import MergeSession
+    from mudsc.models.checkpoint import load_model
+    from mudsc.diffinit.session import MergeSession
 
     models = [load_model(p)[0] for p in demo_parents]
     return MergeSession(models, load_dataset("digits"), stats_images=250, eval_images=200)

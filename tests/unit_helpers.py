@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mudsc.graph import UnitGraph
+from mudsc.unitgraph import UnitGraph
 from mudsc.models import create_model
 
 # (arch, options): every architecture the unit graph must handle without a hand-written spec

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import register_model
+from mudsc.models.registry import register_model
 
 
 def _norm(kind: str, c: int) -> nn.Module:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from mudsc.errors import ConfigError
 
 
 def class_embeddings(num_classes: int, dim: int, seed: int) -> Tensor:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from . import register_model
+from mudsc.errors import ConfigError
+from mudsc.models.registry import register_model
 
 
 def _norm(kind: str, c: int, groups: int) -> nn.Module:

@@ -5,7 +5,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError, UnknownNameError
+from mudsc.errors import ConfigError, UnknownNameError
 
 
 def timm_body(name: str, *, in_chans: int, img_size: int, feat_dim: int, **kwargs: Any) -> nn.Module:

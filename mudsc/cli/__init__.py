@@ -1,0 +1,35 @@
+"""The ``mudsc`` command: parse, validate, call the engine, write. No math lives here."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mudsc.errors import MudscError
+
+# One explicit list; each module adds its sub-commands with register(subparsers).
+from mudsc.cli import evaluate, landscape, merge, merge_same, stats, zoo
+
+COMMANDS = (zoo, evaluate, merge, merge_same, stats, landscape)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mudsc", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", help="compute device (default: cuda when present, else cpu)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MudscError as e:
+        print(f"mudsc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mudsc: interrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,5 @@
+import sys
+
+from mudsc.cli import main
+
+sys.exit(main())

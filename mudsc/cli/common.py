@@ -1,0 +1,40 @@
+"""Argument helpers shared by the sub-commands."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from mudsc.errors import ConfigError
+
+
+def parse_kw(items: list[str] | None) -> dict[str, Any]:
+    """``['img_size=28', 'norm=gn']`` -> ``{'img_size': 28, 'norm': 'gn'}`` (JSON values, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--kw {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--dataset", required=required, help="digits, mnist, imagefolder, npz (or a path)")
+    p.add_argument("--data-dir", help="data directory or file (default for mnist: $MUDSC_DATA)")
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=True, default=float))
+
+
+def print_record(rec: dict, classes: str, *, as_json: bool) -> None:
+    """A trained or fine-tuned parent's record: JSON, or one line with its held-out accuracy."""
+    if as_json:
+        print_json(rec)
+    else:
+        print(f"{rec['path']}: accuracy {rec['accuracy']:.4f} on task {classes} "
+              f"({rec['dataset']['name']} held-out), {rec['train_seconds']:.1f} s")

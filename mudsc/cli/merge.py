@@ -1,0 +1,155 @@
+"""``mudsc merge``, ``mudsc cuts`` and ``mudsc sweep``: different-init merging from the command line."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from mudsc.cli.common import add_data_args, print_json
+
+
+def _add_merge_options(p: argparse.ArgumentParser) -> None:
+    from mudsc.diffinit.config import MergeConfig
+
+    f = MergeConfig.model_fields
+    p.add_argument("--alpha", type=float, default=f["alpha"].default, help=f["alpha"].description)
+    p.add_argument("--alpha-for", action="append", metavar="SPACE=ALPHA", help="per-unit-space alpha (repeatable)")
+    p.add_argument("--mix", choices=("published", "standardized"), default=f["mix"].default, help=f["mix"].description)
+    p.add_argument("--weight-metric", choices=("pearson", "cosine"), default=f["weight_metric"].default)
+    p.add_argument("--zip-a", type=float, default=f["zip_a"].default, help=f["zip_a"].description)
+    p.add_argument("--zip-b", type=float, default=f["zip_b"].default, help=f["zip_b"].description)
+    p.add_argument("--no-groups", action="store_true", help="ignore GroupNorm groups / attention heads")
+    p.add_argument("--max-sweeps", type=int, default=f["max_sweeps"].default)
+    p.add_argument("--patience", type=int, default=f["patience"].default)
+    p.add_argument("--seed", type=int, default=f["seed"].default)
+    p.add_argument("--no-bn-reset", action="store_true")
+    p.add_argument("--reset-images", type=int, default=f["reset_images"].default)
+
+
+def _add_session_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parents", nargs="+", help="parent checkpoints (.safetensors)")
+    add_data_args(p, required=False)
+    p.add_argument("--stats-images", type=int, default=1000, help="images for activation statistics")
+    p.add_argument("--eval-images", type=int, help="held-out images to evaluate on (default: all)")
+    p.add_argument("--batch-size", type=int, default=250)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from mudsc.diffinit.config import METHODS
+
+    m = sub.add_parser("merge", help="merge parents trained from different initialisations")
+    _add_session_options(m)
+    m.add_argument("--method", choices=METHODS, default="mudsc-zip")
+    m.add_argument("--cut", default="full", help="merge up to this cut (see `mudsc cuts`), or full")
+    _add_merge_options(m)
+    m.add_argument("--manifest", help="reproduce the merge a manifest.json describes")
+    m.add_argument("--out", required=True, help="output directory (model.safetensors, manifest.json)")
+    m.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    m.set_defaults(func=_merge)
+
+    c = sub.add_parser("cuts", help="list a model's valid cuts for partial zipping, input to output")
+    c.add_argument("--model", required=True)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_cuts)
+
+    s = sub.add_parser("sweep", help="grid over methods, alpha and cut from one statistics pass")
+    _add_session_options(s)
+    s.add_argument("--pairs", nargs="+", metavar="A.safetensors,B.safetensors",
+                   help="several parent sets, comma-separated; rows report mean and std over them")
+    s.add_argument("--methods", nargs="+", default=["mudsc-zip"], choices=METHODS)
+    s.add_argument("--alphas", nargs="+", type=float)
+    s.add_argument("--cuts", nargs="+", help="cuts (or full); 'all' for every valid cut and full")
+    s.add_argument("--method", default="mudsc-zip", help=argparse.SUPPRESS)
+    s.add_argument("--cut", default="full", help=argparse.SUPPRESS)
+    _add_merge_options(s)
+    s.add_argument("--out", required=True, help="output prefix: writes PREFIX.csv and PREFIX.json")
+    s.set_defaults(func=_sweep)
+
+
+def _config(args: argparse.Namespace):
+    from mudsc.diffinit.config import make_config
+    from mudsc.cli.common import parse_kw
+
+    return make_config(method=args.method, alpha=args.alpha, alpha_overrides=parse_kw(args.alpha_for),
+                       mix=args.mix, weight_metric=args.weight_metric, zip_a=args.zip_a, zip_b=args.zip_b,
+                       groups=not args.no_groups, cut=args.cut, max_sweeps=args.max_sweeps,
+                       patience=args.patience, seed=args.seed, reset_bn=not args.no_bn_reset,
+                       reset_images=args.reset_images)
+
+
+def _session(paths: list[str], args: argparse.Namespace):
+    from mudsc.errors import ConfigError
+    from mudsc.diffinit.session import MergeSession
+
+    if not paths or not args.dataset:
+        raise ConfigError("give --parents A.safetensors B.safetensors [...] and --dataset (or --manifest)")
+    return MergeSession.from_paths(paths, args.dataset, args.data_dir, stats_images=args.stats_images,
+                                   eval_images=args.eval_images, batch_size=args.batch_size, device=args.device)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from mudsc.diffinit.manifest import read_manifest, reproduce, save_merge
+
+    if args.manifest:
+        result, manifest = reproduce(read_manifest(args.manifest), args.out, device=args.device)
+    else:
+        session = _session(args.parents, args)
+        result = session.merge(_config(args))
+        manifest = save_merge(result, session, args.out)
+    metrics = manifest["metrics"]
+    if args.json:
+        print_json(metrics)
+    else:
+        print(f"{result.config.method} (cut {result.config.cut}): joint {metrics['joint_acc']:.4f}, "
+              f"per-task {metrics['per_task_acc']:.4f}; ensemble joint {metrics['ensemble']['joint_acc']:.4f}; "
+              f"written to {Path(args.out) / 'model.safetensors'}")
+    return 0
+
+
+def _cuts(args: argparse.Namespace) -> int:
+    from mudsc.unitgraph import trace
+    from mudsc.models.checkpoint import load_model
+
+    model, _ = load_model(args.model)
+    graph = trace(model)
+    names = [c.name for c in graph.cuts] + ["full"]
+    if args.json:
+        print_json(names)
+    else:
+        for c in graph.cuts:
+            print(f"{c.name}\t(merges {len(c.merged_spaces)} of {len(graph.spaces)} unit spaces)")
+        print("full")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from mudsc.errors import ConfigError
+    from mudsc.diffinit.sweep import aggregate, grid, run_sweep
+
+    sets = [p.split(",") for p in args.pairs] if args.pairs else [args.parents]
+    if not sets or not all(sets):
+        raise ConfigError("give --parents A B or --pairs A1,B1 A2,B2 ...")
+    base = _config(args)
+    per_pair = []
+    for paths in sets:
+        session = _session(paths, args)
+        cuts = args.cuts
+        if cuts == ["all"]:
+            cuts = [c.name for c in session.graph.cuts] + ["full"]
+        configs = grid(base, methods=args.methods, alphas=args.alphas, cuts=cuts)
+        per_pair.append(run_sweep(session, configs))
+    rows = aggregate(per_pair) if len(per_pair) > 1 else per_pair[0]
+    prefix = Path(args.out)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with open(prefix.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    prefix.with_suffix(".json").write_text(json.dumps({"pairs": sets, "rows": rows}, indent=1, default=float))
+    for r in rows:
+        std = f" +- {r['joint_acc_std']:.4f}" if "joint_acc_std" in r else ""
+        alpha = "" if r["alpha"] is None else f" alpha={r['alpha']:g}"
+        print(f"{r['method']:<12}{alpha:<11} cut={r['cut']:<10} joint {r['joint_acc']:.4f}{std}  "
+              f"per-task {r['per_task_acc']:.4f}")
+    return 0

@@ -1,1 +1,0 @@
-"""Sub-commands of the ``mudsc`` CLI, one module per command family."""

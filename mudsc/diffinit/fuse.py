@@ -1,0 +1,139 @@
+"""Apply merge/unmerge maps to state dicts (ZipIt!, Stoica et al., 2024, Eq. 4; MuDSC, Xu et al.,
+2024) and reset BatchNorm statistics afterwards (the REPAIR-style reset both codebases use).
+
+For a space with maps ``M [C, n]`` (merge) and ``U [n, C]`` (unmerge), every axis producing its units
+becomes ``M W`` along that axis and every axis consuming them ``W U``; a merged tensor is
+``W* = sum_i M_i W_i U_i``.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from mudsc.errors import CheckpointError, ConfigError, DataError, ShapeMismatchError
+from mudsc.unitgraph import UnitGraph, check_params
+
+
+class MatchLike(Protocol):
+    """What :func:`fuse` needs from ``mudsc.solvers.match.Match``."""
+
+    def parts(self) -> list[tuple[Tensor, Tensor]]:
+        """Per parent i: (M_i [C, n_i], U_i [n_i, C])."""
+
+
+def apply_along_axis(w: Tensor, axis: int, pieces: list[tuple[int, int, int, Tensor]]) -> Tensor:
+    """[..., L, ...] -> [..., L', ...]: each piece (start, n, repeat, A [m, n]) replaces the n units at
+    ``[start, start + n * repeat)`` of `axis` (unit-major) by ``A`` applied to them; the rest is kept."""
+    w = w.movedim(axis, 0)
+    out, pos = [], 0
+    for start, n, rep, a in sorted(pieces, key=lambda p: p[0]):
+        if start < pos:
+            raise ConfigError(f"fuse: overlapping unit ranges on axis {axis} at entry {start}")
+        block = w[start:start + n * rep]
+        block = torch.tensordot(a.to(w), block.reshape(n, rep, *block.shape[1:]), dims=([1], [0]))
+        out += [w[pos:start], block.reshape(-1, *block.shape[2:])]
+        pos = start + n * rep
+    out.append(w[pos:])
+    return torch.cat(out).movedim(0, axis)
+
+
+def _check_maps(graph: UnitGraph, maps: dict[str, tuple[Tensor, Tensor]]) -> None:
+    for name, (m, u) in maps.items():
+        n = graph.space(name).size
+        if m.ndim != 2 or u.ndim != 2 or m.shape[1] != n or u.shape != (n, m.shape[0]):
+            raise ShapeMismatchError(f"space {name!r} has {n} units: expected merge [C, {n}] and unmerge "
+                                     f"[{n}, C], got {tuple(m.shape)} and {tuple(u.shape)}")
+
+
+def transform_state_dict(sd: dict[str, Tensor], graph: UnitGraph,
+                         maps: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    """One parent: for every space s in `maps` with (M_s [C, n], U_s [n, C]), producer axes (``out``,
+    ``stat``) become M_s W and consumer axes (``in``) W U_s, respecting start/repeat. Spaces absent
+    from `maps` and tensors they do not touch are returned as they are (not copied)."""
+    _check_maps(graph, maps)
+    check_params(graph, sd)
+    todo: dict[str, dict[int, list]] = {}
+    for name, (m, u) in maps.items():
+        s = graph.space(name)
+        for r in s.refs:
+            a = u.T if r.role == "in" else m
+            todo.setdefault(r.param, {}).setdefault(r.axis, []).append((r.start, s.size, r.repeat, a))
+    out = dict(sd)
+    for key, axes in todo.items():
+        w = sd[key]
+        for axis, pieces in axes.items():
+            w = apply_along_axis(w, axis, pieces)
+        out[key] = w
+    return out
+
+
+def fuse(sds: list[dict[str, Tensor]], graph: UnitGraph, matches: dict[str, MatchLike]) -> dict[str, Tensor]:
+    """N parents -> one state dict: ``W* = sum_i M_i W_i U_i`` (ZipIt! Eq. 4) for every tensor with a
+    producer axis in a matched space (each M_i already carries the 1/N weights). Tensors with no such
+    axis (consumer-only layers such as the next fixed layer, untouched tensors) are averaged after
+    their unmerge, which is the same rule with ``M_i = I / N``. Non-float buffers
+    (``num_batches_tracked``) come from parent 0."""
+    if not sds:
+        raise ConfigError("fuse: no state dicts given")
+    keys = list(sds[0])
+    for i, sd in enumerate(sds[1:], 1):
+        if list(sd) != keys:
+            diff = sorted(set(keys) ^ set(sd))
+            raise CheckpointError(f"fuse: parent {i} has different tensors than parent 0 (e.g. {diff[:3]})")
+        for k in keys:
+            if sd[k].shape != sds[0][k].shape:
+                raise ShapeMismatchError(f"fuse: {k} is {tuple(sd[k].shape)} in parent {i} "
+                                         f"but {tuple(sds[0][k].shape)} in parent 0")
+    parts = {name: match.parts() for name, match in matches.items()}
+    for name, p in parts.items():
+        if len(p) != len(sds):
+            raise ConfigError(f"fuse: match of space {name!r} has {len(p)} parents, expected {len(sds)}")
+    moved = [transform_state_dict(sd, graph, {name: p[i] for name, p in parts.items()}) for i, sd in enumerate(sds)]
+    merged_out = {r.param for name in matches for r in graph.space(name).producers}
+    out = {}
+    for k in keys:
+        if not sds[0][k].is_floating_point():
+            out[k] = sds[0][k]
+        elif k in merged_out:
+            out[k] = torch.stack([sd[k] for sd in moved]).sum(0)
+        else:
+            out[k] = torch.stack([sd[k] for sd in moved]).mean(0)
+    return out
+
+
+def reset_bn_stats_(model: nn.Module, batches: Iterable[Tensor], *, device: str | torch.device | None = None
+                    ) -> nn.Module:
+    """Recompute every BatchNorm's running statistics as plain averages over `batches` (one pass,
+    no grad), the reset ZipIt! and MuDSC apply to parents and merges (from REPAIR, Jordan et al.,
+    2023). Only BatchNorm layers run in train mode, so dropout does not perturb the statistics; the
+    model ends in eval mode with its momenta restored. Items of `batches` may be ``(x, y)`` pairs.
+    With `device`, the model moves there first; inputs follow the model's device."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model.eval()
+    if device is not None:
+        model.to(device)
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else torch.device("cpu")
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.momentum = None
+        m.reset_running_stats()
+        m.train()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for x in batches:
+                x = x[0] if isinstance(x, (tuple, list)) else x
+                model(x.to(dev, p.dtype) if p is not None and x.is_floating_point() else x.to(dev))
+                seen += 1
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.eval()
+    if not seen:
+        raise DataError("reset_bn_stats_: no batches to recompute BatchNorm statistics from")
+    return model

@@ -1,0 +1,105 @@
+"""Reproducible export: the merged checkpoint and a manifest that reproduces the merge from the CLI.
+
+``DIR/model.safetensors`` is self-describing (single- or multi-head); ``DIR/manifest.json`` holds the
+MergeConfig, the parents with their sha256, the data set with its fingerprint, the session settings,
+versions, seeds, metrics, timings and the transform of every unit space.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mudsc import __version__
+from mudsc.diffinit.config import MergeConfig
+from mudsc.errors import CheckpointError, ConfigError
+from mudsc.models.checkpoint import META_KEY, sha256_file
+from mudsc.diffinit.session import MergeResult, MergeSession
+
+MANIFEST_VERSION = 1
+
+
+def result_summary(result: MergeResult, session: MergeSession) -> dict[str, Any]:
+    """The numbers a merge is judged by: joint/per-task/each-task accuracy, parents, ensemble, cost."""
+    from mudsc.diffinit.config import make_config
+
+    ens = session.merge(make_config(method="ensemble"))
+    return {
+        **result.metrics.as_dict(),
+        "ensemble": {**ens.metrics.as_dict(), "params": ens.params, "flops": ens.flops},
+        "parents": session.parent_metrics(),
+        "params": result.params,
+        "flops": result.flops,
+        "timings": {**{k: round(v, 4) for k, v in session.timings.items()},
+                    **{k: round(v, 4) for k, v in result.timings.items()}},
+        "sweeps": result.solution.sweeps if result.solution else 0,
+        "score_history": result.solution.history if result.solution else [],
+    }
+
+
+def save_merge(result: MergeResult, session: MergeSession, out_dir: str | Path) -> dict[str, Any]:
+    """Write ``model.safetensors`` and ``manifest.json`` into `out_dir`; returns the manifest."""
+    from safetensors.torch import save_file
+
+    if result.config.method == "ensemble":
+        raise ConfigError("the ensemble is an upper bound, not a merged model; nothing to export")
+    if not session.paths:
+        raise ConfigError("export needs a session opened from checkpoint files (MergeSession.from_paths)")
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    specs = [p.spec for p in session.parents]
+    meta: dict[str, Any] = {"version": __version__, "merge": result.config.model_dump(mode="json"),
+                            "tasks": [list(t) for t in session.tasks]}
+    if result.multihead:
+        meta.update(kind="multihead", specs=specs, cut=result.config.cut, spec=specs[0])
+    else:
+        meta.update(spec=specs[0])
+    tensors = {k: v.detach().cpu().contiguous() for k, v in result.state_dict.items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "config": result.config.model_dump(mode="json"),
+        "parents": [{"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for p in session.paths],
+        "data": {**session.data.describe(), "data_dir": session.data_dir},
+        "session": {"stats_images": session.stats_images, "eval_images": len(session.eval),
+                    "batch_size": session.batch_size},
+        "versions": {"mudsc": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "device": str(session.device),
+        "metrics": result_summary(result, session),
+        "model_sha256": sha256_file(out / "model.safetensors"),
+        "transforms": result.transforms(),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=float))
+    return manifest
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    p = Path(path).expanduser()
+    try:
+        manifest = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read manifest {p}: {e}") from None
+    if manifest.get("manifest_version") != MANIFEST_VERSION or "config" not in manifest:
+        raise CheckpointError(f"{p} is not a mudsc merge manifest (version {MANIFEST_VERSION})")
+    return manifest
+
+
+def reproduce(manifest: dict[str, Any], out_dir: str | Path, *, device=None) -> tuple[MergeResult, dict]:
+    """Redo the merge a manifest describes (parents checked against their sha256) and export it."""
+    for parent in manifest["parents"]:
+        if not Path(parent["path"]).is_file():
+            raise CheckpointError(f"manifest parent {parent['path']} does not exist")
+        if sha256_file(parent["path"]) != parent["sha256"]:
+            raise CheckpointError(f"parent {parent['path']} changed since the manifest was written (sha256 differs)")
+    data, sess = manifest["data"], manifest["session"]
+    session = MergeSession.from_paths([p["path"] for p in manifest["parents"]], data["name"]
+                                      if data["name"] in ("digits", "mnist") else data["source"],
+                                      data.get("data_dir"), stats_images=sess["stats_images"],
+                                      eval_images=sess["eval_images"], batch_size=sess["batch_size"], device=device)
+    if session.data.fingerprint != data["sha256"]:
+        raise CheckpointError("the data set differs from the one the manifest was made with (sha256 differs)")
+    result = session.merge(MergeConfig.model_validate(manifest["config"]))
+    return result, save_merge(result, session, out_dir)

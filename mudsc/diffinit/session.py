@@ -1,0 +1,253 @@
+"""MergeSession: parents, data and cached statistics, so a new alpha, cut, method or zip parameter
+re-merges without another statistics pass. The app and the CLI both merge through it.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from mudsc.diffinit.config import MergeConfig
+from mudsc.data import Dataset, Split, batches, check_tasks
+from mudsc.device import default_device
+from mudsc.errors import ConfigError, DataError
+from mudsc.evaluate import TaskMetrics, count_flops, multitask_metrics, predict
+from mudsc.diffinit.fuse import fuse, reset_bn_stats_, transform_state_dict
+from mudsc.unitgraph import UnitGraph, trace
+from mudsc.models.multihead import Ensemble, build_multihead, multihead_state
+from mudsc.diffinit.solve import Solution, solve
+from mudsc.diffinit.stats import ActivationStats, activation_stats
+
+Progress = Callable[[str, float], None]  # (stage description, fraction done)
+
+
+@dataclass
+class MergeResult:
+    """A merged model with everything needed to report, draw and export it."""
+
+    config: MergeConfig
+    model: nn.Module
+    state_dict: dict[str, Tensor]          # what a checkpoint stores (multi-head layout when cut)
+    solution: Solution | None
+    spaces: list[str]                      # the spaces that were merged
+    metrics: TaskMetrics
+    params: int
+    flops: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def multihead(self) -> bool:
+        return isinstance(self.model.output_classes, list)
+
+    def transforms(self) -> dict[str, list[list[int]]]:
+        """Per merged space and parent, the merged unit that replaces each unit (the unmerge maps)."""
+        if self.solution is None:
+            return {}
+        return {s: [u.argmax(1).tolist() for _, u in m.parts()] for s, m in self.solution.matches.items()}
+
+
+def _check_parents(parents: list[nn.Module]) -> None:
+    if len(parents) < 2:
+        raise ConfigError(f"merging needs at least 2 parents, got {len(parents)}")
+    ref = parents[0].state_dict()
+    for i, p in enumerate(parents[1:], 1):
+        sd = p.state_dict()
+        if set(sd) != set(ref):
+            diff = sorted(set(sd) ^ set(ref))
+            raise ConfigError(f"parent {i} has a different architecture than parent 0 (tensors differ, e.g. {diff[:3]})")
+        for k, v in ref.items():
+            if v.shape != sd[k].shape:
+                raise ConfigError(f"parent {i} differs from parent 0 in width or shape: {k} is "
+                                  f"{tuple(sd[k].shape)} vs {tuple(v.shape)}")
+
+
+def _check_groups(graph: UnitGraph, others: list[UnitGraph]) -> None:
+    """Equal tensor shapes can hide different head or GroupNorm group counts; those cannot merge."""
+    for i, g in enumerate(others, 1):
+        for a, b in zip(graph.spaces, g.spaces):
+            if a.groups != b.groups:
+                what = "attention heads" if a.group_tie else "groups"
+                raise ConfigError(f"parent {i} has {b.groups} {what} in unit space {a.name!r} where parent 0 has "
+                                  f"{a.groups}; parents must agree on head and group counts")
+
+
+def _shares_output_space(parents: list[nn.Module]) -> bool:
+    emb = [getattr(p.head, "class_embed", None) for p in parents]
+    return all(e is not None for e in emb) and all(torch.equal(emb[0], e) for e in emb[1:])
+
+
+class MergeSession:
+    """N >= 2 parents of one architecture, a data set and the statistics their merges need.
+
+    Args:
+        parents: models built by ``mudsc.models.create_model`` (or loaded with ``mudsc.models.load_model``).
+        data: the data set; statistics and BatchNorm resets use the training images of the union of
+            the parents' tasks, evaluation the held-out images of those classes.
+        stats_images: images for activation statistics (default 1,000).
+        eval_images: held-out images for evaluation (default: all of them).
+        batch_size: images per forward pass.
+    """
+
+    def __init__(self, parents: list[nn.Module], data: Dataset, *, stats_images: int = 1000,
+                 eval_images: int | None = None, batch_size: int = 250, device=None) -> None:
+        _check_parents(parents)
+        self.parents = [p.eval() for p in parents]
+        self.tasks = [tuple(p.classes) for p in parents]
+        if len(set(self.tasks)) > 1:  # identical tasks are a same-task merge; partial overlap is ambiguous
+            check_tasks(self.tasks)
+        self.data = data
+        self.device = default_device(device)
+        self.batch_size = int(batch_size)
+        if stats_images < self.batch_size:
+            raise ConfigError(f"--stats-images {stats_images} is fewer than one batch ({self.batch_size} images); "
+                              "use more images or a smaller batch size")
+        self.union = tuple(sorted({c for t in self.tasks for c in t}))
+        train = data.train.subset(self.union)
+        if len(train) == 0:
+            raise DataError(f"{data.name} has no training images of classes {list(self.union)}")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+        self.train = Split(train.x[order], train.y[order])
+        self.stats_images = min(int(stats_images), len(self.train))
+        ev = data.eval.subset(self.union)
+        self.eval = ev if eval_images is None else ev.head(int(eval_images))
+        self.graph: UnitGraph = trace(self.parents[0])
+        _check_groups(self.graph, [trace(p) for p in self.parents[1:]])
+        self.sds = [{k: v.detach().cpu() for k, v in p.state_dict().items()} for p in self.parents]
+        self._act: ActivationStats | None = None
+        self._results: dict[MergeConfig, MergeResult] = {}
+        self._parent_metrics: list[dict] | None = None  # parents and eval set are fixed: computed once
+        self.timings: dict[str, float] = {}
+        self.paths: list[str] = []          # set by from_paths; the manifest records them
+        self.data_dir: str | None = None
+
+    @classmethod
+    def from_paths(cls, paths: list[str], dataset: str, data_dir: str | None = None, **kwargs) -> "MergeSession":
+        """A session over checkpoints written by mudsc (``load_model``) and a data set by name."""
+        from mudsc.data import load_dataset
+        from mudsc.models.checkpoint import load_model
+
+        models = [load_model(p)[0] for p in paths]
+        session = cls(models, load_dataset(dataset, data_dir), **kwargs)
+        session.paths = [str(p) for p in paths]
+        session.data_dir = data_dir
+        return session
+
+    # ------------------------------------------------------------------ statistics
+    def activation_stats(self, progress: Progress | None = None) -> ActivationStats:
+        """Activation correlations of every unit space, computed once per session."""
+        if self._act is None:
+            t0 = time.perf_counter()
+            cb = (lambda d, t: progress("activation statistics", d / t)) if progress else None
+            self._act = activation_stats(self.parents, self.graph, self.train.x[: self.stats_images],
+                                         batch_size=self.batch_size, device=self.device, progress=cb)
+            self.timings["stats"] = time.perf_counter() - t0
+        return self._act
+
+    def spaces_for(self, cut: str) -> list[str]:
+        """The spaces a merge up to `cut` solves (all of them for ``full``)."""
+        if cut == "full":
+            return [s.name for s in self.graph.spaces]
+        return list(self.graph.cut(cut).merged_spaces)
+
+    # ------------------------------------------------------------------ merging
+    def merge(self, config: MergeConfig, progress: Progress | None = None) -> MergeResult:
+        """Merge the parents as `config` says; cached per config."""
+        if config in self._results:
+            return self._results[config]
+        timings: dict[str, float] = {}
+        if config.method == "ensemble":
+            model = Ensemble([copy.deepcopy(p) for p in self.parents]).eval()
+            result = self._finish(config, model, {}, None, [], timings, progress)
+            self._results[config] = result
+            return result
+        if config.cut == "full" and not _shares_output_space(self.parents):
+            cuts = ", ".join(c.name for c in self.graph.cuts) or "(none)"
+            raise ConfigError("the parents' heads do not share an output space (own heads or different class "
+                              f"embeddings), so a full merge has no usable head; merge up to a cut: {cuts}")
+        for name, _ in config.alpha_overrides:
+            self.graph.space(name)  # unknown override names fail loudly
+        spaces = self.spaces_for(config.cut)
+        act = None
+        if config.similarity in ("activation", "dual"):
+            act = self.activation_stats(progress).corr
+        t0 = time.perf_counter()
+        cb = (lambda sweep, score: progress(f"sweep {sweep}, score {score:.4f}", sweep / config.max_sweeps)) \
+            if progress else None
+        solution = solve(self.sds, self.graph, spaces, config, act_corr=act, progress=cb)
+        timings["match"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        merged = fuse(self.sds, self.graph, solution.matches)
+        if config.cut == "full":
+            model = copy.deepcopy(self.parents[0])
+            model.load_state_dict(merged)
+            state = merged
+        else:
+            heads = [transform_state_dict(sd, self.graph, {s: m.parts()[i] for s, m in solution.matches.items()})
+                     for i, sd in enumerate(self.sds)]
+            model = build_multihead(self.parents, self.graph, config.cut, merged, heads)
+            state = multihead_state(self.graph, config.cut, merged, heads)
+        timings["fuse"] = time.perf_counter() - t0
+        if config.reset_bn:
+            t0 = time.perf_counter()
+            if progress:
+                progress("BatchNorm reset", 0.0)
+            reset_bn_stats_(model, batches(self.train.head(config.reset_images), self.batch_size), device=self.device)
+            timings["bn_reset"] = time.perf_counter() - t0
+            state = _refresh(state, model, config.cut != "full")
+        result = self._finish(config, model, state, solution, spaces, timings, progress)
+        self._results[config] = result
+        return result
+
+    def _finish(self, config, model, state, solution, spaces, timings, progress) -> MergeResult:
+        t0 = time.perf_counter()
+        if progress:
+            progress("evaluation", 0.0)
+        metrics = self.evaluate(model)
+        timings["eval"] = time.perf_counter() - t0
+        params = sum(p.numel() for p in model.parameters())
+        flops = count_flops(model, self.eval.x[:1])
+        return MergeResult(config, model.cpu(), state, solution, spaces, metrics, params, flops, timings)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, model: nn.Module) -> TaskMetrics:
+        """Joint and per-task held-out accuracy of a single- or multi-head model on the parents' tasks."""
+        logits = predict(model, self.eval, batch_size=self.batch_size, device=self.device)
+        model.cpu()
+        return multitask_metrics(logits, self.eval.y, model.output_classes, self.tasks)
+
+    def parent_metrics(self) -> list[dict]:
+        """Each parent's own-task accuracy, and its joint/per-task accuracy where its head allows."""
+        if self._parent_metrics is None:
+            out = []
+            for p, task in zip(self.parents, self.tasks):
+                logits = predict(p, self.eval, batch_size=self.batch_size, device=self.device)
+                p.cpu()
+                shared = set(self.union) <= set(p.output_classes)
+                m = multitask_metrics(logits, self.eval.y, p.output_classes, self.tasks) if shared else None
+                own = multitask_metrics(logits, self.eval.y, p.output_classes, [task]).tasks[0]
+                out.append({"task": list(task), "own_task_acc": own,
+                            "joint_acc": m.joint if m else None, "per_task_acc": m.per_task if m else None,
+                            "task_acc": list(m.tasks) if m else None})
+            self._parent_metrics = out
+        return copy.deepcopy(self._parent_metrics)
+
+
+def _refresh(state: dict[str, Tensor], model: nn.Module, multihead: bool) -> dict[str, Tensor]:
+    """The checkpoint tensors with the model's reset BatchNorm statistics."""
+    if not multihead:
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    live = {}
+    trunk = dict(model.trunk.state_dict())
+    for k in state:
+        if k.startswith("trunk.") and k[6:] in trunk:
+            live[k] = trunk[k[6:]]
+    for i, h in enumerate(model.heads):
+        hs = dict(h.state_dict())
+        for k in state:
+            if k.startswith(f"head{i}.") and k[len(f"head{i}."):] in hs:
+                live[k] = hs[k[len(f"head{i}."):]]
+    return {k: live.get(k, v).detach().cpu().clone() for k, v in state.items()}

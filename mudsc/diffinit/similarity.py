@@ -1,0 +1,120 @@
+"""Weight-space similarity of units and its mix with activation similarity.
+
+MuDSC (Xu et al., CVPR 2024, Sec. 3.2, Algorithm 1): each unit of a space is described by the
+weights that produce it (conv filter / linear row, norm affine parameters, biases) and the weights
+that consume it (the next layer's input slice), with every *other* axis of those tensors mapped into
+the merged basis of its own space's current solution: consumer axes of a neighbour q through q's
+merge map (averaging), producer axes through its unmerge map (summing). The similarity is the
+Pearson correlation of the descriptors (cosine as an option); Git Re-Basin weight matching
+(Ainsworth et al., ICLR 2023, Eq. 3) uses their plain inner products instead. The dual-space
+similarity is S = alpha * S_W + (1 - alpha) * S_A.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from mudsc.unitgraph import UnitGraph
+
+
+def descriptor_neighbours(graph: UnitGraph, space: str) -> frozenset[str]:
+    """The other unit spaces whose maps :func:`descriptors` of `space` reads (they share a tensor with it)."""
+    params = {r.param for r in graph.space(space).refs if r.role != "stat"}
+    return frozenset(q.name for q in graph.spaces
+                     if q.name != space and any(r.param in params for r in q.refs))
+
+
+def descriptors(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str,
+                maps: dict[str, list[tuple[Tensor, Tensor]]]) -> Tensor:
+    """N state dicts -> [O, D]: one weight descriptor per unit of `space`, parents stacked.
+
+    `maps[q]` holds, per parent, (M_q_i [C, n], U_q_i [n, C]) of neighbour spaces solved so far; axes
+    of unsolved neighbours stay as they are (the Git Re-Basin identity initialisation).
+    """
+    s = graph.space(space)
+    refs = [r for r in s.refs if r.role != "stat"]
+    params = {r.param for r in refs}
+    # Every axis of those tensors that belongs to another solved space.
+    others: dict[str, dict[int, list]] = {}
+    for q in graph.spaces:
+        if q.name == space or q.name not in maps:
+            continue
+        for r in q.refs:
+            if r.param in params:
+                others.setdefault(r.param, {}).setdefault(r.axis, []).append((q, r))
+    rows = []
+    for i, sd in enumerate(sds):
+        parts = []
+        for r in refs:
+            w = sd[r.param].float().movedim(r.axis, 0)[r.start:r.start + s.size * r.repeat]
+            for axis, entries in others.get(r.param, {}).items():
+                if axis == r.axis:
+                    continue
+                # our unit axis now leads, so the other axes shift by one when they preceded it
+                ax = axis + 1 if axis < r.axis else axis
+                for q, qr in sorted(entries, key=lambda e: -e[1].start):
+                    m, u = maps[q.name][i]
+                    # descriptor convention: consumer axes average (M), producer axes sum (U^T)
+                    w = _pool(w, ax, qr.start, q.size, qr.repeat, m, u, merge_side=qr.role == "in")
+            parts.append(w.reshape(s.size, -1))
+        rows.append(torch.cat(parts, 1))
+    return torch.cat(rows, 0)
+
+
+def _pool(w: Tensor, axis: int, start: int, n: int, repeat: int, merge: Tensor, unmerge: Tensor, *,
+          merge_side: bool) -> Tensor:
+    """Replace the n units at ``[start, start + n * repeat)`` of `axis` by the C merged units: the
+    merge map M [C, n] applied (weighted average, ``merge_side``) or U^T (plain sum of each cluster).
+
+    Equivalent to a dense product along the axis, but a scatter: matching maps are supported on
+    clusters (one merged unit per unit), and a sweep applies them to every neighbouring tensor.
+    """
+    assign = unmerge.argmax(1)
+    c = unmerge.shape[1]
+    w = w.movedim(axis, 0)
+    block = w[start:start + n * repeat].reshape(n, repeat, *w.shape[1:])
+    if merge_side:
+        weight = merge[assign, torch.arange(n)].to(w.dtype)
+        block = block * weight.view(-1, *([1] * (block.ndim - 1)))
+    pooled = torch.zeros(c, *block.shape[1:], dtype=w.dtype).index_add_(0, assign, block)
+    out = torch.cat([w[:start], pooled.reshape(c * repeat, *w.shape[1:]), w[start + n * repeat:]])
+    return out.movedim(0, axis)
+
+
+def weight_similarity(z: Tensor, *, metric: Literal["pearson", "cosine", "inner"] = "pearson",
+                      eps: float = 1e-8) -> Tensor:
+    """[O, D] descriptors -> [O, O]: Pearson correlation across the D entries (MuDSC default), cosine,
+    or raw inner products (Git Re-Basin's objective)."""
+    if metric == "inner":
+        return z.double() @ z.double().T
+    z = z.double()
+    if metric == "pearson":
+        z = z - z.mean(1, keepdim=True)
+    # Centring and scaling in float64, the product in float32: the O x O x D product dominates a sweep.
+    z = (z / z.norm(dim=1, keepdim=True).clamp_min(eps)).float()
+    return (z @ z.T).clamp(-1, 1)
+
+
+def _standardize(s: Tensor) -> Tensor:
+    off = ~torch.eye(len(s), dtype=torch.bool)
+    vals = s[off]
+    return (s - vals.mean()) / vals.std().clamp_min(1e-8)
+
+
+def mix(s_w: Tensor | None, s_a: Tensor | None, alpha: float, *,
+        mode: Literal["published", "standardized"] = "published") -> Tensor:
+    """[O, O], [O, O] -> S = alpha S_W + (1 - alpha) S_A (MuDSC Algorithm 1, mixed with the fixed S_A).
+
+    ``published`` mixes the correlations as they are. ``standardized`` first z-scores each matrix over
+    its off-diagonal entries: the published weight correlation can be nearly constant across unit
+    pairs (BatchNorm scales dominate short descriptors), so without rescaling alpha only acts near 1.
+    """
+    if s_w is None or alpha == 0.0:
+        return s_a
+    if s_a is None or alpha == 1.0:
+        return s_w
+    if mode == "standardized":
+        s_w, s_a = _standardize(s_w), _standardize(s_a)
+    return alpha * s_w + (1 - alpha) * s_a

@@ -1,0 +1,151 @@
+"""Self-describing checkpoints.
+
+A mudsc checkpoint is a ``.safetensors`` file whose metadata key ``mudsc`` holds JSON with the
+model spec (architecture, keyword arguments, head, classes, input geometry) and provenance (data
+set and normalisation, seed, measured accuracy, package version), so :func:`load_model` rebuilds the
+exact model from the file alone. Plain state dicts (``.safetensors``, or ``.pt``/``.pth`` through
+``torch.load(weights_only=True)``) load with an explicit spec. Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mudsc import __version__
+from mudsc.errors import CheckpointError, ShapeMismatchError
+from mudsc.models.multihead import MultiHeadModel, build_multihead
+from mudsc.models.registry import model_from_spec
+from mudsc.unitgraph import trace
+
+META_KEY = "mudsc"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Tensors and mudsc metadata (empty for plain files) of a checkpoint; never unpickles objects."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                meta = f.metadata() or {}
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise CheckpointError(f"cannot read {p}: not a valid safetensors file ({e})") from None
+        try:
+            info = json.loads(meta[META_KEY]) if META_KEY in meta else {}
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{p}: the mudsc metadata is not valid JSON") from None
+        return sd, info
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"cannot read {p} as a plain state dict ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            "mudsc loads only tensors (weights_only=True), never pickled objects"
+        ) from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{p} does not hold a state dict of tensors")
+    return dict(obj), {}
+
+
+def check_state_dict(model: nn.Module, sd: dict[str, Tensor], *, source: str = "checkpoint") -> None:
+    """Raise if `sd` does not fit `model`: missing/unexpected keys, shapes, NaN or Inf values."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError(f"{source} does not fit the model: {'; '.join(parts)}")
+    for k, v in expected.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise ShapeMismatchError(
+                f"{source}: tensor {k} has shape {tuple(sd[k].shape)}, the model expects {tuple(v.shape)}"
+            )
+    check_finite(sd, source=source)
+
+
+def check_finite(sd: dict[str, Tensor], *, source: str = "checkpoint") -> None:
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source} has NaN or Inf values in {len(bad)} tensors (e.g. {', '.join(bad[:3])})")
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, **provenance: Any) -> Path:
+    """Write `model` (built by ``create_model``) with its spec and `provenance` in the metadata."""
+    from safetensors.torch import save_file
+
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise CheckpointError("save_model: the model carries no spec; build it with mudsc.models.create_model")
+    info = {"spec": spec, "version": __version__, **provenance}
+    p = Path(path).expanduser()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = p.with_name(p.name + ".tmp")
+    save_file(sd, str(tmp), metadata={META_KEY: json.dumps(info, sort_keys=True)})
+    os.replace(tmp, p)  # never leave a half-written checkpoint under the real name
+    return p
+
+
+def load_model(path: str | os.PathLike, *, spec: dict | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the exact model stored at `path`; plain state dicts need `spec` (see create_model).
+
+    Returns the model in eval mode on CPU and the checkpoint's metadata (spec and provenance).
+    """
+    sd, info = read_state_dict(path)
+    spec = spec or info.get("spec")
+    if spec is None:
+        raise CheckpointError(
+            f"{path} is a plain state dict without a mudsc spec: give the architecture "
+            "(e.g. --arch resnet20 --classes 0-4)"
+        )
+    if info.get("kind") == "multihead":
+        return load_multihead(sd, info), info
+    model = model_from_spec(spec)
+    check_state_dict(model, sd, source=str(path))
+    model.load_state_dict(sd)
+    model.eval()
+    return model, {**info, "spec": spec}
+
+
+def load_multihead(sd: dict[str, Tensor], info: dict[str, Any]) -> MultiHeadModel:
+    """Rebuild a multi-head model from a checkpoint written with :func:`multihead_state`."""
+    specs, cut = info.get("specs"), info.get("cut")
+    if not specs or not cut:
+        raise CheckpointError("multi-head checkpoint lacks its parents' specs or its cut")
+    parents = [model_from_spec(s).eval() for s in specs]
+    graph = trace(parents[0])
+    trunk = {k[len("trunk."):]: v for k, v in sd.items() if k.startswith("trunk.")}
+    heads = []
+    for i, p in enumerate(parents):
+        own = {k[len(f"head{i}."):]: v for k, v in sd.items() if k.startswith(f"head{i}.")}
+        full = {**own, **trunk}
+        check_state_dict(p, full, source=f"multi-head checkpoint, head {i}")
+        heads.append(full)
+    return build_multihead(parents, graph, cut, heads[0] | trunk, heads)

@@ -1,0 +1,125 @@
+"""Where the app's parents come from: uploads, paths and plain state dicts with a given architecture.
+
+Every parent ends up as a self-describing mudsc checkpoint on disk, so a merge made in the app is
+reproducible from the command line (the manifest names files and their sha256).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mudsc.data import Dataset, parse_classes
+from mudsc.errors import CheckpointError, ConfigError, DataError
+from mudsc.models.checkpoint import META_KEY, load_model, save_model, sha256_file
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+def store_upload(name: str, data: bytes, *, root: str | os.PathLike, max_bytes: int) -> Path:
+    """Write uploaded checkpoint bytes to ``root/uploads/SHA-NAME`` (content-addressed) and return the path."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in CHECKPOINT_SUFFIXES:
+        raise CheckpointError(f"upload {name!r}: expected a {', '.join(CHECKPOINT_SUFFIXES)} file")
+    if len(data) > max_bytes:
+        raise CheckpointError(f"upload {name!r} is {len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB "
+                              "upload limit; give its path instead (or raise MUDSC_MAX_UPLOAD_MB)")
+    digest = hashlib.sha256(data).hexdigest()
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)
+    out = Path(root).expanduser() / "uploads" / f"{digest[:16]}-{safe}"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    return out
+
+
+def read_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The mudsc metadata (spec, provenance) of a checkpoint from its header alone; ``{}`` for plain files."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if p.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"cannot read {p}: not a valid safetensors file ({e})") from None
+    try:
+        return json.loads(meta[META_KEY]) if META_KEY in meta else {}
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{p}: the mudsc metadata is not valid JSON") from None
+
+
+def plain_spec(arch: str, *, classes: str, data: Dataset, head: str = "shared", feat_dim: int = 64,
+               kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model spec of a plain state dict: architecture and task given, input geometry from `data`."""
+    if not arch.strip():
+        raise ConfigError("give an architecture, e.g. resnet20 or timm:resnet18")
+    if head not in ("shared", "own"):
+        raise ConfigError(f"head must be 'shared' or 'own', got {head!r}")
+    return {"arch": arch.strip(), "kwargs": dict(kwargs or {}), "head": head,
+            "classes": list(parse_classes(classes, data.num_classes)), "num_classes": data.num_classes,
+            "in_chans": data.in_chans, "img_size": data.img_size, "feat_dim": int(feat_dim)}
+
+
+def self_describing(path: str | os.PathLike, *, root: str | os.PathLike, spec: dict[str, Any] | None = None) -> Path:
+    """`path` itself when it is a mudsc checkpoint; else the plain weights rebuilt with `spec` and saved
+    under ``root/parents/`` with their source and its sha256 as provenance."""
+    p = Path(path).expanduser()
+    if spec is None:
+        if "spec" in read_info(p):
+            return p
+        raise CheckpointError(f"{p.name} is a plain state dict without a mudsc spec: give its architecture "
+                              "(architecture + weights)")
+    model, _ = load_model(p, spec=spec)
+    digest = sha256_file(p)
+    out = Path(root).expanduser() / "parents" / f"{p.stem}.{digest[:12]}.safetensors"
+    save_model(model, out, source=str(p), source_sha256=digest, task=spec["classes"])
+    return out
+
+
+def check_fits(info: dict[str, Any], data: Dataset, *, name: str = "parent") -> None:
+    """Raise if a checkpoint's input geometry or classes do not fit the data set."""
+    spec = info.get("spec", {})
+    want = (spec.get("in_chans"), spec.get("img_size"))
+    have = (data.in_chans, data.img_size)
+    if None not in want and tuple(want) != have:
+        raise DataError(f"{name} expects {want[0]}x{want[1]}x{want[1]} inputs, but {data.name} images are "
+                        f"{have[0]}x{have[1]}x{have[1]}")
+    if spec.get("num_classes") not in (None, data.num_classes):
+        raise DataError(f"{name} was built for {spec['num_classes']} classes, {data.name} has {data.num_classes}")
+
+
+def layer_counts(model: nn.Module) -> dict[str, int]:
+    """How many leaf modules of each type (with parameters) a model has, in first-seen order."""
+    counts: dict[str, int] = {}
+    for m in model.modules():
+        if not list(m.children()) and any(True for _ in m.parameters(recurse=False)):
+            counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
+    return counts
+
+
+def architecture_summary(model: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
+    """One row describing a parent's architecture: spec, layers by type, parameters, provenance."""
+    spec = info.get("spec", {})
+    return {
+        "architecture": spec.get("arch", "?"),
+        "options": ", ".join(f"{k}={v}" for k, v in spec.get("kwargs", {}).items()) or "-",
+        "input": f"{spec.get('in_chans', '?')}x{spec.get('img_size', '?')}x{spec.get('img_size', '?')}",
+        "embedding": spec.get("feat_dim"),
+        "head": spec.get("head", "?"),
+        "layers": ", ".join(f"{n} x{c}" for n, c in layer_counts(model).items()),
+        "parameters": sum(t.numel() for t in model.parameters()),
+        "seed": info.get("seed"),
+        "epochs": info.get("epochs"),
+    }

@@ -1,0 +1,72 @@
+"""Tables the app and exports show: unit spaces of a network, and a merge next to its parents and the
+ensemble (accuracies as fractions, parameters and FLOPs as integers)."""
+from __future__ import annotations
+
+from typing import Any
+
+from mudsc.evaluate import count_flops
+from mudsc.diffinit.manifest import result_summary
+from mudsc.unitgraph import UnitGraph
+from mudsc.diffinit.session import MergeResult, MergeSession
+
+
+def task_label(classes: tuple[int, ...] | list[int]) -> str:
+    """``(0, 1, 2, 3, 4)`` -> ``'0-4'``; non-contiguous tasks are listed, ``'0,3,7'``."""
+    cs = sorted(int(c) for c in classes)
+    if len(cs) > 2 and cs == list(range(cs[0], cs[-1] + 1)):
+        return f"{cs[0]}-{cs[-1]}"
+    return ",".join(map(str, cs))
+
+
+def space_rows(graph: UnitGraph) -> list[dict[str, Any]]:
+    """One row per unit space in input -> output order, with the cut (if any) right after it."""
+    cut_at = {c.space: c.name for c in graph.cuts}
+    return [{"#": i, "unit space": s.name, "units": s.size, "groups": s.groups,
+             "tensors": len({r.param for r in s.refs}), "cut after it": cut_at.get(s.name, "")}
+            for i, s in enumerate(graph.spaces)]
+
+
+def config_label(result: MergeResult) -> str:
+    """``'mudsc-zip, alpha 0.5, cut full'`` (alpha only where the method mixes two similarities)."""
+    cfg = result.config
+    parts = [cfg.method]
+    if cfg.similarity == "dual":
+        parts.append(f"alpha {cfg.alpha:g}" + (" (+overrides)" if cfg.alpha_overrides else ""))
+    if cfg.method != "ensemble":
+        parts.append(f"cut {cfg.cut}")
+    return ", ".join(parts)
+
+
+def metric_rows(result: MergeResult, session: MergeSession) -> list[dict[str, Any]]:
+    """The merge, each parent and the ensemble: joint, per-task and each task's accuracy, size, cost.
+
+    Parents whose head covers only their own classes have no joint accuracy (``None``) and report
+    only their own task.
+    """
+    summary = result_summary(result, session)
+    labels = [f"task {task_label(t)}" for t in session.tasks]
+    x = session.eval.x[:1]
+    rows = [{"model": f"merged ({config_label(result)})", "joint": summary["joint_acc"],
+             "per-task": summary["per_task_acc"], **dict(zip(labels, summary["task_acc"])),
+             "parameters": summary["params"], "FLOPs": summary["flops"]}]
+    for i, (p, m) in enumerate(zip(session.parents, summary["parents"])):
+        accs = m["task_acc"] or [m["own_task_acc"] if j == i else None for j in range(len(labels))]
+        rows.append({"model": f"parent {i} ({task_label(m['task'])})", "joint": m["joint_acc"],
+                     "per-task": m["per_task_acc"], **dict(zip(labels, accs)),
+                     "parameters": sum(t.numel() for t in p.parameters()), "FLOPs": count_flops(p, x)})
+    ens = summary["ensemble"]
+    rows.append({"model": "ensemble (all parents)", "joint": ens["joint_acc"], "per-task": ens["per_task_acc"],
+                 **dict(zip(labels, ens["task_acc"])), "parameters": ens["params"], "FLOPs": ens["flops"]})
+    return rows
+
+
+
+def parent_rows(session: MergeSession) -> list[dict[str, Any]]:
+    """Each parent's held-out accuracy on every task of the session (task-aware) and jointly."""
+    labels = [f"task {task_label(t)}" for t in session.tasks]
+    rows = []
+    for i, m in enumerate(session.parent_metrics()):
+        accs = m["task_acc"] or [m["own_task_acc"] if t == tuple(m["task"]) else None for t in session.tasks]
+        rows.append({"parent": i, "trained on": task_label(m["task"]), **dict(zip(labels, accs)),
+                     "joint": m["joint_acc"]})
+    return rows

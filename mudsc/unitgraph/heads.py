@@ -1,0 +1,93 @@
+"""Unit-space rules for multi-head attention (MuDSC, Xu et al., 2024, group structures; brief Sec. C).
+
+A fused projection such as timm's ``qkv`` is reshaped to ``[B, T, 3, H, D]``: its output splits into
+one candidate per chunk (q, k, v), each with H contiguous groups (heads) of D units. Scaled dot-product
+attention unites q and k (their inner product within a head must see one permutation) and ties the
+head order of q/k to that of v (head h's attention weights multiply v's head h). The head tensor
+merges back into channels before the output projection, which consumes the v space.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mudsc.unitgraph.types import Tap
+from mudsc.unitgraph.fx import tap_of
+from mudsc.unitgraph.values import Seg, Split, Val
+
+
+_LABELS = {2: ("k", "v"), 3: ("q", "k", "v")}
+
+
+class HeadRules:
+    """Rules mixed into the walker (which provides ``node``, ``spaces``, ``order`` and ``unknown``)."""
+
+    def split_heads(self, x: Any, src: tuple[int, ...], dst: tuple[int, ...]) -> Any:
+        """[.., k*H*D] -> [.., k, H, D] or [.., H, D]: channels split into chunks and heads."""
+        seg = x.segs[0]
+        if len(x.segs) != 1 or seg.repeat != 1 or seg.cand is None or len(self.node.all_input_nodes[0].users) != 1:
+            return None
+        j = next((j for j in range(len(dst)) if math.prod(dst[:j]) == math.prod(src[: x.dim])), None)
+        if j is None:
+            return None
+        for m in (3, 2):
+            if j + m <= len(dst) and math.prod(dst[j:j + m]) == seg.size and all(d > 1 for d in dst[j:j + m]):
+                break
+        else:
+            return None
+        chunks = dst[j] if m == 3 else 1
+        cands = self.spaces.split(seg.cand, chunks, _LABELS.get(chunks))
+        if cands is None:
+            return None
+        width = seg.size // chunks
+        for c in cands:
+            self.spaces.set_groups(c, dst[j + m - 2])
+        taps = tuple(Tap(seg.tap.node, seg.tap.dim, seg.tap.start + i * width) if seg.tap else None
+                     for i in range(chunks))
+        dims = (j, j + 1, j + 2) if m == 3 else (None, j, j + 1)
+        return Split(len(dst), dims, cands, taps, dst[j + m - 2])
+
+    def merge_heads(self, x: Split, src: tuple[int, ...], dst: tuple[int, ...]) -> Any:
+        """[.., H, D] -> [.., H*D]: heads back into one channel dim (the output projection's input)."""
+        chunk, h, u = x.dims
+        if chunk is not None or u != h + 1:
+            return self.unknown(x)
+        for j in range(len(dst)):
+            if math.prod(dst[:j]) == math.prod(src[:h]) and dst[j] == src[h] * src[u]:
+                seg = Seg(x.cands[0], dst[j], 1, tap_of(self.node, j, len(dst), 0))
+                return Val(j, len(dst), (seg,))
+        return self.unknown(x)
+
+    def permute_heads(self, x: Split, name: str, dims: tuple[int, ...]) -> Split:
+        def move(d: int | None) -> int | None:
+            if d is None:
+                return None
+            if name == "permute":
+                return dims.index(d)
+            a, b = dims
+            return b if d == a else a if d == b else d
+
+        return Split(x.ndim, tuple(move(d) for d in x.dims), x.cands, x.taps, x.heads)
+
+    def unbind_heads(self, x: Split, dim: int) -> Any:
+        chunk, h, u = x.dims
+        if dim % x.ndim != chunk:
+            return self.unknown(x)
+        shift = lambda d: d - (d > chunk)  # noqa: E731
+        return tuple(Split(x.ndim - 1, (None, shift(h), shift(u)), (c,), (t,), x.heads)
+                     for c, t in zip(x.cands, x.taps))
+
+    def attention(self, args: tuple, kwargs: dict) -> Any:
+        """scaled_dot_product_attention(q, k, v): q and k one space, heads tied to v's."""
+        q, k, v = (list(args) + [kwargs.get(n) for n in ("query", "key", "value")][len(args):])[:3]
+        splits = (q, k, v)
+        if not all(isinstance(s, Split) and s.dims[0] is None and s.dims[2] == s.ndim - 1 for s in splits):
+            return self.unknown(args, kwargs)
+        if len({s.dims[1] for s in splits}) != 1 or q.dims[1] >= q.ndim - 2:
+            return self.unknown(args, kwargs)
+        order = self.order[self.node]
+        for s in (q, k):
+            self.spaces.use(s.cands[0], s.taps[0], order)
+        self.spaces.union(q.cands[0], k.cands[0], None)
+        self.spaces.tie(q.cands[0], v.cands[0], self.node)
+        return Split(v.ndim, v.dims, v.cands, (None,), v.heads)
