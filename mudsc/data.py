@@ -1,15 +1,19 @@
 """Named, seeded image data sets held in memory, and class-subset tasks.
 
 Sources: ``digits`` (scikit-learn's embedded 8x8 digits), ``mnist`` (gzip IDX files or a
+torchvision-style root), ``cifar10`` and ``cifar100`` (the official binary or Python batches, or a
 torchvision-style root), an ``ImageFolder`` directory, or an ``.npz`` file with ``x`` and ``y``.
 Every set is normalised with its own training-split channel statistics; only training batches are
 augmented (small random shifts), and every random choice takes a ``torch.Generator``.
 """
 from __future__ import annotations
 
+import _compat_pickle
 import gzip
 import hashlib
+import io
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +25,7 @@ from torch import Tensor
 
 from mudsc.errors import DataError, UnknownNameError
 
-DATASETS = ("digits", "mnist", "imagefolder", "npz")
+DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder", "npz")
 MNIST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 MNIST_TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -142,7 +146,8 @@ def check_tasks(tasks: list[tuple[int, ...]], *, allow_overlap: bool = False) ->
 def _normalise(train_x: Tensor, eval_x: Tensor) -> tuple[Tensor, Tensor, tuple, tuple]:
     mean = train_x.mean(dim=(0, 2, 3))
     std = train_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    norm = lambda x: (x - mean[None, :, None, None]) / std[None, :, None, None]  # noqa: E731
+    # In place after the subtraction: one new tensor per split, not two (CIFAR's train split is 600 MB).
+    norm = lambda x: (x - mean[None, :, None, None]).div_(std[None, :, None, None])  # noqa: E731
     return norm(train_x), norm(eval_x), tuple(mean.tolist()), tuple(std.tolist())
 
 
@@ -198,14 +203,20 @@ def _find(root: Path, stem: str) -> Path | None:
     return None
 
 
-def _mnist(data_dir: str | os.PathLike | None) -> Dataset:
+def _data_root(name: str, data_dir: str | os.PathLike | None) -> Path:
+    """`data_dir`, else ``$MUDSC_DATA``, as an existing directory."""
     if data_dir is None:
         data_dir = os.environ.get("MUDSC_DATA")
     if data_dir is None:
-        raise DataError("mnist needs a directory: pass --data-dir DIR or set MUDSC_DATA")
+        raise DataError(f"{name} needs a directory: pass --data-dir DIR or set MUDSC_DATA")
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise DataError(f"mnist data directory {root} does not exist")
+        raise DataError(f"{name} data directory {root} does not exist")
+    return root
+
+
+def _mnist(data_dir: str | os.PathLike | None) -> Dataset:
+    root = _data_root("mnist", data_dir)
     test = [_find(root, s) for s in MNIST_FILES]
     if None in test:
         raise DataError(
@@ -235,6 +246,182 @@ def _mnist(data_dir: str | os.PathLike | None) -> Dataset:
     ys = torch.from_numpy(y.astype(np.int64))
     return _make("mnist", str(root), h.hexdigest(), xs, ys, torch.from_numpy(train_idx),
                  torch.from_numpy(eval_idx), 10)
+
+
+@dataclass(frozen=True)
+class _CifarSpec:
+    """Where one CIFAR release keeps its batches, in its binary and its Python version."""
+
+    title: str
+    bin_dir: str
+    py_dir: str
+    bin_train: tuple[str, ...]
+    bin_test: str
+    py_train: tuple[str, ...]
+    py_test: str
+    label_bytes: int  # bytes before a binary record's pixels; the (fine) label is the last of them
+    label_key: str  # the Python batch's label list
+    num_classes: int
+    archives: tuple[str, ...]
+
+
+_CIFAR = {
+    "cifar10": _CifarSpec(
+        "CIFAR-10", "cifar-10-batches-bin", "cifar-10-batches-py",
+        tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin",
+        tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+        1, "labels", 10, ("cifar-10-binary.tar.gz", "cifar-10-python.tar.gz")),
+    "cifar100": _CifarSpec(
+        "CIFAR-100", "cifar-100-binary", "cifar-100-python", ("train.bin",), "test.bin", ("train",), "test",
+        2, "fine_labels", 100, ("cifar-100-binary.tar.gz", "cifar-100-python.tar.gz")),
+}
+CIFAR_PIXELS = 3 * 32 * 32  # one record: red, green, blue planes, each 32x32 row-major
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as Python 3 protocol-2 pickles use it for bytes, and only that."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with {type(text).__name__}, {encoding!r}")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args: object) -> bytes:
+    """``bytes()`` as Python 3 protocol-2 pickles use it for ``b""``; ``bytes(n)`` would allocate n."""
+    if args:
+        raise pickle.UnpicklingError(f"bytes called with {len(args)} argument(s)")
+    return b""
+
+
+def _pickle_globals() -> dict[tuple[str, str], object]:
+    try:  # numpy >= 2 pickles arrays under numpy._core, 1.x under numpy.core; accept both names
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1,
+        ("builtins", "bytes"): _empty_bytes,
+    }
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Loads a CIFAR Python batch: numpy arrays, lists, dicts and bytes; any other global is refused.
+
+    A pickle can name any callable and have it called while loading, so a downloaded batch is only
+    trusted to rebuild what the official files hold.
+    """
+
+    def __init__(self, raw: bytes, path: Path):
+        super().__init__(io.BytesIO(raw), encoding="bytes")  # written by Python 2 cPickle
+        self.path = path
+        self.allowed = _pickle_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        # Python 2 spells some modules differently (__builtin__); map them as pickle's fix_imports does.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise DataError(f"{self.path}: refused to unpickle {module}.{name} "
+                            "(only numpy arrays, lists and dicts are allowed)")
+        return found
+
+
+def _entry(d: dict, key: str, path: Path):
+    # The official files have bytes keys; a batch re-saved from Python 3 may have str keys.
+    for k in (key.encode(), key):
+        if k in d:
+            return d[k]
+    raise DataError(f"{path} has no {key!r} entry (found {sorted(map(str, d))})")
+
+
+def _cifar_py_batch(path: Path, spec: _CifarSpec) -> tuple[np.ndarray, np.ndarray, bytes]:
+    """One Python batch -> uint8 pixels [n, 3072], labels [n] and the file's bytes."""
+    raw = path.read_bytes()
+    try:
+        d = _BatchUnpickler(raw, path).load()
+    except DataError:
+        raise
+    except Exception as e:  # a damaged pickle fails in many ways (EOF, bad opcode, bad array state)
+        raise DataError(f"cannot unpickle {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path} holds a {type(d).__name__}, not a {spec.title} batch dict")
+    x = _entry(d, "data", path)
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != CIFAR_PIXELS:
+        what = f"{x.dtype} array {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise DataError(f"{path}: 'data' must be a uint8 array [n, {CIFAR_PIXELS}], got {what}")
+    try:
+        y = np.asarray(_entry(d, spec.label_key, path), dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: {spec.label_key!r} is not a list of integers ({e})") from None
+    if len(y) != len(x):
+        raise DataError(f"{path}: {len(x)} images but {len(y)} {spec.label_key!r}")
+    return x, y, raw
+
+
+def _cifar_bin_batch(path: Path, spec: _CifarSpec) -> tuple[np.ndarray, np.ndarray, bytes]:
+    """One binary batch -> uint8 pixels [n, 3072], labels [n] and the file's bytes."""
+    raw = path.read_bytes()
+    size = spec.label_bytes + CIFAR_PIXELS
+    if not raw or len(raw) % size:
+        raise DataError(f"{path} is truncated or not a {spec.title} binary batch: "
+                        f"{len(raw)} bytes is not a whole number of {size}-byte records")
+    rec = np.frombuffer(raw, dtype=np.uint8).reshape(-1, size)
+    return rec[:, spec.label_bytes:], rec[:, spec.label_bytes - 1].astype(np.int64), raw
+
+
+def _cifar_folder(root: Path, spec: _CifarSpec) -> tuple[Path, bool]:
+    """The folder holding the batches (`root` itself or its official sub-folder), and whether binary."""
+    for folder in (root / spec.bin_dir, root / spec.py_dir, root):  # binary first: nothing to unpickle
+        for binary, names in ((True, spec.bin_train + (spec.bin_test,)), (False, spec.py_train + (spec.py_test,))):
+            if any((folder / n).is_file() for n in names):
+                return folder, binary
+    archives = [a for a in spec.archives if (root / a).is_file()]
+    hint = f"; extract {archives[0]} there first" if archives else ""
+    raise DataError(f"no {spec.title} files under {root}: expected {spec.bin_dir}/ or {spec.py_dir}/{hint}")
+
+
+def _cifar(name: str, data_dir: str | os.PathLike | None) -> Dataset:
+    """CIFAR-10 or CIFAR-100 (fine labels): the official training batches train, the test batch evaluates.
+
+    `data_dir` is the extracted folder or a directory containing it (a torchvision root). The training
+    batches present are taken in order (the release has all five of CIFAR-10's); the first and the
+    test batch are required.
+    """
+    spec = _CIFAR[name]
+    folder, binary = _cifar_folder(_data_root(name, data_dir), spec)
+    train_names, test_name = (spec.bin_train, spec.bin_test) if binary else (spec.py_train, spec.py_test)
+    missing = [n for n in (train_names[0], test_name) if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f"{folder} lacks {' and '.join(missing)} ({spec.title} "
+                        f"{'binary' if binary else 'Python'} version)")
+    read = _cifar_bin_batch if binary else _cifar_py_batch
+    paths = [folder / n for n in train_names if (folder / n).is_file()] + [folder / test_name]
+    h = hashlib.sha256()
+    xs, ys = [], []
+    for p in paths:
+        px, labels, raw = read(p, spec)
+        bad = labels[(labels < 0) | (labels >= spec.num_classes)]
+        if len(bad):
+            raise DataError(f"{p}: label {int(bad[0])} is outside 0-{spec.num_classes - 1}; "
+                            f"is this a {spec.title} file?")
+        h.update(raw)
+        xs.append(px)
+        ys.append(labels)
+    n_train = sum(len(labels) for labels in ys[:-1])
+    # One copy into a contiguous uint8 block, then one conversion (50k train images are 600 MB as
+    # float); the files' bytes, which binary records are views of, go as soon as they are copied.
+    pixels = np.concatenate(xs).reshape(-1, 3, 32, 32)
+    del xs, px, raw
+    x = torch.from_numpy(pixels).to(torch.float32).div_(255.0)
+    del pixels
+    y = torch.from_numpy(np.concatenate(ys))
+    # Slices, not index tensors: the splits are views of `x`, not a second copy of it.
+    return _make(name, str(folder), h.hexdigest(), x, y, slice(0, n_train), slice(n_train, len(y)),
+                 spec.num_classes)
 
 
 def _image_folder(root: Path) -> Dataset:
@@ -318,7 +505,8 @@ _CACHE: dict[tuple[str, str], Dataset] = {}
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """A data set by name (``digits``, ``mnist``), or by path (ImageFolder directory, ``.npz``)."""
+    """A data set by name (``digits``, ``mnist``, ``cifar10``, ``cifar100``), or by path (ImageFolder
+    directory, ``.npz``)."""
     key = (name, str(data_dir))
     if key in _CACHE:
         return _CACHE[key]
@@ -326,6 +514,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
         ds = _digits()
     elif name == "mnist":
         ds = _mnist(data_dir)
+    elif name in _CIFAR:
+        ds = _cifar(name, data_dir)
     elif name in ("imagefolder", "npz"):
         if data_dir is None:
             raise DataError(f"data set {name!r} needs --data-dir")
