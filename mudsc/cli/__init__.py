@@ -1,4 +1,5 @@
-"""The ``mudsc`` command: parse, validate, call the engine, write. No math lives here."""
+"""The ``mudsc`` command, one module per sub-command: parse, validate, call the engine, write. No math
+lives here; it may import every room and landscape."""
 from __future__ import annotations
 
 import argparse
