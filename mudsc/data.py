@@ -26,6 +26,7 @@ from torch import Tensor
 from mudsc.errors import DataError, UnknownNameError
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder", "npz")
+NAMED = ("digits", "mnist", "cifar10", "cifar100")  # loaded by name; the others by their path
 MNIST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 MNIST_TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -50,6 +51,11 @@ class Split:
         return Split(self.x[:n], self.y[:n])
 
 
+def reload_name(name: str, source: str) -> str:
+    """A named set's name, else its source path: what :func:`load_dataset` takes to load it again."""
+    return name if name in NAMED else source
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A data set with a fixed train/eval split and the normalisation applied to both."""
@@ -70,6 +76,11 @@ class Dataset:
     @property
     def img_size(self) -> int:
         return int(self.train.x.shape[-1])
+
+    @property
+    def reload_name(self) -> str:
+        """What :func:`load_dataset` takes to load this set again (with the same data directory)."""
+        return reload_name(self.name, self.source)
 
     def describe(self) -> dict:
         return {

@@ -64,8 +64,7 @@ else:
         st.code(from_manifest, language="bash")
         st.caption("Redoes the merge from the manifest; the parents are checked against their sha256.")
         all_eval = len(session.data.eval.subset(session.union))
-        dataset = session.data.name if session.data.name in ("digits", "mnist") else session.data.source
-        spelled = merge_command(result.config, parents=session.paths, dataset=dataset, data_dir=session.data_dir,
+        spelled = merge_command(result.config, parents=session.paths, dataset=session.data.reload_name, data_dir=session.data_dir,
                                 stats_images=session.stats_images,
                                 eval_images=None if len(session.eval) == all_eval else len(session.eval),
                                 batch_size=session.batch_size, out="merged")

@@ -7,12 +7,15 @@ from pathlib import Path
 import streamlit as st
 
 from mudsc.errors import MudscError
+from mudsc.data import NAMED
 from mudsc.studio.parents import Parent, describe_parents
 from mudsc.studio.summary import parent_rows, space_rows
 from pages._state import (cached_parent, cached_session, current_session, drop_session, fingerprint,
                           job_status, running, settings, start_job, take)
 
 DATA_KINDS = {"digits": "Built-in digits (8x8, scikit-learn)", "mnist": "MNIST directory (IDX files)",
+              "cifar10": "CIFAR-10 directory (official binary or Python batches)",
+              "cifar100": "CIFAR-100 directory (official binary or Python batches)",
               "imagefolder": "ImageFolder directory", "npz": ".npz file with arrays x and y"}
 
 st.session_state.setdefault("parents", [])
@@ -104,7 +107,7 @@ st.session_state.setdefault("data_kind", st.session_state["data"][0])
 st.session_state.setdefault("data_path", st.session_state["data"][1] or "")
 kind = data_col.selectbox("Data set", list(DATA_KINDS), format_func=DATA_KINDS.get, key="data_kind")
 data_path = path_col.text_input("Directory or file", key="data_path", disabled=kind == "digits",
-                                placeholder="/path/to/mnist" if kind == "mnist" else "/path/to/data")
+                                placeholder=f"/path/to/{kind}" if kind in NAMED else "/path/to/data")
 wanted = (kind, None if kind == "digits" else (data_path.strip() or None))
 if wanted != st.session_state["data"]:
     if wanted[1] is None and kind != "digits":

@@ -239,3 +239,15 @@ def test_listed_and_suggested():
     assert {"cifar10", "cifar100"} <= set(DATASETS)
     with pytest.raises(UnknownNameError, match="did you mean cifar10"):
         load_dataset("cifar-10")
+
+
+def test_named_sets_reload_by_name_with_their_directory(tmp_path):
+    from mudsc.data import reload_name
+
+    cifar10(tmp_path, "bin")
+    ds = load_dataset("cifar10", tmp_path)
+    # manifests and the studio's reproducing command load a named set by name, not as a path
+    assert ds.reload_name == "cifar10"
+    again = load_dataset(ds.reload_name, tmp_path)
+    assert torch.equal(again.train.x, ds.train.x)
+    assert reload_name("npz", "/data/x.npz") == "/data/x.npz"

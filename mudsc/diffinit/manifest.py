@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mudsc import __version__
+from mudsc.data import reload_name
 from mudsc.diffinit.config import MergeConfig
 from mudsc.errors import CheckpointError, ConfigError
 from mudsc.models.checkpoint import META_KEY, sha256_file
@@ -95,9 +96,8 @@ def reproduce(manifest: dict[str, Any], out_dir: str | Path, *, device=None) -> 
         if sha256_file(parent["path"]) != parent["sha256"]:
             raise CheckpointError(f"parent {parent['path']} changed since the manifest was written (sha256 differs)")
     data, sess = manifest["data"], manifest["session"]
-    session = MergeSession.from_paths([p["path"] for p in manifest["parents"]], data["name"]
-                                      if data["name"] in ("digits", "mnist") else data["source"],
-                                      data.get("data_dir"), stats_images=sess["stats_images"],
+    session = MergeSession.from_paths([p["path"] for p in manifest["parents"]],
+                                      reload_name(data["name"], data["source"]), data.get("data_dir"), stats_images=sess["stats_images"],
                                       eval_images=sess["eval_images"], batch_size=sess["batch_size"], device=device)
     if session.data.fingerprint != data["sha256"]:
         raise CheckpointError("the data set differs from the one the manifest was made with (sha256 differs)")
