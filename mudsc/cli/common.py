@@ -23,8 +23,27 @@ def parse_kw(items: list[str] | None) -> dict[str, Any]:
 
 
 def add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--dataset", required=required, help="digits, mnist, imagefolder, npz (or a path)")
-    p.add_argument("--data-dir", help="data directory or file (default for mnist: $MUDSC_DATA)")
+    p.add_argument("--dataset", required=required, help="digits, mnist, cifar10, cifar100, imagefolder, npz "
+                   "(or a path)")
+    p.add_argument("--data-dir", help="data directory or file (default for mnist and cifar: $MUDSC_DATA)")
+
+
+def add_model_task_args(p: argparse.ArgumentParser, *, classes_help: str) -> None:
+    """One checkpoint, the data set and a task of it (``--classes``, default the model's own)."""
+    p.add_argument("--model", required=True, help="checkpoint (.safetensors)")
+    add_data_args(p)
+    p.add_argument("--classes", help=classes_help)
+
+
+def load_model_task(args: argparse.Namespace):
+    """``(model, data set, task classes)`` named by :func:`add_model_task_args`' options."""
+    from mudsc.data import load_dataset, parse_classes
+    from mudsc.models.checkpoint import load_model
+
+    model, _ = load_model(args.model)
+    data = load_dataset(args.dataset, args.data_dir)
+    classes = parse_classes(args.classes, data.num_classes) if args.classes else tuple(model.classes)
+    return model, data, classes
 
 
 def print_json(obj: Any) -> None:

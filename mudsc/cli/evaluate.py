@@ -3,26 +3,20 @@ from __future__ import annotations
 
 import argparse
 
-from mudsc.cli.common import add_data_args, print_json
+from mudsc.cli.common import add_model_task_args, load_model_task, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="evaluate a checkpoint")
-    e.add_argument("--model", required=True, help="checkpoint (.safetensors)")
-    add_data_args(e)
-    e.add_argument("--classes", help="task to evaluate (default: the model's own task)")
+    add_model_task_args(e, classes_help="task to evaluate (default: the model's own task)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from mudsc.data import load_dataset, parse_classes
     from mudsc.evaluate import accuracy
-    from mudsc.models.checkpoint import load_model
 
-    model, _ = load_model(args.model)
-    data = load_dataset(args.dataset, args.data_dir)
-    classes = parse_classes(args.classes, data.num_classes) if args.classes else tuple(model.classes)
+    model, data, classes = load_model_task(args)
     acc = accuracy(model, data.eval, classes, device=args.device)
     n = len(data.eval.subset(classes))
     if args.json:

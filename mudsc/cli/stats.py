@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from mudsc.cli.common import add_data_args, print_json
+from mudsc.cli.common import add_model_task_args, load_model_task, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("stats", help="collect merging statistics (Gram, K-FAC, Fisher) of a task model")
-    s.add_argument("--model", required=True, help="checkpoint (.safetensors)")
-    add_data_args(s)
-    s.add_argument("--classes", help="task whose examples to use (default: the model's own task)")
+    add_model_task_args(s, classes_help="task whose examples to use (default: the model's own task)")
     s.add_argument("--split", choices=("train", "eval"), default="train",
                    help="examples to use (default train: the eval split stays held out)")
     s.add_argument("--examples", type=int, default=1000)
@@ -31,13 +29,11 @@ def _stats(args: argparse.Namespace) -> int:
 
     import torch
 
-    from mudsc.data import batches, load_dataset, parse_classes
-    from mudsc.models.checkpoint import load_model, sha256_file
+    from mudsc.data import batches
+    from mudsc.models.checkpoint import sha256_file
     from mudsc.sameinit.taskstats import compute_stats, save_stats
 
-    model, _ = load_model(args.model)
-    data = load_dataset(args.dataset, args.data_dir)
-    classes = parse_classes(args.classes, data.num_classes) if args.classes else tuple(model.classes)
+    model, data, classes = load_model_task(args)
     split = (data.train if args.split == "train" else data.eval).subset(classes)
     g = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
