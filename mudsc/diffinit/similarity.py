@@ -3,8 +3,10 @@
 MuDSC (Xu et al., CVPR 2024, Sec. 3.2, Algorithm 1): each unit of a space is described by the
 weights that produce it (conv filter / linear row, norm affine parameters, biases) and the weights
 that consume it (the next layer's input slice), with every *other* axis of those tensors mapped into
-the merged basis of its own space's current solution: consumer axes of a neighbour q through q's
-merge map (averaging), producer axes through its unmerge map (summing). The similarity is the
+the merged basis of its own space's current solution: consumer axes of a neighbour q through
+``N * M_q`` (N parents; the merge map scaled as MuDSC's code stores it, ``merge * len(self.params)``
+in ``homogeneous_tasks/mudsc.py``, so a matched pair sums rather than averages and a unit's producer
+block keeps its weight against its consumer blocks), producer axes through q's unmerge map (summing). The similarity is the
 Pearson correlation of the descriptors (cosine as an option); Git Re-Basin weight matching
 (Ainsworth et al., ICLR 2023, Eq. 3) uses their plain inner products instead. The dual-space
 similarity is S = alpha * S_W + (1 - alpha) * S_A.
@@ -31,7 +33,8 @@ def descriptors(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str,
     """N state dicts -> [O, D]: one weight descriptor per unit of `space`, parents stacked.
 
     `maps[q]` holds, per parent, (M_q_i [C, n], U_q_i [n, C]) of neighbour spaces solved so far; axes
-    of unsolved neighbours stay as they are (the Git Re-Basin identity initialisation).
+    of unsolved neighbours stay as they are (the Git Re-Basin identity initialisation). Consumer axes
+    pool through ``N * M_q_i``, producer axes through ``U_q_i^T`` (see the module docstring).
     """
     s = graph.space(space)
     refs = [r for r in s.refs if r.role != "stat"]
@@ -56,8 +59,7 @@ def descriptors(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str,
                 ax = axis + 1 if axis < r.axis else axis
                 for q, qr in sorted(entries, key=lambda e: -e[1].start):
                     m, u = maps[q.name][i]
-                    # descriptor convention: consumer axes average (M), producer axes sum (U^T)
-                    w = _pool(w, ax, qr.start, q.size, qr.repeat, m, u, merge_side=qr.role == "in")
+                    w = _pool(w, ax, qr.start, q.size, qr.repeat, len(sds) * m, u, merge_side=qr.role == "in")
             parts.append(w.reshape(s.size, -1))
         rows.append(torch.cat(parts, 1))
     return torch.cat(rows, 0)
@@ -66,7 +68,7 @@ def descriptors(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str,
 def _pool(w: Tensor, axis: int, start: int, n: int, repeat: int, merge: Tensor, unmerge: Tensor, *,
           merge_side: bool) -> Tensor:
     """Replace the n units at ``[start, start + n * repeat)`` of `axis` by the C merged units: the
-    merge map M [C, n] applied (weighted average, ``merge_side``) or U^T (plain sum of each cluster).
+    merge map M [C, n] applied (weighted sum, ``merge_side``) or U^T (plain sum of each cluster).
 
     Equivalent to a dense product along the axis, but a scatter: matching maps are supported on
     clusters (one merged unit per unit), and a sweep applies them to every neighbouring tensor.
