@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from mudsc.diffinit.config import METHODS, make_config
+from mudsc.diffinit.config import make_config
 from mudsc.diffinit.session import MergeSession
 from mudsc.diffinit.sweep import aggregate, grid, run_sweep
+from mudsc.methods import diff_init_names
 from mudsc.zoo.demo import train_parent
 
 
@@ -73,7 +74,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = make_config()
-    methods = [m for m in METHODS]
+    methods = list(diff_init_names())
     tables: dict[str, list[list[dict]]] = {"methods": [], "alpha": [], "mix": [], "cuts": [], "blind": []}
     parent_rows, timing_rows = [], []
     for pair in range(args.pairs):

@@ -133,6 +133,19 @@ def names(*families: Family) -> tuple[str, ...]:
     return tuple(n for n, m in METHODS.items() if not families or m.family in families)
 
 
+def diff_init_names() -> tuple[str, ...]:
+    """What :class:`~mudsc.diffinit.config.MergeConfig` and ``mudsc merge`` run, in registry order: the
+    different-init methods and the ensemble bound, i.e. the methods with a solver preset (multitask, a
+    bound too, trains instead)."""
+    return tuple(n for n in names("diff-init", "bound") if "solver" in METHODS[n].preset)
+
+
+def help_lines(method_names: tuple[str, ...]) -> str:
+    """One ``name  help`` line per method, for a command's ``--help`` epilog."""
+    width = max(map(len, method_names))
+    return "\n".join(f"  {n:<{width}}  {METHODS[n].help}" for n in method_names)
+
+
 def get_method(name: str, *families: Family) -> Method:
     """The method `name` (restricted to `families` when given); UnknownNameError listing valid names."""
     valid = names(*families)
@@ -144,9 +157,18 @@ def get_method(name: str, *families: Family) -> Method:
 
 
 def markdown_table(*families: Family) -> str:
-    """The README's method table: name, family, paper, what it does."""
+    """The README's method table: name, family, paper, what it does. The align-then-fuse hybrids share
+    one row: their twelve rows would repeat the aligners' and fusers' own."""
     rows = ["| method | merges | paper | what it does |", "|---|---|---|---|"]
+    hybrids_done = False
     for n in names(*families):
         m = METHODS[n]
-        rows.append(f"| `{n}` | {m.family} | {m.paper} | {m.help} |")
+        if m.family != "align-then-fuse":
+            rows.append(f"| `{n}` | {m.family} | {m.paper} | {m.help} |")
+        elif not hybrids_done:
+            hybrids_done = True
+            aligners, fusers = (", ".join(f"`{x}`" for x in xs) for xs in (ALIGNERS, FUSERS))
+            rows.append(f"| `ALIGNER+FUSER` | {m.family} | beyond the papers: the aligner's paper, then the "
+                        f"fuser's | align with one of {aligners}, then fuse the aligned parents with one of "
+                        f"{fusers} around their average |")
     return "\n".join(rows)

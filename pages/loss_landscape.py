@@ -10,7 +10,7 @@ from landscape import GridSpec, PlaneSpec, compute_landscape, make_eval_set
 from landscape.figure import landscape_figure
 from landscape.frames import common_frame, pca_plan
 from mudsc.studio import figures, views
-from mudsc.diffinit.config import METHODS
+from mudsc.methods import names
 from mudsc.studio.jobs import Job
 from pages._views import require_merge, show
 
@@ -42,7 +42,7 @@ with st.form("landscape_form"):
     c1, c2 = st.columns(2)
     plane = c1.radio("Plane", list(PLANE_LABELS), format_func=PLANE_LABELS.get, key="ls_plane")
     others = c2.multiselect("Merges of other methods (rebased into this merge's basis)",
-                            [m for m in METHODS if m not in ("ensemble", result.config.method)],
+                            [m for m in names("diff-init") if m != result.config.method],
                             default=[m for m in ("permute", "zipit") if m != result.config.method], key="ls_others",
                             help="Same settings as the current merge, other method; aligned to this merge by "
                                  "Git Re-Basin weight matching. New merges are computed first.")

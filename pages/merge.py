@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from mudsc.diffinit.config import METHODS, make_config
+from mudsc.diffinit.config import make_config
 from mudsc.errors import MudscError
+from mudsc.methods import METHODS, diff_init_names
 from mudsc.studio.merge_figures import sweep_figure
 from mudsc.studio.summary import config_label, task_label
 from mudsc.diffinit.sweep import grid, run_sweep
 from pages._state import (cached_metric_rows, cached_network_figure, figures, job_status, jobs, require_session,
                           running, session_key, start_job, take)
 
-METHOD_HELP = {
-    "mudsc-zip": "MuDSC (Xu et al., CVPR 2024): weight and activation similarity mixed by alpha, units zipped "
-                 "within and across parents",
-    "mudsc-align": "MuDSC with one-to-one (Hungarian) matching across parents",
-    "zipit": "ZipIt! (Stoica et al., ICLR 2024): activation similarity, units zipped within and across parents",
-    "wzip": "Zip on weight similarity only (MuDSC's weight-space baseline)",
-    "permute": "Activation alignment: one-to-one permutation by activation correlation",
-    "rebasin": "Git Re-Basin weight matching (Ainsworth et al., ICLR 2023)",
-    "weight-avg": "Plain weight averaging without alignment (the baseline every method should beat)",
-    "ensemble": "All parents side by side: an upper bound with N times the cost, not a merge",
-}
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 
 session = require_session()
@@ -45,23 +35,24 @@ st.caption(f"{len(session.parents)} parents on tasks {' and '.join(task_label(t)
 
 controls, drawing = st.columns([1, 2], gap="large")
 with controls:
-    method = st.selectbox("Method", [m for m in METHODS], key="m_method")
-    st.caption(METHOD_HELP[method])
-    dual = method in ("mudsc-zip", "mudsc-align")
-    alpha = st.slider("alpha: weight share of the similarity", 0.0, 1.0, step=0.05, key="m_alpha", disabled=not dual,
-                      help="S = alpha * S_weight + (1 - alpha) * S_activation (MuDSC Eq. 6); 0 is ZipIt!'s "
+    method = st.selectbox("Method", diff_init_names(), key="m_method")
+    spec = METHODS[method]
+    st.caption(f"{spec.help} — {spec.paper}")
+    alpha = st.slider("alpha: weight share of the similarity", 0.0, 1.0, step=0.05, key="m_alpha",
+                      disabled=not spec.takes("alpha"),
+                      help="S = alpha * S_weight + (1 - alpha) * S_activation (MuDSC Algorithm 1); 0 is ZipIt!'s "
                            "activation matching, 1 weight matching")
-    mix = st.radio("Mixing", ["published", "standardized"], key="m_mix", horizontal=True, disabled=not dual,
+    mix = st.radio("Mixing", ["published", "standardized"], key="m_mix", horizontal=True,
+                   disabled=not spec.takes("mix"),
                    help="published: mix the two correlation matrices as they are; standardized: z-score each "
                         "over its off-diagonal entries first")
-    zips = method in ("mudsc-zip", "zipit", "wzip")
     zip_a = st.slider("ZipIt! a: decay of repeatedly merged units", 0.0, 1.0, step=0.05, key="m_zip_a",
-                      disabled=not zips)
+                      disabled=not spec.takes("zip_a"))
     zip_b = st.slider("ZipIt! b: share of merges within one parent", 0.0, 1.0, step=0.05, key="m_zip_b",
-                      disabled=not zips)
+                      disabled=not spec.takes("zip_b"))
 with drawing:
     figure_slot = st.container()
-    cut = st.segmented_control("Merge up to", cuts, key="m_cut", required=True, disabled=method == "ensemble",
+    cut = st.segmented_control("Merge up to", cuts, key="m_cut", required=True, disabled=not spec.takes("cut"),
                                format_func=lambda c: "full (whole network)" if c == "full" else c)
     st.caption("Spaces up to the cut are merged; the layers after it stay one copy per task (a multi-head "
                "model with more parameters). Only valid cuts, where every path passes through one tensor, "
@@ -73,7 +64,8 @@ with st.expander("Per-unit-space alpha", expanded=bool(config.alpha_overrides)):
     own = dict(config.alpha_overrides)
     edited = st.data_editor(
         [{"unit space": s.name, "units": s.size, "alpha": own.get(s.name)} for s in graph.spaces],
-        key="m_overrides", hide_index=True, disabled=["unit space", "units"] if dual else True,
+        key="m_overrides", hide_index=True,
+        disabled=["unit space", "units"] if spec.takes("alpha_overrides") else True,
         column_config={"alpha": st.column_config.NumberColumn(min_value=0.0, max_value=1.0, step=0.05,
                                                               format="%.2f")})
 overrides = {r["unit space"]: float(r["alpha"]) for r in edited if r["alpha"] is not None and r["alpha"] == r["alpha"]}
@@ -81,7 +73,7 @@ overrides = {r["unit space"]: float(r["alpha"]) for r in edited if r["alpha"] is
 try:
     config = make_config(**{**config.model_dump(), "method": method, "alpha": float(alpha), "mix": mix,
                             "zip_a": float(zip_a), "zip_b": float(zip_b), "alpha_overrides": overrides,
-                            "cut": "full" if method == "ensemble" else cut})
+                            "cut": cut if spec.takes("cut") else "full"})
     st.session_state["config"] = config
 except MudscError as e:
     st.error(str(e))
@@ -142,13 +134,12 @@ for kind, col in (("alpha", alpha_col), ("cut", cut_col)):
     # what a sweep varies is not part of its identity
     base = config.model_copy(update={kind: 0.0 if kind == "alpha" else "full"})
     with col:
+        enabled = spec.takes(kind)
         if kind == "alpha":
-            label, enabled = "Run alpha sweep", dual
-            configs = grid(config, alphas=ALPHAS) if dual else []
+            label, configs = "Run alpha sweep", grid(config, alphas=ALPHAS) if enabled else []
         else:
-            label, enabled = "Run depth sweep", method != "ensemble"
-            configs = grid(config, cuts=cuts) if enabled else []
-        why = "needs a MuDSC method" if kind == "alpha" else "the ensemble has no cut"
+            label, configs = "Run depth sweep", grid(config, cuts=cuts) if enabled else []
+        why = f"{method} has no {kind} knob"
         if st.button(label, key=f"{name}_run", disabled=not enabled or running(name) is not None,
                      help=None if enabled else why):
             start_job(name, lambda progress, cancel, cs=configs: run_sweep(session, cs, progress=progress),

@@ -14,10 +14,13 @@ FIGURE_FORMATS = ("html", "png", "svg", "pdf")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from mudsc.methods import names
+
     p = sub.add_parser("landscape", help="per-task loss over a plane through the parents and their merges")
     p.add_argument("--models", nargs="+", required=True, metavar="PARENT", help="parent checkpoints (.safetensors)")
     p.add_argument("--methods", nargs="+", required=True, metavar="METHOD[@ALPHA]",
-                   help="merge methods; the first gives the basis (its parents moved into it); "
+                   help=f"merge methods, of {', '.join(names('diff-init'))}; the first gives the basis (its "
+                        "parents moved into it); "
                         "METHOD@ALPHA sets that merge's alpha")
     p.add_argument("--alpha", type=float, default=0.5, help="alpha of every merge without its own @ALPHA")
     p.add_argument("--alpha2", type=float,
@@ -57,18 +60,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def merge_specs(methods: list[str], *, alpha: float, alpha2: float | None) -> list[tuple[str, float]]:
     """``['mudsc-zip@0.3', 'zipit']`` -> [(method, alpha)], with --alpha2 applied to the second merge."""
-    from mudsc.diffinit.config import METHODS
     from mudsc.errors import ConfigError
+    from mudsc.methods import get_method
 
     specs = []
     for item in methods:
         name, _, a = item.partition("@")
-        if name not in METHODS:
-            choices = ", ".join(m for m in METHODS if m != "ensemble")
-            raise ConfigError(f"unknown method {name!r}; choose from {choices}")
         if name == "ensemble":
             raise ConfigError("the ensemble runs the parents side by side and has no merged weights to place on "
                               "a plane")
+        get_method(name, "diff-init")  # the plane holds different-init merges; names close matches if unknown
         try:
             specs.append((name, float(a) if a else alpha, bool(a)))
         except ValueError:

@@ -36,11 +36,16 @@ def _add_session_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from mudsc.diffinit.config import METHODS
+    from mudsc.methods import diff_init_names, help_lines
 
-    m = sub.add_parser("merge", help="merge parents trained from different initialisations")
+    methods = diff_init_names()
+    # The epilog lists what each method does; the raw formatter keeps its one line per method.
+    m = sub.add_parser("merge", help="merge parents trained from different initialisations",
+                       epilog=f"methods:\n{help_lines(methods)}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_session_options(m)
-    m.add_argument("--method", choices=METHODS, default="mudsc-zip")
+    m.add_argument("--method", choices=methods, default="mudsc-zip", metavar="METHOD",
+                   help="one of the methods listed below (default: %(default)s)")
     m.add_argument("--cut", default="full", help="merge up to this cut (see `mudsc cuts`), or full")
     _add_merge_options(m)
     m.add_argument("--manifest", help="reproduce the merge a manifest.json describes")
@@ -57,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_session_options(s)
     s.add_argument("--pairs", nargs="+", metavar="A.safetensors,B.safetensors",
                    help="several parent sets, comma-separated; rows report mean and std over them")
-    s.add_argument("--methods", nargs="+", default=["mudsc-zip"], choices=METHODS)
+    s.add_argument("--methods", nargs="+", default=["mudsc-zip"], choices=methods, metavar="METHOD",
+                   help=f"methods to sweep, of {', '.join(methods)} (see `mudsc merge --help`)")
     s.add_argument("--alphas", nargs="+", type=float)
     s.add_argument("--cuts", nargs="+", help="cuts (or full); 'all' for every valid cut and full")
     s.add_argument("--method", default="mudsc-zip", help=argparse.SUPPRESS)

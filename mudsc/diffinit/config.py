@@ -2,8 +2,8 @@
 and the manifest (mergekit's split between a config and an executor).
 
 Every different-init method is a named preset of the same knobs (which similarity, which solver,
-whether to iterate across layers), so ``mudsc-zip`` at alpha = 0 is exactly ``zipit`` and at
-alpha = 1 it is ``wzip``.
+whether to iterate across layers: its ``preset`` in :data:`mudsc.methods.METHODS`), so ``mudsc-zip``
+at alpha = 0 is exactly ``zipit`` and at alpha = 1 it is ``wzip``.
 """
 from __future__ import annotations
 
@@ -12,20 +12,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Method = Literal["weight-avg", "rebasin", "permute", "zipit", "wzip", "mudsc-align", "mudsc-zip", "ensemble"]
-METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
+from mudsc.methods import METHODS, diff_init_names
 
-# method -> (solver kind, similarity source, iterate across layers)
-PRESETS: dict[str, tuple[str, str, bool]] = {
-    "weight-avg": ("identity", "none", False),
-    "rebasin": ("align", "weight", True),        # Git Re-Basin weight matching (Ainsworth et al., 2023)
-    "permute": ("align", "activation", False),   # activation alignment
-    "zipit": ("zip", "activation", False),       # ZipIt! (Stoica et al., 2024)
-    "wzip": ("zip", "weight", True),             # weight-only zip (MuDSC's W. Zip)
-    "mudsc-align": ("align", "dual", True),      # MuDSC (Xu et al., 2024), Hungarian
-    "mudsc-zip": ("zip", "dual", True),          # MuDSC, greedy zip
-    "ensemble": ("none", "none", False),         # upper bound: all parents run side by side
-}
+# A Literal built from the registry, so the JSON schema and pydantic's error name the valid methods.
+Method = Literal[diff_init_names()]  # type: ignore[valid-type]
 
 
 class MergeConfig(BaseModel):
@@ -69,15 +59,15 @@ class MergeConfig(BaseModel):
 
     @property
     def solver(self) -> str:
-        return PRESETS[self.method][0]
+        return METHODS[self.method].preset["solver"]
 
     @property
     def similarity(self) -> str:
-        return PRESETS[self.method][1]
+        return METHODS[self.method].preset["similarity"]
 
     @property
     def iterative(self) -> bool:
-        return PRESETS[self.method][2]
+        return METHODS[self.method].preset["iterative"]
 
     def alpha_for(self, space: str) -> float:
         """The alpha of `space`: its override, else the global alpha; pure-weight or pure-activation
