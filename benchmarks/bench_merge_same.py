@@ -27,12 +27,9 @@ from mudsc.data import load_dataset, parse_classes
 from mudsc.device import default_device
 from mudsc.evaluate import accuracy
 from mudsc.zoo.finetune import task_family
-from mudsc.sameinit.hybrid import align_parents, average_state_dict
 from mudsc.models.checkpoint import load_model
-from mudsc.sameinit.multitask import train_multitask
-from mudsc.sameinit.merge import SameInitConfig
-from mudsc.sameinit.run import (body_of, evaluate_task_models, merge_task_models, reset_bn_, task_statistics,
-                                with_body)
+from mudsc.sameinit.config import MultitaskConfig, SameInitConfig
+from mudsc.sameinit.session import SameInitSession, with_body
 from mudsc.zoo.demo import train_parent
 
 SAME_INIT = [
@@ -49,24 +46,14 @@ def label(method: str, opts: dict) -> str:
     return method + "".join(f" {k}={v}" for k, v in opts.items())
 
 
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def merge_and_score(base_sd, models, stats, data, method, opts, device) -> dict:
-    """One merge: accuracies with the averaged BatchNorm statistics and after the reset."""
-    t0 = time.perf_counter()
-    merged, report = merge_task_models(base_sd, models, stats, config=SameInitConfig(method=method, **opts),
-                                       device=device)
-    sync(device)
-    secs = time.perf_counter() - t0
-    before = evaluate_task_models(merged, data, device=device)
-    after = before
-    if reset_bn_(merged, data, device=device):
-        after = evaluate_task_models(merged, data, device=device)
-    res = [r.residual for r in report.layers if r.residual is not None]
-    return {"before": before.as_dict(), "after": after.as_dict(), "seconds": secs,
+def merge_and_score(session: SameInitSession, method: str, opts: dict) -> dict:
+    """One merge: accuracies with the averaged BatchNorm statistics and after the reset; the merge
+    time (its results land on the CPU, so a GPU merge has finished when it is taken)."""
+    r = session.merge(SameInitConfig(method=method, **opts))
+    after = r.metrics.as_dict()
+    before = r.before_bn_reset.as_dict() if r.before_bn_reset is not None else after
+    res = [layer.residual for layer in r.report.layers if layer.residual is not None]
+    return {"before": before, "after": after, "seconds": r.timings["merge"],
             "max_residual": max(res) if res and method == "mats" else None}
 
 
@@ -79,9 +66,10 @@ def same_init(args, data, device) -> dict:
                               device=device, **kw)
     models = [load_model(p)[0] for p in paths]
     base_sd = load_model(base)[0].state_dict()
+    session = SameInitSession(base_sd, models, data, stats_examples=args.examples, device=device)
     prep = time.perf_counter() - t0
     t0 = time.perf_counter()
-    stats = task_statistics(models, data, examples=args.examples, device=device)
+    session.statistics()  # every part, once: the merges below share them
     stats_s = (time.perf_counter() - t0) / len(models)
     cls = [parse_classes(t, data.num_classes) for t in tasks]
     rows = []
@@ -91,15 +79,13 @@ def same_init(args, data, device) -> dict:
     accs = [accuracy(with_body(mk, base_sd), data.eval, cls[k], device=device) for k, mk in enumerate(models)]
     rows.append({"method": "base body", "task_acc": accs})
     for method, opts in SAME_INIT:
-        r = merge_and_score(base_sd, models, stats, data, method, opts, device)
+        r = merge_and_score(session, method, opts)
         rows.append({"method": label(method, opts), "task_acc": r["after"]["task_acc"],
                      "no_reset": r["before"]["per_task_acc"], "seconds": r["seconds"],
                      "max_residual": r["max_residual"]})
-    t0 = time.perf_counter()
-    multi = train_multitask(models, body_of(base_sd), data, epochs=args.epochs, seed=0, device=device)
-    secs = time.perf_counter() - t0
+    multi = session.merge(MultitaskConfig(epochs=args.epochs))
     rows.append({"method": f"multitask ({args.epochs} epochs on the union)",
-                 "task_acc": list(evaluate_task_models(multi, data, device=device).tasks), "seconds": secs})
+                 "task_acc": list(multi.metrics.tasks), "seconds": multi.timings["train"]})
     return {"arch": args.arch, "kw": kw, "tasks": tasks, "rows": rows, "stats_seconds_per_task": stats_s,
             "setup_seconds": prep}
 
@@ -118,17 +104,14 @@ def hybrid(args, data, device) -> dict:
         parents = [load_model(p)[0] for p in paths]
         rows: dict[str, dict] = {}
         for align in ("permute", "rebasin", "mudsc-align"):
+            session = SameInitSession(None, parents, data, align=align, stats_examples=args.examples, device=device)
             t0 = time.perf_counter()
-            aligned = align_parents(parents, data, method=align, device=device)
-            align_s = time.perf_counter() - t0
-            base_sd = average_state_dict([m.state_dict() for m in aligned.models])
-            t0 = time.perf_counter()
-            stats = task_statistics(aligned.models, data, examples=args.examples, device=device)
+            session.statistics()
             stats_s = time.perf_counter() - t0
             for method, opts in FUSERS:
-                r = merge_and_score(base_sd, aligned.models, stats if method != "average" else None, data, method,
-                                    opts, device)
-                rows[f"{align}+{label(method, opts)}"] = {**r, "align_seconds": align_s, "stats_seconds": stats_s}
+                r = merge_and_score(session, method, opts)
+                rows[f"{align}+{label(method, opts)}"] = {**r, "align_seconds": session.timings["align"],
+                                                         "stats_seconds": stats_s}
         per_pair.append(rows)
         print(f"pair {pair} done", flush=True)
     table = []

@@ -18,7 +18,8 @@ from mudsc.device import default_device
 from mudsc.evaluate import accuracy
 from mudsc.zoo.finetune import task_family
 from mudsc.models.checkpoint import load_model
-from mudsc.sameinit.merge import SameInitConfig, merge_same_init
+from mudsc.sameinit.config import SameInitConfig
+from mudsc.sameinit.merge import merge_same_init
 from mudsc.sameinit.taskstats import compute_stats
 
 METHODS = [

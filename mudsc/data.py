@@ -17,7 +17,7 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -150,6 +150,19 @@ def check_tasks(tasks: list[tuple[int, ...]], *, allow_overlap: bool = False) ->
                 common = sorted(set(tasks[i]) & set(tasks[j]))
                 if common:
                     raise DataError(f"tasks {i} and {j} overlap in classes {common}")
+
+
+def union_classes(tasks: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+    """The sorted classes of all `tasks` together."""
+    return tuple(sorted({c for t in tasks for c in t}))
+
+
+def union_train(data: Dataset, tasks: Sequence[tuple[int, ...]], *, seed: int = 0) -> Split:
+    """The training images of the union of `tasks`, in an order seeded by `seed`: what merges compute
+    activation statistics and BatchNorm resets on."""
+    train = data.train.subset(union_classes(tasks))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    return Split(train.x[order], train.y[order])
 
 
 # ----------------------------------------------------------------------------- loading

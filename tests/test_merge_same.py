@@ -10,13 +10,15 @@ from mudsc.errors import ConfigError
 from mudsc.zoo.finetune import finetune_parent
 from mudsc.diffinit.fuse import transform_state_dict
 from mudsc.unitgraph import trace
-from mudsc.sameinit.hybrid import HYBRIDS, aligned_state_dicts
+from mudsc.sameinit.hybrid import aligned_state_dicts
 from mudsc.models.checkpoint import load_model, save_model, sha256_file
 from mudsc.models import create_model, model_from_spec
 from mudsc.sameinit.merge import METHODS
+from mudsc.methods import names
 from mudsc.diffinit.session import MergeSession
 
 TASKS = ("0-4", "5-9")
+HYBRIDS = names("align-then-fuse")
 
 
 def _mlp(classes, seed=0, head="own", **kw):

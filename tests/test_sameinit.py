@@ -9,7 +9,9 @@ from torch import nn
 from mudsc.errors import CheckpointError, ConfigError, ShapeMismatchError, UnknownNameError
 from mudsc.models import create_model
 from mudsc.models.heads import Classifier, OwnHead
-from mudsc.sameinit.merge import METHODS, SameInitConfig, merge_same_init, ties_merge
+from mudsc.sameinit.arithmetic import ties_merge
+from mudsc.sameinit.config import SameInitConfig
+from mudsc.sameinit.merge import METHODS, merge_same_init
 from mudsc.sameinit.taskstats import compute_stats
 
 CLASSES = ((0, 1, 2), (3, 4, 5))

@@ -8,16 +8,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 
 from mudsc.diffinit.config import MergeConfig
-from mudsc.data import Dataset, Split, batches, check_tasks
+from mudsc.data import Dataset, batches, check_tasks, union_classes, union_train
 from mudsc.device import default_device
 from mudsc.errors import ConfigError, DataError
 from mudsc.evaluate import TaskMetrics, count_flops, multitask_metrics, predict
 from mudsc.diffinit.fuse import fuse, reset_bn_stats_, transform_state_dict
 from mudsc.unitgraph import UnitGraph, trace
+from mudsc.models.heads import shares_output_space
 from mudsc.models.multihead import Ensemble, build_multihead, multihead_state
 from mudsc.diffinit.solve import Solution, solve
 from mudsc.diffinit.stats import ActivationStats, activation_stats
@@ -75,11 +75,6 @@ def _check_groups(graph: UnitGraph, others: list[UnitGraph]) -> None:
                                   f"{a.groups}; parents must agree on head and group counts")
 
 
-def _shares_output_space(parents: list[nn.Module]) -> bool:
-    emb = [getattr(p.head, "class_embed", None) for p in parents]
-    return all(e is not None for e in emb) and all(torch.equal(emb[0], e) for e in emb[1:])
-
-
 class MergeSession:
     """N >= 2 parents of one architecture, a data set and the statistics their merges need.
 
@@ -105,12 +100,10 @@ class MergeSession:
         if stats_images < self.batch_size:
             raise ConfigError(f"--stats-images {stats_images} is fewer than one batch ({self.batch_size} images); "
                               "use more images or a smaller batch size")
-        self.union = tuple(sorted({c for t in self.tasks for c in t}))
-        train = data.train.subset(self.union)
-        if len(train) == 0:
+        self.union = union_classes(self.tasks)
+        self.train = union_train(data, self.tasks)
+        if len(self.train) == 0:
             raise DataError(f"{data.name} has no training images of classes {list(self.union)}")
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-        self.train = Split(train.x[order], train.y[order])
         self.stats_images = min(int(stats_images), len(self.train))
         ev = data.eval.subset(self.union)
         self.eval = ev if eval_images is None else ev.head(int(eval_images))
@@ -164,7 +157,7 @@ class MergeSession:
             result = self._finish(config, model, {}, None, [], timings, progress)
             self._results[config] = result
             return result
-        if config.cut == "full" and not _shares_output_space(self.parents):
+        if config.cut == "full" and not shares_output_space(self.parents):
             cuts = ", ".join(c.name for c in self.graph.cuts) or "(none)"
             raise ConfigError("the parents' heads do not share an output space (own heads or different class "
                               f"embeddings), so a full merge has no usable head; merge up to a cut: {cuts}")

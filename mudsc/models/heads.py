@@ -8,11 +8,20 @@ model still has one usable head.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mudsc.errors import ConfigError
+
+BODY = "body."  # state-dict prefix of a Classifier's body; merges touch only these tensors
+
+
+def body_of(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``body.*`` tensors of a :class:`Classifier`'s state dict."""
+    return {k: v for k, v in sd.items() if k.startswith(BODY)}
 
 
 def class_embeddings(num_classes: int, dim: int, seed: int) -> Tensor:
@@ -50,6 +59,14 @@ class OwnHead(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.fc(z)
+
+
+def shares_output_space(models: Sequence[nn.Module]) -> bool:
+    """Whether every model's head is the same frozen class embedding, so that one merged model (a
+    single head) answers every task."""
+    heads = [m.head for m in models]
+    return all(isinstance(h, SharedHead) for h in heads) and all(
+        torch.equal(heads[0].class_embed.cpu(), h.class_embed.cpu()) for h in heads[1:])
 
 
 def make_head(kind: str, *, feat_dim: int, classes: tuple[int, ...], num_classes: int, seed: int,

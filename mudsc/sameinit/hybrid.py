@@ -22,23 +22,12 @@ from torch import Tensor, nn
 from mudsc.diffinit.config import make_config
 from mudsc.data import Dataset
 from mudsc.errors import ConfigError, UnknownNameError
+from mudsc.methods import ALIGNERS
 from mudsc.diffinit.fuse import transform_state_dict
 from mudsc.unitgraph import UnitGraph
 from mudsc.diffinit.solve import solve
 
-ALIGNERS = ("permute", "rebasin", "mudsc-align")
-FUSERS = ("average", "fisher", "regmean", "mats")
-HYBRIDS = tuple(f"{a}+{f}" for a in ALIGNERS for f in FUSERS)
 StateDict = dict[str, Tensor]
-
-
-def split_hybrid(method: str) -> tuple[str, str]:
-    """``'permute+regmean'`` -> ``('permute', 'regmean')``; unknown combinations raise."""
-    if method not in HYBRIDS:
-        raise UnknownNameError(f"unknown align-then-fuse method {method!r}; choose ALIGN+FUSE with ALIGN one of "
-                               f"{', '.join(ALIGNERS)} and FUSE one of {', '.join(FUSERS)}")
-    align, fuse = method.split("+")
-    return align, fuse
 
 
 def aligned_state_dicts(sds: Sequence[StateDict], graph: UnitGraph, matches: dict[str, Any], *,
