@@ -8,7 +8,7 @@ import pytest
 from mudsc.diffinit.config import MergeConfig, make_config
 from mudsc.errors import ConfigError, UnknownNameError
 from mudsc.methods import METHODS, diff_init_names, get_method, markdown_table, names
-from mudsc.sameinit.merge import SameInitConfig
+from mudsc.sameinit.config import SameInitConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,6 +20,7 @@ from mudsc.data import Dataset, batches, check_tasks
 from mudsc.device import default_device
 from mudsc.errors import ConfigError, DataError
 from mudsc.evaluate import columns
+from mudsc.models.heads import BODY
 from mudsc.zoo.train import optimizer_step
 
 
@@ -44,10 +45,10 @@ def train_multitask(models: Sequence[nn.Module], base_body: dict[str, Tensor], d
         raise DataError(f"no training examples of classes {list(union)} in {data.name}")
     dev = default_device(device)
     body = copy.deepcopy(models[0].body)
-    missing = sorted(f"body.{k}" for k in body.state_dict() if f"body.{k}" not in base_body)
+    missing = sorted(BODY + k for k in body.state_dict() if BODY + k not in base_body)
     if missing:
         raise ConfigError(f"the base lacks body tensor {missing[0]!r}")
-    body.load_state_dict({k[len("body."):]: v for k, v in base_body.items() if k.startswith("body.")})
+    body.load_state_dict({k.removeprefix(BODY): v for k, v in base_body.items() if k.startswith(BODY)})
     heads = nn.ModuleList(copy.deepcopy(m.head) for m in models)
     body.to(dev).train()
     heads.to(dev).train()
@@ -80,7 +81,7 @@ def train_multitask(models: Sequence[nn.Module], base_body: dict[str, Tensor], d
                     logits = head(z[rows])[:, cols[t]]
                     loss = loss + F.cross_entropy(logits, target[rows], reduction="sum")
             step = optimizer_step(opt, sched, loss / len(y), step, total, progress)
-    body_sd = {f"body.{k}": v.detach().cpu() for k, v in body.state_dict().items()}
+    body_sd = {BODY + k: v.detach().cpu() for k, v in body.state_dict().items()}
     out = []
     for m, head in zip(models, heads):
         model = copy.deepcopy(m).cpu()

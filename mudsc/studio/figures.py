@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 
 from mudsc.diffinit.solvers.match import Match
 from mudsc.studio.views import GroupAlignment, HeatmapView, PairScatter, UnitCloud
+from mudsc.models.heads import BODY
 
 PARENT_COLOURS = ("#dd6b20", "#2f855a", "#6b46c1", "#b7791f", "#319795", "#97266d")
 MERGED = "#2b6cb0"
@@ -67,7 +68,7 @@ def similarity_scatter(ps: PairScatter, *, highlight: str = "current", space: st
 
 def agreement_figure(rows: Sequence[dict]) -> go.Figure:
     """Per unit space (input -> output), the share of units matched alike by two matchings (grouped bars)."""
-    spaces = [r["space"].removeprefix("body.") for r in rows]
+    spaces = [r["space"].removeprefix(BODY) for r in rows]
     series = (("weight vs activation", "#4a5568"), ("merge vs weight", CHOICE["weight"][1]),
               ("merge vs activation", CHOICE["activation"][1]))
     fig = go.Figure()
@@ -188,7 +189,7 @@ def merge_map_figure(match: Match, *, space: str = "", max_side: int = 512) -> g
 
 def merge_counts_figure(rows: Sequence[dict]) -> go.Figure:
     """Per unit space, merges inside one parent and across parents (stacked; they sum to O - C)."""
-    spaces = [r["space"].removeprefix("body.") for r in rows]
+    spaces = [r["space"].removeprefix(BODY) for r in rows]
     fig = go.Figure()
     for key, colour, name in (("across", MERGED, "across parents"), ("within", "#dd6b20", "within one parent")):
         fig.add_trace(go.Bar(x=spaces, y=[r[key] for r in rows], name=name, marker_color=colour,

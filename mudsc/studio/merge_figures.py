@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 
 from mudsc.errors import ConfigError
 from mudsc.unitgraph import UnitGraph
+from mudsc.models.heads import BODY
 
 MERGED, KEPT, CUT = "#2b6cb0", "#c4c9d0", "#c53030"
 TASK_COLOURS = ("#dd6b20", "#2f855a", "#6b46c1", "#b7791f")
@@ -21,7 +22,7 @@ def network_figure(graph: UnitGraph, cut: str) -> go.Figure:
         graph.cut(cut)  # unknown cuts fail loudly
     names = [s.name for s in graph.spaces]
     merged = set(names) if cut == "full" else set(graph.cut(cut).merged_spaces)
-    labels = [n.removeprefix("body.") for n in names] + ["head"]
+    labels = [n.removeprefix(BODY) for n in names] + ["head"]
     sizes = [s.size for s in graph.spaces]
     colours = [MERGED if n in merged else KEPT for n in names]
     fig = go.Figure(go.Bar(

@@ -17,6 +17,7 @@ from mudsc.data import load_dataset, parse_classes
 from mudsc.errors import CheckpointError
 from mudsc.models.checkpoint import load_model, save_model, sha256_file
 from mudsc.models import create_model
+from mudsc.models.heads import BODY
 from mudsc.zoo.train import train_model
 
 
@@ -43,7 +44,7 @@ def finetune_parent(base: str | os.PathLike, *, dataset: str, classes: str, seed
                              head_seed=spec.get("head_seed", 0), temperature=spec.get("temperature", 20.0),
                              **spec.get("kwargs", {}))
     sd = model.state_dict()
-    sd.update({k: v for k, v in base_model.state_dict().items() if k.startswith("body.")})
+    sd.update({k: v for k, v in base_model.state_dict().items() if k.startswith(BODY)})
     model.load_state_dict(sd)
     t0 = time.perf_counter()
     acc = train_model(model, data, task, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size,
