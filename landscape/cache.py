@@ -2,8 +2,9 @@
 
 The key is sha256 over the bytes of every model tensor, the evaluation data's fingerprint, the
 plane and grid specifications and every setting that changes the numbers (never Python's
-``hash``, which for tensors is their identity). Partial results are stored under the same key, so
-an interrupted job resumes where it stopped.
+``hash``, which for tensors is their identity). Partial results are stored under the same key after
+every chunk, each write atomic, so an interrupted or killed job resumes where it stopped. One writer
+per key at a time, across processes (:meth:`LandscapeCache.lock`).
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, ContextManager, Mapping
 
 import torch
 from torch import Tensor
 
+from mudsc.atomic import file_lock
 from mudsc.errors import CheckpointError
 
 from landscape.result import LandscapeResult
@@ -56,7 +58,7 @@ def landscape_key(models: Mapping[str, Mapping[str, Tensor]], *, data_fingerprin
 
 
 class LandscapeCache:
-    """Results as ``<dir>/<key>.npz``; an unreadable entry counts as a miss."""
+    """Results as ``<dir>/<key>.npz``; an unreadable (damaged) entry counts as a miss and is rewritten."""
 
     def __init__(self, directory: str | os.PathLike | None = None) -> None:
         self.dir = Path(directory).expanduser() if directory is not None else default_cache_dir()
@@ -73,6 +75,11 @@ class LandscapeCache:
         except CheckpointError:
             return None
         return res if res.fingerprint == key else None
+
+    def lock(self, key: str, *, should_stop: Callable[[], bool] | None = None) -> ContextManager[bool]:
+        """The entry's writer lock (see :func:`mudsc.atomic.file_lock`): a second process computing the
+        same landscape waits, then resumes from (or returns) the first one's result."""
+        return file_lock(self.path(key), should_stop=should_stop)
 
     def save(self, key: str, result: LandscapeResult) -> Path:
         result.fingerprint = key

@@ -5,6 +5,7 @@ points (coarse sub-grid first), and caches / resumes under a content fingerprint
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from dataclasses import asdict, dataclass
@@ -146,51 +147,55 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
     cache = LandscapeCache(cache_dir) if use_cache else None
     role_list = [(roles or {}).get(lab, "model") for lab in labels]
 
-    result = cache.load(key) if cache is not None else None
-    if result is not None and result.complete:
+    stop = _should_stop(should_stop)
+    # One writer per entry across processes: a second one waits for the first, then resumes from its
+    # saved points (or returns its finished result). Stopped while waiting: the saved points, read-only.
+    with cache.lock(key, should_stop=stop) if cache is not None else contextlib.nullcontext(False) as writer:
+        result = cache.load(key) if cache is not None else None
+        if result is not None and result.complete:
+            result.model_roles = role_list
+            if progress is not None:
+                progress(result.done.size, result.done.size)
+            return result
+
+        evaluator = PointEvaluator(template, plane, eval_set, bn_mode=bn_mode, stats=models[stats_label],
+                                   autocast=use_autocast)
+        method = check_method(method, evaluator)
+        # Before any grid array is allocated: a grid that cannot fit is refused with the size it needs.
+        evaluator.check_memory(len(xs) * len(ys), method=method, chunk_size=chunk_size, grid_shape=(len(ys), len(xs)))
+        if result is None:
+            settings = {**spec, "plane_info": plane.describe(), "eval_set": eval_set.info,
+                        "axis_units": "parameter-space L2 distance"}
+            settings.pop("template")
+            settings = json.loads(json.dumps(settings))  # JSON types now, so a reloaded result compares equal
+            result = LandscapeResult.empty(xs.numpy(), ys.numpy(), [task_name(t) for t in eval_set.tasks], labels,
+                                           role_list, coords.numpy(), [d for _, d in placed], bn_mode=bn_mode,
+                                           settings=settings, fingerprint=key)
         result.model_roles = role_list
-        if progress is not None:
-            progress(result.done.size, result.done.size)
-        return result
+        total = result.done.size
+        for i, lab in enumerate(labels):
+            if torch.isnan(torch.as_tensor(result.model_joint_loss[i])):
+                result.set_model_metrics(i, evaluator.means(evaluator.state_sums(models[lab])))
+        order = progressive_order(len(ys), len(xs))
+        todo = order[~torch.as_tensor(result.done.reshape(-1))[order]]
+        already = total - len(todo)
+        grid_coords = torch.as_tensor(result.coords)
 
-    evaluator = PointEvaluator(template, plane, eval_set, bn_mode=bn_mode, stats=models[stats_label],
-                               autocast=use_autocast)
-    method = check_method(method, evaluator)
-    # Before any grid array is allocated: a grid that cannot fit is refused with the size it needs.
-    evaluator.check_memory(len(xs) * len(ys), method=method, chunk_size=chunk_size, grid_shape=(len(ys), len(xs)))
-    if result is None:
-        settings = {**spec, "plane_info": plane.describe(), "eval_set": eval_set.info,
-                    "axis_units": "parameter-space L2 distance"}
-        settings.pop("template")
-        settings = json.loads(json.dumps(settings))  # JSON types now, so a reloaded result compares equal
-        result = LandscapeResult.empty(xs.numpy(), ys.numpy(), [task_name(t) for t in eval_set.tasks], labels,
-                                       role_list, coords.numpy(), [d for _, d in placed], bn_mode=bn_mode,
-                                       settings=settings, fingerprint=key)
-    result.model_roles = role_list
-    total = result.done.size
-    for i, lab in enumerate(labels):
-        if torch.isnan(torch.as_tensor(result.model_joint_loss[i])):
-            result.set_model_metrics(i, evaluator.means(evaluator.state_sums(models[lab])))
-    order = progressive_order(len(ys), len(xs))
-    todo = order[~torch.as_tensor(result.done.reshape(-1))[order]]
-    already = total - len(todo)
-    grid_coords = torch.as_tensor(result.coords)
+        def on_chunk(idx: Tensor, means: dict) -> None:
+            result.update(todo[idx].numpy(), means)
+            if writer:
+                cache.save(key, result)
+            if on_update is not None:
+                on_update(result)
 
-    def on_chunk(idx: Tensor, means: dict) -> None:
-        result.update(todo[idx].numpy(), means)
-        if cache is not None:
+        def prog(done: int, _total: int) -> None:
+            if progress is not None:
+                progress(already + done, total)
+
+        _, used = evaluate_coords(evaluator, grid_coords[todo], method=method, chunk_size=chunk_size, progress=prog,
+                                  should_stop=stop, on_chunk=on_chunk)
+        result.settings["method"] = used
+        if writer:
             cache.save(key, result)
-        if on_update is not None:
-            on_update(result)
-
-    def prog(done: int, _total: int) -> None:
-        if progress is not None:
-            progress(already + done, total)
-
-    _, used = evaluate_coords(evaluator, grid_coords[todo], method=method, chunk_size=chunk_size, progress=prog,
-                              should_stop=_should_stop(should_stop), on_chunk=on_chunk)
-    result.settings["method"] = used
-    if cache is not None:
-        cache.save(key, result)
-    return result
+        return result
 

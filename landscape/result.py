@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from mudsc.atomic import atomic_path
 from mudsc.errors import CheckpointError, ConfigError
 
 from landscape.grid import BN_LABELS
@@ -116,19 +119,17 @@ class LandscapeResult:
     # ------------------------------------------------------------------ files
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write an ``.npz`` (no pickles); written to a temporary name first, so readers never see half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write an ``.npz`` (no pickles) atomically (:func:`mudsc.atomic.atomic_path`): readers never see
+        half a file, and a full disk raises :class:`~mudsc.errors.DiskFullError`."""
         arrays = {k: np.asarray(getattr(self, k)) for k in _ARRAYS}
         arrays.update({k: np.asarray(getattr(self, k), dtype=np.str_) for k in _STRINGS})
         arrays["bn_mode"] = np.asarray(self.bn_mode)
         arrays["settings"] = np.asarray(json.dumps(self.settings, sort_keys=True))
         arrays["fingerprint"] = np.asarray(self.fingerprint)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        # uncompressed size: an upper bound on what the write needs
+        with atomic_path(path, size=sum(a.nbytes for a in arrays.values())) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LandscapeResult":
@@ -143,6 +144,6 @@ class LandscapeResult:
                 kw["bn_mode"] = str(f["bn_mode"])
                 kw["settings"] = json.loads(str(f["settings"]))
                 kw["fingerprint"] = str(f["fingerprint"]) if "fingerprint" in f.files else ""
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # what a truncated file raises
             raise CheckpointError(f"cannot read landscape result {path}: {e}") from None
         return cls(**kw)

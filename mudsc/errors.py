@@ -26,3 +26,21 @@ class DataError(MudscError):
 
 class ConfigError(MudscError, ValueError):
     """A merge or run option out of range, or options that do not fit together."""
+
+
+class ResourceError(MudscError):
+    """Not enough of the machine: memory or disk space."""
+
+
+class DiskFullError(ResourceError):
+    """A write failed for lack of disk space (ENOSPC); the file it was replacing is unchanged."""
+
+
+def out_of_memory(e: BaseException) -> ResourceError | None:
+    """`e` as one clear line if it is Python's ``MemoryError`` or torch's (CUDA) ``OutOfMemoryError``, else None."""
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"):  # torch stays unimported here
+        return None
+    text = str(e).strip()
+    why = f" ({text.splitlines()[0][:200]})" if text else ""
+    return ResourceError(f"out of memory{why}; finish other jobs or sessions, or use fewer images, a smaller "
+                         "grid or a smaller batch")

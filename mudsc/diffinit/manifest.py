@@ -6,6 +6,7 @@ versions, seeds, metrics, timings and the transform of every unit space.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from pathlib import Path
@@ -14,10 +15,11 @@ from typing import Any
 import torch
 
 from mudsc import __version__
+from mudsc.atomic import atomic_path
 from mudsc.data import reload_name
 from mudsc.diffinit.config import MergeConfig
 from mudsc.errors import CheckpointError, ConfigError
-from mudsc.models.checkpoint import META_KEY, sha256_file
+from mudsc.models.checkpoint import META_KEY, safetensors_bytes, sha256_file
 from mudsc.diffinit.session import MergeResult, MergeSession
 
 MANIFEST_VERSION = 1
@@ -42,9 +44,11 @@ def result_summary(result: MergeResult, session: MergeSession) -> dict[str, Any]
 
 
 def save_merge(result: MergeResult, session: MergeSession, out_dir: str | Path) -> dict[str, Any]:
-    """Write ``model.safetensors`` and ``manifest.json`` into `out_dir`; returns the manifest."""
-    from safetensors.torch import save_file
+    """Write ``model.safetensors`` and ``manifest.json`` into `out_dir`; returns the manifest.
 
+    Both files are written in full under temporary names before either is renamed into place, so a
+    failed write (a full disk raises :class:`~mudsc.errors.DiskFullError`) leaves an earlier export as it was.
+    """
     if result.config.method == "ensemble":
         raise ConfigError("the ensemble is an upper bound, not a merged model; nothing to export")
     if not session.paths:
@@ -59,7 +63,7 @@ def save_merge(result: MergeResult, session: MergeSession, out_dir: str | Path) 
     else:
         meta.update(spec=specs[0])
     tensors = {k: v.detach().cpu().contiguous() for k, v in result.state_dict.items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    model_bytes = safetensors_bytes(tensors, {META_KEY: json.dumps(meta, sort_keys=True)})
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "config": result.config.model_dump(mode="json"),
@@ -70,10 +74,14 @@ def save_merge(result: MergeResult, session: MergeSession, out_dir: str | Path) 
         "versions": {"mudsc": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "device": str(session.device),
         "metrics": result_summary(result, session),
-        "model_sha256": sha256_file(out / "model.safetensors"),
+        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "transforms": result.transforms(),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True, default=float))
+    manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True, default=float).encode()
+    with atomic_path(out / "model.safetensors", size=len(model_bytes)) as model_tmp:
+        model_tmp.write_bytes(model_bytes)
+        with atomic_path(out / "manifest.json", size=len(manifest_bytes)) as manifest_tmp:
+            manifest_tmp.write_bytes(manifest_bytes)
     return manifest
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mudsc import __version__
+from mudsc.atomic import write_bytes
 from mudsc.errors import CheckpointError, ShapeMismatchError
 from mudsc.models.multihead import MultiHeadModel, build_multihead
 from mudsc.models.registry import model_from_spec
@@ -97,20 +98,25 @@ def check_finite(sd: dict[str, Tensor], *, source: str = "checkpoint") -> None:
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, **provenance: Any) -> Path:
-    """Write `model` (built by ``create_model``) with its spec and `provenance` in the metadata."""
-    from safetensors.torch import save_file
+    """Write `model` (built by ``create_model``) with its spec and `provenance` in the metadata.
 
+    Written atomically (an earlier file under `path` survives any failure); a full disk raises
+    :class:`~mudsc.errors.DiskFullError`.
+    """
     spec = getattr(model, "spec", None)
     if spec is None:
         raise CheckpointError("save_model: the model carries no spec; build it with mudsc.models.create_model")
     info = {"spec": spec, "version": __version__, **provenance}
-    p = Path(path).expanduser()
-    p.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = p.with_name(p.name + ".tmp")
-    save_file(sd, str(tmp), metadata={META_KEY: json.dumps(info, sort_keys=True)})
-    os.replace(tmp, p)  # never leave a half-written checkpoint under the real name
-    return p
+    return write_bytes(Path(path).expanduser(), safetensors_bytes(sd, {META_KEY: json.dumps(info, sort_keys=True)}))
+
+
+def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
+    """The ``.safetensors`` file as bytes, for writing through Python: a full disk is then an ``OSError``
+    (safetensors' own file writer reports it as an opaque ``SafetensorError``)."""
+    from safetensors.torch import save
+
+    return save(tensors, metadata=metadata)
 
 
 def load_model(path: str | os.PathLike, *, spec: dict | None = None) -> tuple[nn.Module, dict[str, Any]]:

@@ -9,7 +9,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from mudsc.errors import MudscError
+from mudsc.errors import MudscError, out_of_memory
 
 Work = Callable[[Callable[[str, float], None], threading.Event], Any]
 
@@ -22,8 +22,8 @@ class Job:
     """``work(progress, cancel_event) -> result`` on a daemon thread.
 
     ``status`` is ``running``, ``done``, ``failed`` or ``cancelled``; ``message`` and ``fraction`` the
-    last progress report; ``error`` a one-line message (user errors keep their text; unexpected
-    exceptions are reported with their type).
+    last progress report; ``error`` a one-line message (user errors keep their text, running out of
+    memory reads as such; other unexpected exceptions are reported with their type).
     """
 
     def __init__(self, name: str, work: Work) -> None:
@@ -60,8 +60,10 @@ class Job:
         except MudscError as e:
             self.error, self.status = str(e), "failed"
         except Exception as e:  # noqa: BLE001 - any failure must reach the page, not kill the thread silently
-            self.error = f"{type(e).__name__}: {e}"
-            self.detail = traceback.format_exc()
+            if (oom := out_of_memory(e)) is not None:  # the machine's limit, not a bug: one line, no traceback
+                self.error = str(oom)
+            else:
+                self.error, self.detail = f"{type(e).__name__}: {e}", traceback.format_exc()
             self.status = "failed"
         finally:
             self.finished = time.time()

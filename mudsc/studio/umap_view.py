@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mudsc.atomic import atomic_path, file_lock
 from mudsc.errors import ConfigError
 
 METRICS = ("correlation", "cosine", "euclidean")
@@ -69,14 +70,24 @@ def embed(features: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min_dis
     """
     x = _check(features, n_neighbors, min_dist, metric)
     k = int(min(n_neighbors, len(x) - 1))
+    if not use_cache:
+        return _fit(x, seed, k, min_dist, metric)
     path = _entry(x, seed, k, min_dist, metric, directory)
-    if use_cache and path.is_file():
-        try:
-            out = np.load(path, allow_pickle=False)
-            if out.shape == (len(x), 2):
-                return out
-        except (OSError, ValueError):
-            pass  # an unreadable entry is recomputed
+    with file_lock(path):  # a second process embedding the same units waits and reads the first's entry
+        if path.is_file():
+            try:
+                out = np.load(path, allow_pickle=False)
+                if out.shape == (len(x), 2):
+                    return out
+            except (OSError, ValueError, EOFError):
+                pass  # a damaged entry is recomputed and rewritten
+        out = _fit(x, seed, k, min_dist, metric)
+        with atomic_path(path, size=out.nbytes + 128) as tmp, open(tmp, "wb") as f:  # + the .npy header
+            np.save(f, out)
+    return out
+
+
+def _fit(x: np.ndarray, seed: int, k: int, min_dist: float, metric: str) -> np.ndarray:
     rng = np.random.default_rng(seed)
     flat = x.std(axis=1) == 0
     if flat.any():
@@ -89,14 +100,7 @@ def embed(features: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min_dis
         warnings.filterwarnings("ignore", message=".*n_neighbors is larger than the dataset.*")
         reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, metric=metric,
                             random_state=int(seed), init="spectral" if len(x) > k + 1 else "random")
-        out = reducer.fit_transform(x).astype(np.float64)
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, out)
-        os.replace(tmp, path)
-    return out
+        return reducer.fit_transform(x).astype(np.float64)
 
 
 def cached(features: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import torch
 
+from mudsc.atomic import file_lock
 from mudsc.data import load_dataset, parse_classes
 from mudsc.models.checkpoint import load_model, save_model
 from mudsc.models import create_model
@@ -54,20 +55,22 @@ def train_parent(*, dataset: str, arch: str, classes: str, seed: int, out: str |
 
 def demo_pair(*, root: str | os.PathLike | None = None,
               progress: Callable[[int, int, float], None] | None = None) -> list[Path]:
-    """Paths of the demo parents, trained on first use (about 6 s each on 2 CPU cores) and reused."""
+    """Paths of the demo parents, trained on first use (about 6 s each on 2 CPU cores) and reused.
+
+    Safe across processes: a second process asking for a parent being trained waits for it and
+    reuses it; the checkpoint is written atomically, so a killed trainer leaves no half file.
+    """
     root = Path(root) if root is not None else home() / "demo"
     paths = [root / f"resnet20.digits_{t.replace('-', '')}_s{s}.safetensors"
              for t, s in zip(DEMO["tasks"], DEMO["seeds"])]
     for path, task, seed in zip(paths, DEMO["tasks"], DEMO["seeds"]):
-        if path.is_file():
-            try:
-                load_model(path)
-                continue
-            except Exception:  # a damaged cache entry is retrained, not trusted
-                path.unlink()
-        train_parent(dataset=DEMO["dataset"], arch=DEMO["arch"], classes=task, seed=seed, out=path,
-                     epochs=DEMO["epochs"], progress=progress, **DEMO["kwargs"])
+        with file_lock(path):
+            if path.is_file():
+                try:
+                    load_model(path)
+                    continue
+                except Exception:  # a damaged cache entry is retrained, not trusted
+                    path.unlink()
+            train_parent(dataset=DEMO["dataset"], arch=DEMO["arch"], classes=task, seed=seed, out=path,
+                         epochs=DEMO["epochs"], progress=progress, **DEMO["kwargs"])
     return paths
-
-
-
