@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from mudsc.errors import ConfigError
 
 from landscape import plane as planes
-from landscape.evaluate import EvalSet, task_name
+from landscape.evaluate import EvalSet
 from landscape.grid import BN_LABELS, PointEvaluator, check_bn_mode, evaluate_coords
 
 StateDict = Mapping[str, Tensor]
@@ -101,6 +101,6 @@ def evaluate_path(template: nn.Module, states: Sequence[StateDict], eval_set: Ev
     total = sum(lengths)
     cat = lambda k: np.concatenate([r[k] for r in rows])  # noqa: E731
     vertex_t = np.concatenate([[0.0], np.cumsum(lengths) / total])
-    tn = list(task_names) if task_names is not None else [task_name(t) for t in eval_set.tasks]
+    tn = list(task_names) if task_names is not None else eval_set.task_names
     return PathResult(arc / total, arc, vertex_t, labels, tn, cat("task_loss"), cat("task_acc"),
                       cat("joint_loss"), cat("joint_acc"), bn_mode)

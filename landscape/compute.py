@@ -18,13 +18,16 @@ from mudsc.errors import ConfigError, UnknownNameError
 
 from landscape import plane as planes
 from landscape.cache import LandscapeCache, landscape_key
-from landscape.evaluate import EvalSet, task_name
+from landscape.evaluate import EvalSet
 from landscape.grid import (PointEvaluator, check_bn_mode, check_method, evaluate_coords, native_bf16, precision_label,
                    progressive_order)
 from landscape.result import LandscapeResult
 
 StateDict = Mapping[str, Tensor]
-PLANE_KINDS = ("three_point", "pca", "random")
+# The one list of plane kinds and what each plane goes through; the app and the CLI offer these.
+PLANE_KINDS = {"three_point": "three points: parent 0', parent 1' and a third model",
+               "pca": "PCA through the merges and their primed parents",
+               "random": "random directions around the merge (filter-normalised)"}
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,9 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
     # saved points (or returns its finished result). Stopped while waiting: the saved points, read-only.
     with cache.lock(key, should_stop=stop) if cache is not None else contextlib.nullcontext(False) as writer:
         result = cache.load(key) if cache is not None else None
+        if result is not None:  # labels are not part of the key: a cached run shows today's
+            result.model_roles, result.task_names = role_list, eval_set.task_names
         if result is not None and result.complete:
-            result.model_roles = role_list
             if progress is not None:
                 progress(result.done.size, result.done.size)
             return result
@@ -168,10 +172,9 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
                         "axis_units": "parameter-space L2 distance"}
             settings.pop("template")
             settings = json.loads(json.dumps(settings))  # JSON types now, so a reloaded result compares equal
-            result = LandscapeResult.empty(xs.numpy(), ys.numpy(), [task_name(t) for t in eval_set.tasks], labels,
+            result = LandscapeResult.empty(xs.numpy(), ys.numpy(), eval_set.task_names, labels,
                                            role_list, coords.numpy(), [d for _, d in placed], bn_mode=bn_mode,
                                            settings=settings, fingerprint=key)
-        result.model_roles = role_list
         total = result.done.size
         for i, lab in enumerate(labels):
             if torch.isnan(torch.as_tensor(result.model_joint_loss[i])):

@@ -1,148 +1,19 @@
-"""Multi-task metrics from one forward pass, and the fixed evaluation / calibration subsets.
+"""The fixed evaluation and BatchNorm-calibration subsets a landscape is measured on.
 
-Metric definitions follow ZipIt! (Stoica et al., ICLR 2024, Sec. 5) and MuDSC (Xu et al., CVPR
-2024), ``evaluate_*_alltasks``:
-  * per task (task known): softmax over the task's own classes; loss = cross-entropy there,
-    accuracy = argmax there;
-  * joint (task unknown), single head: softmax / argmax over the union of all tasks' classes;
-  * joint, multi-head (a model returning one logit tensor per head): softmax within each head,
-    prediction = argmax over all heads' probabilities; loss = -log of the equal-weight mixture of
-    the heads' probabilities of the true class (a proper distribution over the union).
-
-Everything here is a pure tensor function of (logits, labels, :class:`TaskLayout`) and works under
-``torch.func.vmap``, so the grid engine and the merge engine share it.
+The metrics themselves (per-task and joint loss and accuracy, ZipIt! / MuDSC definitions) are the
+merge engine's: :func:`mudsc.evaluate.metric_sums` over a :class:`mudsc.evaluate.TaskLayout`.
 """
 from __future__ import annotations
 
 import hashlib
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from mudsc.data import task_label
 from mudsc.errors import ConfigError, DataError
-
-Logits = Tensor | Sequence[Tensor]
-
-
-@dataclass(frozen=True)
-class TaskLayout:
-    """Which output columns belong to which task.
-
-    `tasks`: class ids per task (disjoint). `heads`: class id of every output column, one tuple per
-    head (a single-head model has one). Built by :meth:`from_outputs`.
-    """
-
-    tasks: tuple[tuple[int, ...], ...]
-    heads: tuple[tuple[int, ...], ...]
-    task_head: tuple[int, ...]                    # head that scores each task
-    task_cols: tuple[Tensor, ...]                 # columns of each task's classes in its head
-    task_of: Tensor                               # [max_class + 1] task id per class, -1 if none
-    local_of: Tensor                              # [max_class + 1] position of a class within its task
-    union_cols: Tensor = field(repr=False)        # single head: columns of the union of the tasks
-    union_classes: Tensor = field(repr=False)     # class id of each union column (multi-head: all heads)
-
-    @property
-    def multi_head(self) -> bool:
-        return len(self.heads) > 1
-
-    @classmethod
-    def from_outputs(cls, tasks: Sequence[Sequence[int]],
-                     output_classes: Sequence[int] | Sequence[Sequence[int]]) -> "TaskLayout":
-        """`output_classes`: one class id per output column, or one such tuple per head."""
-        tasks = tuple(tuple(int(c) for c in t) for t in tasks)
-        if not tasks or any(not t for t in tasks):
-            raise ConfigError("task layout: every task needs at least one class")
-        flat = [c for t in tasks for c in t]
-        if len(set(flat)) != len(flat):
-            raise ConfigError(f"task layout: tasks {tasks} overlap")
-        oc = list(output_classes)
-        heads = (tuple(tuple(int(c) for c in h) for h in oc) if oc and not isinstance(oc[0], (int, np.integer))
-                 else (tuple(int(c) for c in oc),))
-        task_head, task_cols = [], []
-        for k, t in enumerate(tasks):
-            hits = [h for h, cols in enumerate(heads) if set(t) <= set(cols)]
-            if not hits:
-                raise ConfigError(f"task {k} (classes {list(t)}) is not scored by any one output head "
-                                  f"(heads cover {[list(h) for h in heads]})")
-            h = hits[0]
-            task_head.append(h)
-            task_cols.append(torch.tensor([heads[h].index(c) for c in t]))
-        size = max(flat + [c for h in heads for c in h]) + 1
-        task_of = torch.full((size,), -1, dtype=torch.long)
-        local_of = torch.full((size,), -1, dtype=torch.long)
-        for k, t in enumerate(tasks):
-            for i, c in enumerate(t):
-                task_of[c], local_of[c] = k, i
-        if len(heads) == 1:
-            union_cols = torch.tensor([i for i, c in enumerate(heads[0]) if c in set(flat)])
-            union_classes = torch.tensor(heads[0])[union_cols]
-        else:
-            union_cols = torch.arange(sum(len(h) for h in heads))
-            union_classes = torch.tensor([c for h in heads for c in h])
-        return cls(tasks, heads, tuple(task_head), tuple(task_cols), task_of, local_of, union_cols, union_classes)
-
-    def to(self, device: torch.device | str) -> "TaskLayout":
-        mv = lambda t: t.to(device)  # noqa: E731
-        return TaskLayout(self.tasks, self.heads, self.task_head, tuple(mv(c) for c in self.task_cols),
-                          mv(self.task_of), mv(self.local_of), mv(self.union_cols), mv(self.union_classes))
-
-
-def metric_sums(logits: Logits, labels: Tensor, layout: TaskLayout) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """[b, C] (or per-head [b, C_h]), [b] -> per-task loss sum [K], per-task correct [K], joint loss sum [], joint correct [].
-
-    Sums (float64) so batches add up; divide by the per-task counts for means. Vmappable over the
-    logits (labels and layout unbatched).
-    """
-    heads = [logits] if isinstance(logits, Tensor) else list(logits)
-    if len(heads) != len(layout.heads):
-        raise ConfigError(f"model returned {len(heads)} output heads, layout expects {len(layout.heads)}")
-    heads = [h.float() for h in heads]
-    task_ids = layout.task_of[labels]
-    local = layout.local_of[labels]
-    loss_sum, correct = [], []
-    for k in range(len(layout.tasks)):
-        idx = (task_ids == k).nonzero().squeeze(1)
-        lg = heads[layout.task_head[k]].index_select(-2, idx).index_select(-1, layout.task_cols[k])
-        tgt = local.index_select(0, idx)
-        logp = lg.log_softmax(-1)
-        loss_sum.append(-logp.gather(-1, tgt[:, None]).sum().double())
-        correct.append((lg.argmax(-1) == tgt).sum().double())
-    if len(heads) == 1:
-        lj = heads[0].index_select(-1, layout.union_cols).log_softmax(-1)
-    else:
-        lj = torch.cat([h.log_softmax(-1) for h in heads], -1) - math.log(len(heads))
-    match = layout.union_classes[None, :] == labels[:, None]
-    joint_logp = lj.masked_fill(~match, float("-inf")).logsumexp(-1)
-    joint_pred = layout.union_classes[lj.argmax(-1)]
-    return (torch.stack(loss_sum), torch.stack(correct), -joint_logp.sum().double(),
-            (joint_pred == labels).sum().double())
-
-
-def task_name(classes: Sequence[int]) -> str:
-    """A task's display name from its classes: 'classes 0-4' or 'classes 1,3,5'."""
-    c = list(classes)
-    if len(c) > 2 and c == list(range(c[0], c[-1] + 1)):
-        return f"classes {c[0]}-{c[-1]}"
-    return "classes " + ",".join(map(str, c))
-
-
-def task_counts(labels: Tensor, layout: TaskLayout) -> Tensor:
-    """[n] -> [K]: examples per task."""
-    return torch.bincount(layout.task_of[labels], minlength=len(layout.tasks))
-
-
-def multitask_metrics(logits: Logits, labels: Tensor, layout: TaskLayout) -> dict[str, Tensor]:
-    """[b, C] (or per-head), [b] -> {'task_loss' [K], 'task_acc' [K], 'joint_loss' [], 'joint_acc' []}: means."""
-    if labels.numel() and (labels.max() >= len(layout.task_of) or (layout.task_of[labels] < 0).any()):
-        raise DataError(f"labels include classes outside the tasks {[list(t) for t in layout.tasks]}")
-    tl, tc, jl, jc = metric_sums(logits, labels, layout)
-    n = task_counts(labels, layout).double().clamp_min(1)
-    return {"task_loss": tl / n, "task_acc": tc / n,
-            "joint_loss": jl / max(len(labels), 1), "joint_acc": jc / max(len(labels), 1)}
 
 
 @dataclass(frozen=True)
@@ -187,6 +58,11 @@ class EvalSet:
     @property
     def device(self) -> torch.device:
         return self.x.device
+
+    @property
+    def task_names(self) -> list[str]:
+        """``['task 0-4', 'task 5-9']``: each task as the studio's tables name it."""
+        return [f"task {task_label(t)}" for t in self.tasks]
 
     def batches(self) -> list[tuple[Tensor, Tensor]]:
         return [(self.x[i:i + self.batch_size], self.y[i:i + self.batch_size])

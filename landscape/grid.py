@@ -32,13 +32,13 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from mudsc.errors import ConfigError
+from mudsc.evaluate import Sums, TaskLayout, means, metric_sums, task_counts
 
-from landscape.evaluate import EvalSet, TaskLayout, metric_sums, task_counts
+from landscape.evaluate import EvalSet
 from landscape.plane import Plane
 
 BN_LABELS = {"exact": "exact", "preview": "preview (frozen BN statistics)"}
 METHODS = ("auto", "vmap", "loop")
-Sums = tuple[Tensor, Tensor, Tensor, Tensor]
 _GiB = 2 ** 30
 
 
@@ -269,9 +269,7 @@ class PointEvaluator:
 
     def means(self, sums: Sums) -> dict[str, Tensor]:
         """Sums (leading dims [...]) -> mean metrics: task_loss/task_acc [..., K], joint_loss/joint_acc [...]."""
-        tl, tc, jl, jc = (t.double().cpu() for t in sums)
-        return {"task_loss": tl / self.counts, "task_acc": tc / self.counts,
-                "joint_loss": jl / self.n, "joint_acc": jc / self.n}
+        return means(tuple(t.double().cpu() for t in sums), self.counts, self.n)
 
 
 def evaluate_coords(evaluator: PointEvaluator, coords: Tensor, *, method: str = "auto", chunk_size: int = 16,

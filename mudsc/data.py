@@ -139,6 +139,15 @@ def parse_classes(spec: str | list[int] | tuple[int, ...], num_classes: int) -> 
     return tuple(sorted(classes))
 
 
+def task_label(classes: tuple[int, ...] | list[int]) -> str:
+    """A task as every page, table and figure shows it, and as :func:`parse_classes` reads it back:
+    ``(0, 1, 2, 3, 4)`` -> ``'0-4'``; non-contiguous tasks are listed, ``'0,3,7'``."""
+    cs = sorted(int(c) for c in classes)
+    if len(cs) > 2 and cs == list(range(cs[0], cs[-1] + 1)):
+        return f"{cs[0]}-{cs[-1]}"
+    return ",".join(map(str, cs))
+
+
 def check_tasks(tasks: list[tuple[int, ...]], *, allow_overlap: bool = False) -> None:
     """Tasks must be non-empty and, unless allowed, pairwise disjoint."""
     for i, t in enumerate(tasks):

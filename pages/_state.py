@@ -8,6 +8,8 @@ Canonical state lives in ``st.session_state`` under plain keys, never in widget 
 - ``session`` / ``session_key``: the ready :class:`~mudsc.diffinit.session.MergeSession` and its fingerprint
 - ``config`` / ``result``: the current ``MergeConfig`` and the latest ``MergeResult``
 - ``sweeps``: ``{"alpha" | "cut": {"base": MergeConfig, "rows": list[dict]}}``
+- ``landscape``: ``{"tag": (session_key, MergeConfig), "holder": {"plan", "partial"}, "result"}``, the
+  Landscape page's latest job (``jobs()["landscape"]``), what it plans and what it has computed
 - ``figures``: ``{title: plotly Figure}``, every figure a page draws, for the Export page
 - ``jobs``: ``{name: Tracked}``, long work (a :class:`mudsc.jobs.Job`) that survives reruns
 
@@ -138,9 +140,9 @@ def session_key() -> tuple | None:
 
 def drop_session() -> None:
     """Forget the session and everything computed from it (the parents changed)."""
-    for key in ("session", "session_key", "result", "sweeps", "figures"):
+    for key in ("session", "session_key", "result", "sweeps", "landscape", "figures"):
         st.session_state.pop(key, None)
-    for name in ("stats", "merge", "sweep_alpha", "sweep_cut"):
+    for name in ("stats", "merge", "sweep_alpha", "sweep_cut", "landscape"):
         t = jobs().pop(name, None)
         if t is not None:
             t.job.cancel()
@@ -202,14 +204,15 @@ def take(name: str, tag: Any = ...) -> Any:
     return t.job.result
 
 
-def job_status(name: str, label: str) -> None:
-    """Progress of a running job (polled without rerunning the page), or why it failed."""
+def job_status(name: str, label: str, *, during: Callable[[], None] | None = None) -> None:
+    """Progress of a running job (polled without rerunning the page, `during` drawn under the bar at
+    every poll), or why it failed."""
     t = jobs().get(name)
     if t is None:
         return
     job = t.job
     if job.running:
-        _poll(name, label)
+        _poll(name, label, during)
     elif job.status == "failed":
         st.error(f"{label} failed: {job.error}")
         if job.detail:
@@ -220,7 +223,7 @@ def job_status(name: str, label: str) -> None:
 
 
 @st.fragment(run_every=POLL_SECONDS)
-def _poll(name: str, label: str) -> None:
+def _poll(name: str, label: str, during: Callable[[], None] | None) -> None:
     t = jobs().get(name)
     if t is None or not t.job.running:
         st.rerun()  # the whole page picks up the result
@@ -228,3 +231,5 @@ def _poll(name: str, label: str) -> None:
     bar, stop = st.columns([5, 1], vertical_alignment="center")
     bar.progress(job.fraction, text=f"{label}: {job.message or 'starting'}")
     stop.button("Cancel", key=f"cancel_{name}", on_click=job.cancel)
+    if during is not None:
+        during()

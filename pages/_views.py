@@ -7,6 +7,7 @@ from typing import Any, Callable
 import streamlit as st
 
 from mudsc.diffinit.session import MergeResult, MergeSession
+from pages._state import session_key
 
 MEMO_ENTRIES = 24
 
@@ -28,11 +29,11 @@ def require_merge(*, to_see: str | None = None) -> tuple[MergeSession, MergeResu
     return session, result
 
 
-def memo(session: MergeSession, result: MergeResult, name: str, fn: Callable[[], Any], *args: Any) -> Any:
-    """`fn()` once per (session, merge config, name, args) in this browser session; the oldest entries
-    are dropped beyond MEMO_ENTRIES (similarity matrices are O x O)."""
+def memo(result: MergeResult, name: str, fn: Callable[[], Any], *args: Any) -> Any:
+    """`fn()` once per (session fingerprint, merge config, name, args) in this browser session; the
+    oldest entries are dropped beyond MEMO_ENTRIES (similarity matrices are O x O)."""
     store: dict = st.session_state.setdefault("view_memo", {})
-    key = (id(session), result.config, name, args)
+    key = (session_key(), result.config, name, args)
     if key not in store:
         store[key] = fn()
         while len(store) > MEMO_ENTRIES:

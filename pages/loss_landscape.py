@@ -6,18 +6,17 @@ import numpy as np
 import streamlit as st
 import torch
 
-from landscape import GridSpec, PlaneSpec, compute_landscape, make_eval_set
+from landscape import GridSpec, compute_landscape, make_eval_set
+from landscape.compute import PLANE_KINDS
 from landscape.figure import landscape_figure
-from landscape.frames import common_frame, pca_plan
-from mudsc.studio import figures, views
+from landscape.frames import landscape_plan, merge_label
+from mudsc.diffinit.rebase import is_permutation
 from mudsc.methods import names
-from mudsc.studio.jobs import Job
+from mudsc.studio import figures
+from pages._state import job_status, jobs, session_key, start_job, take
 from pages._views import require_merge, show
 
-JOB = "landscape_job"
-PLANE_LABELS = {"three_point": "three points: parent 0', parent 1' and a third model",
-                "pca": "PCA through the merges of several methods",
-                "random": "random directions around the merge (filter-normalised)"}
+JOB = "landscape"
 
 st.title("Landscape")
 st.caption("Loss of every task over a plane through parameter space: where the parents, the merge and other "
@@ -32,7 +31,7 @@ if result.solution is None:
     st.info(f"The {result.config.method} has no merged weights to place on a plane.")
     st.stop()
 
-if not views.is_permutation(result):
+if not is_permutation(result):
     st.caption(f"⚠ {result.config.method} zips units (its merge maps are not permutations), so the primed "
                "parents (N·M_i W_i U_i) only approximate the parents: their losses can differ from the "
                "parents' own.")
@@ -40,7 +39,7 @@ cuda = session.device.type == "cuda"
 
 with st.form("landscape_form"):
     c1, c2 = st.columns(2)
-    plane = c1.radio("Plane", list(PLANE_LABELS), format_func=PLANE_LABELS.get, key="ls_plane")
+    plane = c1.radio("Plane", list(PLANE_KINDS), format_func=PLANE_KINDS.get, key="ls_plane")
     others = c2.multiselect("Merges of other methods (rebased into this merge's basis)",
                             [m for m in names("diff-init") if m != result.config.method],
                             default=[m for m in ("permute", "zipit") if m != result.config.method], key="ls_others",
@@ -67,30 +66,25 @@ def _work(progress, cancel, *, config, others, plane, third, every_parent, resol
     for m in others:
         progress(f"merging with {m}", 0.0)
         other_results.append(session.merge(config.model_copy(update={"method": m})))
-    if plane == "pca" and every_parent:
-        merges = [result, *other_results]
-        plan = pca_plan(common_frame(session, merges, [views.merge_label(r) for r in merges]))
-    else:
-        plan = views.landscape_plan(session, result, plane=plane, others=other_results, third=third)
+    plan = landscape_plan(session, result, plane=plane, others=other_results, every_parent=every_parent, third=third)
     holder["plan"] = plan
     ev = make_eval_set(session.data, session.tasks, per_task=per_task, calib_size=256,
                        generator=torch.Generator().manual_seed(0), device=session.device)
-    spec = PlaneSpec(plane, plan.plane_models)
-    return compute_landscape(copy.deepcopy(result.model), plan.models, spec, ev, grid=GridSpec(resolution),
-                             bn_mode=bn, roles=plan.roles, stats_from=views.merge_label(result),
+    return compute_landscape(copy.deepcopy(result.model), plan.models, plan.plane, ev, grid=GridSpec(resolution),
+                             bn_mode=bn, roles=plan.roles, stats_from=merge_label(result),
                              progress=lambda d, t: progress(f"{d}/{t} grid points", d / max(t, 1)),
                              should_stop=cancel, on_update=lambda r: holder.__setitem__("partial", r))
 
 
+# What a landscape is computed for: the session's content and the merge (the other knobs are the form's).
+tag = (session_key(), result.config)
 if go_:
-    old = st.session_state.get(JOB)
-    if old is not None and old["job"].running:
-        old["job"].cancel()
-    holder: dict = {}
+    holder: dict = {}  # the job fills in its plan, then every partial result
     params = dict(config=result.config, others=tuple(others), plane=plane, third=third if plane == "three_point" else None,
-                  every_parent=bool(every_parent), resolution=int(resolution), bn=bn, per_task=int(per_task))
-    job = Job("landscape", lambda p, c: _work(p, c, holder=holder, **params)).start()
-    st.session_state[JOB] = {"job": job, "holder": holder, "config": result.config, "session": id(session)}
+                  every_parent=bool(every_parent) and plane == "pca", resolution=int(resolution), bn=bn,
+                  per_task=int(per_task))
+    start_job(JOB, lambda p, c: _work(p, c, holder=holder, **params), tag=tag, wait=False)
+    st.session_state["landscape"] = {"tag": tag, "holder": holder}
 
 
 def _figure(res, plan, *, threshold, vmax):
@@ -122,43 +116,34 @@ def _draw(res, plan, *, key: str) -> None:
                "rebased into it by weight matching; dashed lines join parent 0', the merge and parent 1'. "
                f"BatchNorm: {res.bn_label}; forward precision: {res.settings.get('precision', 'float32')}.")
     rows = [{"model": lab, "role": res.model_roles[i], "distance to plane": round(float(res.model_distance[i]), 3),
-             **{f"loss {n}": round(float(res.model_task_loss[i, k]), 3) for k, n in enumerate(res.task_names)},
+             **{f"{n} loss": round(float(res.model_task_loss[i, k]), 3) for k, n in enumerate(res.task_names)},
              "joint accuracy": round(float(res.model_joint_acc[i]), 3)} for i, lab in enumerate(res.model_labels)]
     st.dataframe(rows, hide_index=True)
 
 
-state = st.session_state.get(JOB)
-if state is None or state["session"] != id(session) or state["config"] != result.config:
+view = st.session_state.get("landscape")
+if view is None or view["tag"] != tag or JOB not in jobs():
     st.info("Choose a plane and press Compute landscape. Results are cached on disk and reused.")
     st.stop()
+done = take(JOB, tag=tag)
+if done is not None:
+    view["result"] = done
 
 
-@st.fragment(run_every=1.0)
-def _progress() -> None:
-    job = state["job"]
-    if not job.running:
-        st.rerun()
-    bar, stop = st.columns([5, 1], vertical_alignment="center")
-    bar.progress(job.fraction, text=f"Landscape: {job.message or 'starting'}")
-    stop.button("Cancel", key="ls_cancel", on_click=job.cancel)
-    partial, plan = state["holder"].get("partial"), state["holder"].get("plan")
+def _partial() -> None:
+    """The grid so far, drawn under the progress bar while the job runs."""
+    partial, plan = view["holder"].get("partial"), view["holder"].get("plan")
     if partial is not None and plan is not None and partial.done.any():
         st.plotly_chart(_figure(partial, plan, threshold=None, vmax=None), key="ls_partial", theme=None)
 
 
-job = state["job"]
-if job.running:
-    _progress()
-elif job.status == "failed":
-    st.error(f"Landscape failed: {job.error}")
-    if job.detail:
-        with st.expander("Traceback"):
-            st.code(job.detail)
-else:
-    res = job.result if job.status == "done" else state["holder"].get("partial")
+job_status(JOB, "Landscape", during=_partial)
+status = jobs()[JOB].job.status
+if status in ("done", "cancelled"):
+    res = view.get("result") if status == "done" else view["holder"].get("partial")
     if res is None:
-        st.caption("Landscape cancelled before any point was computed.")
+        st.caption("Cancelled before any point was computed.")
     else:
         if not res.complete:
-            st.caption(f"Cancelled: {int(res.done.sum())}/{res.done.size} points; computing again resumes from the cache.")
-        _draw(res, state["holder"]["plan"], key="ls")
+            st.caption(f"{int(res.done.sum())}/{res.done.size} points computed; computing again resumes from the cache.")
+        _draw(res, view["holder"]["plan"], key="ls")

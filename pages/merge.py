@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from mudsc.data import task_label
 from mudsc.diffinit.config import make_config
 from mudsc.errors import MudscError
 from mudsc.methods import METHODS, diff_init_names
 from mudsc.studio.merge_figures import sweep_figure
-from mudsc.studio.summary import config_label, task_label
+from mudsc.studio.summary import config_label
 from mudsc.diffinit.sweep import grid, run_sweep
 from pages._state import (cached_metric_rows, cached_network_figure, figures, job_status, jobs, require_session,
                           running, session_key, start_job, take)

@@ -22,15 +22,15 @@ choice = right.radio("Highlight the pairs chosen by", list(figures.CHOICE), hori
 
 try:
     with st.spinner("Activation statistics and similarities"):
-        view = memo(session, result, "space", lambda: views.space_similarity(session, result, space), space)
+        view = memo(result, "space", lambda: views.space_similarity(session, result, space), space)
 except MudscError as e:
     st.error(str(e))
     st.stop()
 
 # ----------------------------------------------------------------------------- scatter
 st.subheader("Weight vs activation similarity")
-ps = memo(session, result, "scatter", lambda: views.pair_scatter(view, max_points=4000,
-                                                                 generator=torch.Generator().manual_seed(0)), space)
+ps = memo(result, "scatter", lambda: views.pair_scatter(view, max_points=4000,
+                                                        generator=torch.Generator().manual_seed(0)), space)
 show(figures.similarity_scatter(ps, highlight=choice, space=space), f"similarity scatter {space}", key="sim_scatter")
 sampled = "" if len(ps.s_a) == ps.n_pairs else f" {ps.n_pairs:,} pairs in all; a random {len(ps.s_a):,} are drawn, every merged pair among them."
 st.caption("Each point is a pair (unit j of parent 0, unit k of another parent). x: Pearson correlation of "
@@ -46,7 +46,7 @@ st.dataframe([{"choice": figures.CHOICE[r["choice"]][0], "cross-parent pairs mer
 
 # ----------------------------------------------------------------------------- agreement
 st.subheader("Do weights and activations agree?")
-rows = memo(session, result, "agreement", lambda: views.network_agreement(session, result))
+rows = memo(result, "agreement", lambda: views.network_agreement(session, result))
 show(figures.agreement_figure(rows), "matching agreement per unit space", key="sim_agreement")
 chance = 100 / max(1, min(view.sizes))
 st.caption("Share of units merged with exactly the same partners by two matchings, per unit space. "
@@ -68,7 +68,7 @@ st.caption("Units of all parents stacked (lines separate parents), each parent's
 # ----------------------------------------------------------------------------- UMAP
 st.subheader("Units in two dimensions (UMAP)")
 with_merge = result.config.cut == "full"
-cloud = memo(session, result, "cloud", lambda: views.unit_cloud(session, result, space, with_merge=with_merge), space)
+cloud = memo(result, "cloud", lambda: views.unit_cloud(session, result, space, with_merge=with_merge), space)
 n_neighbors = st.slider("UMAP neighbours", 5, 50, 15, key="umap_neighbors",
                         help="Larger values keep more of the global structure")
 ready = umap_view.cached(cloud.features, seed=0, n_neighbors=n_neighbors)

@@ -268,6 +268,38 @@ def test_removing_a_parent_drops_the_session(demo_parents):
     assert "session" not in at.session_state
 
 
+def test_removing_a_parent_cancels_a_running_landscape(demo_parents, monkeypatch):
+    import threading
+
+    import landscape
+    from mudsc.diffinit.config import make_config
+    from mudsc.studio.parents import load_parent
+
+    started = threading.Event()
+
+    def held(*args, should_stop, **kwargs):  # a landscape that runs until it is cancelled
+        started.set()
+        should_stop.wait(60)
+
+    monkeypatch.setattr(landscape, "compute_landscape", held)
+    at = open_app(parents=[load_parent(str(p), dataset="digits") for p in demo_parents])
+    if "session" not in at.session_state:
+        wait_jobs(at, "stats")
+    at.session_state["result"] = at.session_state["session"].merge(make_config(method="permute"))
+    at.switch_page("pages/loss_landscape.py").run()
+    at.multiselect(key="ls_others").set_value([])
+    at.number_input(key="ls_eval").set_value(20)
+    next(b for b in at.button if b.label == "Compute landscape").click().run()
+    job = at.session_state["jobs"]["landscape"].job
+    assert started.wait(60) and job.running
+
+    at.switch_page("pages/parents.py").run()
+    at.multiselect(key="remove_names").set_value([demo_parents[1].name]).run()
+    at.button(key="remove_parents").click().run()
+    assert "landscape" not in at.session_state["jobs"] and "landscape" not in at.session_state
+    assert job.wait(30).status == "cancelled"
+
+
 # ----------------------------------------------------------------------------- Merge
 
 def test_merge_page_without_session_points_to_parents():

@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch.func import vmap
 
-from landscape.evaluate import EvalSet, TaskLayout, make_eval_set, metric_sums, multitask_metrics
+from landscape.evaluate import EvalSet, make_eval_set
 from mudsc.data import load_dataset
 from mudsc.errors import ConfigError, DataError
+from mudsc.evaluate import TaskLayout, metric_means, metric_sums
 
 
 def _ce(row, cols, target):
@@ -22,7 +23,7 @@ def test_single_head_metrics_match_hand_computation():
     logits = torch.randn(6, 7, generator=g)  # columns are classes 0..6; class 6 belongs to no task
     labels = torch.tensor([0, 1, 2, 3, 4, 2])
     tasks = [(0, 1), (2, 3, 4)]
-    out = multitask_metrics(logits, labels, TaskLayout.from_outputs(tasks, tuple(range(7))))
+    out = metric_means(logits, labels, TaskLayout.from_outputs(tasks, tuple(range(7))))
     L = logits.tolist()
     for k, t in enumerate(tasks):
         rows = [i for i, y in enumerate(labels.tolist()) if y in t]
@@ -43,7 +44,7 @@ def test_multi_head_metrics_match_hand_computation():
     logits = [torch.randn(5, 3, generator=g), torch.randn(5, 2, generator=g)]
     labels = torch.tensor([0, 2, 3, 4, 1])
     tasks = [(0, 1, 2), (3, 4)]
-    out = multitask_metrics(logits, labels, TaskLayout.from_outputs(tasks, heads))
+    out = metric_means(logits, labels, TaskLayout.from_outputs(tasks, heads))
     probs = [torch.softmax(h, -1).tolist() for h in logits]
     for k, t in enumerate(tasks):
         rows = [i for i, y in enumerate(labels.tolist()) if y in t]

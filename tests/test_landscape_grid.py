@@ -4,12 +4,13 @@ import copy
 import pytest
 import torch
 
-from landscape.evaluate import make_eval_set, multitask_metrics, TaskLayout
+from landscape.evaluate import make_eval_set
 from landscape import grid
 from landscape.grid import BN_LABELS, PointEvaluator, evaluate_coords, native_bf16, progressive_order
 from landscape.plane import three_point, trainable_names
 from mudsc.data import load_dataset
 from mudsc.errors import ConfigError
+from mudsc.evaluate import TaskLayout, metric_means
 from mudsc.models import create_model
 
 TASKS = [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
@@ -76,7 +77,7 @@ def test_exact_bn_equals_manual_reset_at_a_grid_point(eval_set):
             m(x)
         m.eval()
         logits = torch.cat([m(x) for x, _ in eval_set.batches()])
-    ref = multitask_metrics(logits, eval_set.y, TaskLayout.from_outputs(TASKS, tpl.output_classes))
+    ref = metric_means(logits, eval_set.y, TaskLayout.from_outputs(TASKS, tpl.output_classes))
     for k in ref:
         assert torch.allclose(got[k][0], ref[k].double(), atol=1e-5, rtol=1e-5), k
 

@@ -5,7 +5,8 @@ from mudsc.errors import ConfigError, UnknownNameError
 from mudsc.unitgraph import trace
 from mudsc.studio.merge_figures import KEPT, MERGED, network_figure, sweep_figure
 from mudsc.models import create_model
-from mudsc.studio.summary import space_rows, task_label
+from mudsc.data import task_label
+from mudsc.studio.summary import space_rows
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """AppTest of the Similarity, Alignment and Landscape pages with a seeded small session."""
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -92,14 +93,14 @@ def _compute_small_landscape(session, result, *, resolution: int) -> AppTest:
     at.number_input(key="ls_eval").set_value(20)
     next(b for b in at.button if b.label == "Compute landscape").click().run()
     assert not at.exception
-    at.session_state["landscape_job"]["job"].wait(120)
+    at.session_state["jobs"]["landscape"].job.wait(120)
     return at.run()
 
 
 def test_landscape_page_computes_a_small_grid(session):
     at = _compute_small_landscape(session, session.merge(make_config(method="permute")), resolution=3)
     assert not at.exception
-    job = at.session_state["landscape_job"]["job"]
+    job = at.session_state["jobs"]["landscape"].job
     assert job.status == "done" and job.result.complete
     assert job.result.model_labels[:3] == ["parent 0'", "parent 1'", "merge: permute"]
     assert _charts(at) == 1 and len(at.dataframe) == 1
@@ -129,12 +130,39 @@ def test_landscape_page_pca_with_every_methods_primed_parents(session):
     at.radio(key="ls_bn").set_value("preview")
     at.number_input(key="ls_eval").set_value(20)
     next(b for b in at.button if b.label == "Compute landscape").click().run()
-    at.session_state["landscape_job"]["job"].wait(120)
+    at.session_state["jobs"]["landscape"].job.wait(120)
     at.run()
     assert not at.exception
-    res = at.session_state["landscape_job"]["job"].result
+    res = at.session_state["jobs"]["landscape"].job.result
     assert res.model_labels == ["parent 0' (merge: zipit)", "parent 1' (merge: zipit)", "merge: zipit",
                                 "parent 0' (merge: permute)", "parent 1' (merge: permute)", "merge: permute"]
     assert res.settings["plane"]["models"] == res.model_labels  # the PCA plane goes through all six
     legend = {t.get("name") for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"] if t.get("showlegend")}
     assert {"merge: zipit", "merge: permute"} <= legend  # one colour per method
+
+
+def test_view_memo_is_keyed_by_the_session_fingerprint():
+    def script():
+        import streamlit as st
+
+        from pages._views import memo
+
+        st.session_state["calls"] = st.session_state.get("calls", 0)
+
+        def compute():
+            st.session_state["calls"] += 1
+            return st.session_state["session_key"]
+
+        st.session_state["shown"] = memo(st.session_state["result"], "view", compute)
+
+    result = SimpleNamespace(config=make_config(method="zipit"))
+    at = AppTest.from_function(script)
+    at.session_state["result"] = result
+    at.session_state["session_key"] = ("parents a",)
+    at.run()
+    at.run()  # the same content: served from the memo
+    assert at.session_state["shown"] == ("parents a",) and at.session_state["calls"] == 1
+    at.session_state["session_key"] = ("parents b",)  # other parents, same merge config
+    at.run()
+    assert at.session_state["shown"] == ("parents b",) and at.session_state["calls"] == 2
+

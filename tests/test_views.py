@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from landscape.frames import landscape_plan
+from mudsc.diffinit.rebase import is_permutation, rebase, transformed_parents
 from mudsc.studio import figures, umap_view, views
 from mudsc.diffinit.config import make_config
 from mudsc.errors import ConfigError
@@ -51,8 +53,8 @@ def test_agreement_of_a_match_with_itself_is_one_and_counts_changed_partners():
 
 
 def test_transformed_parents_of_a_permutation_merge(session, permute):
-    assert views.is_permutation(permute)
-    moved = views.transformed_parents(session, permute)
+    assert is_permutation(permute)
+    moved = transformed_parents(session, permute)
     fused = fuse(session.sds, session.graph, permute.solution.matches)
     for k, v in fused.items():
         if v.is_floating_point():
@@ -66,8 +68,8 @@ def test_transformed_parents_of_a_permutation_merge(session, permute):
 
 
 def test_transformed_parents_of_a_zip_merge_still_average_to_the_merge(session, zipit):
-    assert not views.is_permutation(zipit)
-    moved = views.transformed_parents(session, zipit)
+    assert not is_permutation(zipit)
+    moved = transformed_parents(session, zipit)
     fused = fuse(session.sds, session.graph, zipit.solution.matches)
     key = next(k for k, v in fused.items() if v.is_floating_point() and v.ndim == 4)
     torch.testing.assert_close(sum(m[key] for m in moved) / 2, fused[key])
@@ -77,7 +79,7 @@ def test_transformed_parents_need_a_full_merge(session):
     cut = session.graph.cuts[0].name
     partial = session.merge(make_config(method="permute", cut=cut))
     with pytest.raises(ConfigError, match="full merge"):
-        views.transformed_parents(session, partial)
+        transformed_parents(session, partial)
 
 
 def test_rebase_undoes_a_random_permutation(session):
@@ -87,7 +89,7 @@ def test_rebase_undoes_a_random_permutation(session):
         p = torch.eye(s.size)[torch.randperm(s.size, generator=g)]
         maps[s.name] = (p, p.T)
     shuffled = transform_state_dict(session.sds[0], session.graph, maps)
-    back = views.rebase(session.sds[0], shuffled, session.graph)
+    back = rebase(session.sds[0], shuffled, session.graph)
     for k, v in session.sds[0].items():
         torch.testing.assert_close(back[k], v)
 
@@ -180,15 +182,15 @@ def test_unit_cloud_joins_units_to_their_merged_unit(session, zipit):
 
 
 def test_landscape_plan(session, permute, zipit):
-    plan = views.landscape_plan(session, permute, plane="three_point")
+    plan = landscape_plan(session, permute, plane="three_point")
     assert plan.plane_models == ("parent 0'", "parent 1'", "parent 1")
     assert plan.roles["merge: permute"] == "merge"
     with pytest.raises(ConfigError, match="another method"):
-        views.landscape_plan(session, permute, plane="pca")
-    pca = views.landscape_plan(session, permute, plane="pca", others=[zipit])
+        landscape_plan(session, permute, plane="pca")
+    pca = landscape_plan(session, permute, plane="pca", others=[zipit])
     assert pca.plane_models == ("parent 0'", "parent 1'", "merge: permute", "merge: zipit")
     with pytest.raises(ConfigError, match="unknown plane"):
-        views.landscape_plan(session, permute, plane="sphere")
+        landscape_plan(session, permute, plane="sphere")
 
 
 def test_umap_is_seeded_and_cached(tmp_path):

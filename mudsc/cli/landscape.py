@@ -9,13 +9,15 @@ from pathlib import Path
 
 from mudsc.cli.common import add_data_args, print_json
 
-PLANES = {"three-point": "three_point", "pca": "pca", "random": "random"}
 FIGURE_FORMATS = ("html", "png", "svg", "pdf")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from mudsc.methods import names
 
+    from landscape.compute import PLANE_KINDS
+
+    planes = {kind.replace("_", "-"): what for kind, what in PLANE_KINDS.items()}
     p = sub.add_parser("landscape", help="per-task loss over a plane through the parents and their merges")
     p.add_argument("--models", nargs="+", required=True, metavar="PARENT", help="parent checkpoints (.safetensors)")
     p.add_argument("--methods", nargs="+", required=True, metavar="METHOD[@ALPHA]",
@@ -26,10 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha2", type=float,
                    help="alpha of the second merge; with one method, the second merge is that method at this alpha")
     p.add_argument("--cut", default="full", help="merge up to this cut (only full merges have a place on a plane)")
-    p.add_argument("--plane", choices=tuple(PLANES), default="three-point",
-                   help="three-point: parent 0', parent 1' of the first merge and the second merge; pca: through "
-                        "all merges and their primed parents; random: filter-normalised directions around the "
-                        "first merge")
+    p.add_argument("--plane", choices=tuple(planes), default="three-point",
+                   help="; ".join(f"{flag}: {what}" for flag, what in planes.items())
+                        + ". Here the third model is the second merge, and random directions centre on the first")
     p.add_argument("--grid", type=int, default=21, help="grid points along the longer side")
     p.add_argument("--margin", type=float, default=0.25, help="grid margin, share of the models' extent")
     p.add_argument("--seed", type=int, default=0, help="seed of the random plane and the evaluation subset")
@@ -115,7 +116,7 @@ def _landscape(args: argparse.Namespace) -> int:
     import torch
 
     from landscape import GridSpec, compute_landscape, evaluate_path, make_eval_set
-    from landscape.frames import common_frame, plane_spec
+    from landscape.frames import landscape_plan
     from landscape.plane import trainable_names
 
     from mudsc.diffinit.config import make_config
@@ -140,7 +141,7 @@ def _landscape(args: argparse.Namespace) -> int:
     configs = [make_config(method=m, alpha=a, cut=args.cut, reset_images=args.reset_images) for m, a in specs]
     names = merge_names(specs, configs)
     grid = GridSpec(args.grid, args.margin)
-    kind = PLANES[args.plane]
+    kind = args.plane.replace("-", "_")
     if kind != "random" and len(specs) < 2:
         # A merge is the midpoint of its primed parents: one merge and its parents lie on one line.
         raise ConfigError(f"a {args.plane} plane needs a second merge: {names[0]} is the midpoint of its primed "
@@ -150,18 +151,18 @@ def _landscape(args: argparse.Namespace) -> int:
     session = MergeSession.from_paths(args.models, args.dataset, args.data_dir, stats_images=args.stats_images,
                                       device=args.device)
     results = [session.merge(c) for c in configs]
-    frame = common_frame(session, results, names)
+    plan = landscape_plan(session, results[0], plane=kind, others=results[1:], names=names, every_parent=True,
+                          seed=args.seed)
     template = copy.deepcopy(results[0].model)
     coord_names = trainable_names(template)
-    spec = plane_spec(frame, kind, names=coord_names, seed=args.seed)
     t_merge = time.perf_counter() - t0
 
     ev = make_eval_set(session.data, session.tasks, per_task=args.eval_images, calib_size=args.calib_images,
                        generator=torch.Generator().manual_seed(args.seed), device=session.device)
     autocast = {"auto": None, "float32": False, "bf16": True}[args.precision]
     t0 = time.perf_counter()
-    result = compute_landscape(template, frame.models, spec, ev, grid=grid, bn_mode=args.bn,
-                               chunk_size=args.chunk_size, use_cache=not args.no_cache, roles=frame.roles,
+    result = compute_landscape(template, plan.models, plan.plane, ev, grid=grid, bn_mode=args.bn,
+                               chunk_size=args.chunk_size, use_cache=not args.no_cache, roles=plan.roles,
                                stats_from=names[0], names=coord_names, progress=_progress_printer(),
                                method=args.method, autocast=autocast)
     t_grid = time.perf_counter() - t0
@@ -169,9 +170,9 @@ def _landscape(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     barriers = {}
     if args.path_steps:
-        for name, triple in frame.triples.items():
-            path = evaluate_path(template, [frame.models[lab] for lab in triple], ev, labels=list(triple),
-                                 steps=args.path_steps, bn_mode=args.bn, stats=frame.models[names[0]],
+        for name, triple in plan.triples.items():
+            path = evaluate_path(template, [plan.models[lab] for lab in triple], ev, labels=list(triple),
+                                 steps=args.path_steps, bn_mode=args.bn, stats=plan.models[names[0]],
                                  names=coord_names, chunk_size=args.chunk_size, task_names=result.task_names,
                                  method=args.method, autocast=autocast)
             barriers[name] = path.barriers()
@@ -186,7 +187,7 @@ def _landscape(args: argparse.Namespace) -> int:
     result.settings.update({
         "parents": [str(p) for p in args.models],
         "merges": {n: r.config.model_dump(mode="json") for n, r in zip(names, results)},
-        "exact_primed_parents": frame.exact, "groups": frame.groups, "segments": frame.segments,
+        "exact_primed_parents": plan.exact, "groups": plan.groups, "segments": plan.segments,
         "barriers": barriers, "overlap": {"thresholds": thresholds, "share": share, "area": float(mask.sum()) * cell}})
     result.save(out)
 
@@ -195,12 +196,12 @@ def _landscape(args: argparse.Namespace) -> int:
         from landscape.figure import write_figure  # plotly: only when a figure is asked for
 
         written = write_figure(result, Path(args.figure).with_suffix(""), formats=(fig_fmt,),
-                               overlap_threshold=thresholds, vmax=vmax, groups=frame.groups,
-                               segments=frame.segments)
+                               overlap_threshold=thresholds, vmax=vmax, groups=plan.groups,
+                               segments=plan.segments)
         figures = {f: str(p) for f, p in written.paths.items()}
         figures["static_engine"] = written.static_engine
 
-    summary = _summary(result, frame, barriers, thresholds, share, float(mask.sum()) * cell)
+    summary = _summary(result, plan, barriers, thresholds, share, float(mask.sum()) * cell)
     summary.update({"out": str(out), "figure": figures,
                     "seconds": {"merge": round(t_merge, 2), "grid": round(t_grid, 2), "paths": round(t_path, 2)}})
     if args.json:
@@ -210,11 +211,11 @@ def _landscape(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(result, frame, barriers: dict, thresholds: list[float], share: float, area: float) -> dict:
+def _summary(result, plan, barriers: dict, thresholds: list[float], share: float, area: float) -> dict:
     models = []
     for i, lab in enumerate(result.model_labels):
         models.append({
-            "label": lab, "role": result.model_roles[i], "merge": frame.groups[lab],
+            "label": lab, "role": result.model_roles[i], "merge": plan.groups[lab],
             "coords": [float(c) for c in result.model_coords[i]], "distance": float(result.model_distance[i]),
             "task_loss": {t: float(v) for t, v in zip(result.task_names, result.model_task_loss[i])},
             "task_acc": {t: float(v) for t, v in zip(result.task_names, result.model_task_acc[i])},
@@ -225,7 +226,7 @@ def _summary(result, frame, barriers: dict, thresholds: list[float], share: floa
             "precision": result.settings.get("precision"), "method": result.settings.get("method"),
             "complete": result.complete, "tasks": result.task_names, "models": models,
             "overlap": {"thresholds": thresholds, "share": share, "area": area}, "barriers": barriers,
-            "exact_primed_parents": frame.exact}
+            "exact_primed_parents": plan.exact}
 
 
 def _print(s: dict) -> None:

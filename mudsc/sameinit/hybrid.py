@@ -23,7 +23,7 @@ from mudsc.diffinit.config import make_config
 from mudsc.data import Dataset
 from mudsc.errors import ConfigError, UnknownNameError
 from mudsc.methods import ALIGNERS
-from mudsc.diffinit.fuse import transform_state_dict
+from mudsc.diffinit.rebase import into_basis, non_permutations
 from mudsc.unitgraph import UnitGraph
 from mudsc.diffinit.solve import solve
 
@@ -32,23 +32,18 @@ StateDict = dict[str, Tensor]
 
 def aligned_state_dicts(sds: Sequence[StateDict], graph: UnitGraph, matches: dict[str, Any], *,
                         atol: float = 1e-6) -> list[StateDict]:
-    """N parents -> N parents in the merged basis: every space s becomes ``(N M_i) W U_i``, the
-    ``1/N`` of the merge map ``M_i`` undone so that parent i keeps its function.
+    """N parents -> N parents in the merged basis (:func:`mudsc.diffinit.rebase.into_basis`): every
+    space s becomes ``(N M_i) W U_i``, the ``1/N`` of the merge map ``M_i`` undone so that parent i
+    keeps its function.
 
     Raises when a space's maps are not a one-to-one matching (``U_i N M_i != I``), as after a zip
     that merges units within a parent: such a parent has no aligned copy with the same function."""
-    n = len(sds)
-    parts = {s: m.parts() for s, m in matches.items()}
-    for s, p in parts.items():
-        if len(p) != n:
-            raise ConfigError(f"alignment of space {s!r} covers {len(p)} parents, expected {n}")
-        for i, (m, u) in enumerate(p):
-            if m.shape[0] != m.shape[1] or not torch.allclose(u @ (n * m), torch.eye(len(u), dtype=u.dtype),
-                                                              atol=atol):
-                raise ConfigError(f"the alignment of space {s!r} is not a one-to-one matching for parent {i}; "
-                                  f"align with {', '.join(ALIGNERS)}")
-    return [transform_state_dict(sd, graph, {s: (n * p[i][0], p[i][1]) for s, p in parts.items()})
-            for i, sd in enumerate(sds)]
+    bad = non_permutations(matches, atol=atol)
+    if bad:
+        s, i = bad[0]
+        raise ConfigError(f"the alignment of space {s!r} is not a one-to-one matching for parent {i}; "
+                          f"align with {', '.join(ALIGNERS)}")
+    return into_basis(sds, graph, matches)
 
 
 def average_state_dict(sds: Sequence[StateDict]) -> StateDict:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from mudsc.data import load_dataset
+from mudsc.data import load_dataset, task_label
 from mudsc.evaluate import accuracy
 from mudsc.models.checkpoint import load_model
 
@@ -18,7 +18,7 @@ class Parent:
     info: dict
     dataset: str
     data_dir: str | None
-    task_acc: dict[str, float]   # task label -> held-out task-aware accuracy
+    task_acc: dict[str, float]   # _key(classes) -> held-out task-aware accuracy
 
     @property
     def name(self) -> str:
@@ -31,13 +31,15 @@ def load_parent(path: str, *, dataset: str, data_dir: str | None = None) -> Pare
     data = load_dataset(dataset, data_dir)
     own = tuple(model.classes)
     rest = tuple(c for c in range(data.num_classes) if c not in own)
-    accs = {_label(own): accuracy(model, data.eval, own)}
+    accs = {_key(own): accuracy(model, data.eval, own)}
     if rest:
-        accs[_label(rest)] = accuracy(model, data.eval, rest)
+        accs[_key(rest)] = accuracy(model, data.eval, rest)
     return Parent(str(path), model, info, dataset, data_dir, accs)
 
 
-def _label(classes: tuple[int, ...]) -> str:
+def _key(classes: tuple[int, ...]) -> str:
+    """A class list's key in ``Parent.task_acc``: its ids joined by commas (tables show
+    :func:`mudsc.data.task_label`)."""
     return ",".join(map(str, classes))
 
 
@@ -46,12 +48,12 @@ def describe_parents(parents: list[Parent]) -> list[dict]:
     rows = []
     for p in parents:
         spec = p.info.get("spec", {})
-        own = _label(tuple(p.model.classes))
+        own = _key(tuple(p.model.classes))
         rows.append({
             "parent": p.name,
             "architecture": spec.get("arch", "?") + "".join(f" {k}={v}" for k, v in spec.get("kwargs", {}).items()),
             "head": spec.get("head", "?"),
-            "task": own,
+            "task": task_label(p.model.classes),
             "own-task accuracy": round(p.task_acc[own], 4),
             "other classes (task-aware)": round(next((v for k, v in p.task_acc.items() if k != own), float("nan")), 4),
             "parameters": sum(t.numel() for t in p.model.parameters()),

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from mudsc.data import task_label
 from mudsc.evaluate import count_flops
 from mudsc.diffinit.manifest import result_summary
 from mudsc.unitgraph import UnitGraph
 from mudsc.diffinit.session import MergeResult, MergeSession
-
-
-def task_label(classes: tuple[int, ...] | list[int]) -> str:
-    """``(0, 1, 2, 3, 4)`` -> ``'0-4'``; non-contiguous tasks are listed, ``'0,3,7'``."""
-    cs = sorted(int(c) for c in classes)
-    if len(cs) > 2 and cs == list(range(cs[0], cs[-1] + 1)):
-        return f"{cs[0]}-{cs[-1]}"
-    return ",".join(map(str, cs))
 
 
 def space_rows(graph: UnitGraph) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""What the studio's Similarity, Alignment and Landscape pages show, computed from a session and a
+"""What the studio's Similarity and Alignment pages show, computed from a session and a
 merge result. Pure functions over tensors and arrays; no Streamlit, no drawing (see figures.py).
 
 * Similarity (MuDSC, Xu et al., CVPR 2024, Fig. 1 and Sec. 3.2): per unit space the weight-space
@@ -7,35 +7,25 @@ merge result. Pure functions over tensors and arrays; no Streamlit, no drawing (
   solve would pick with the same solver.
 * Alignment (MuDSC Sec. 3.3, reference C): group alignment matrices, merge maps, how many merges
   stay inside one parent and how many cross parents.
-* Landscape: the parents moved into the merged basis, and other merges brought into that basis by
-  Git Re-Basin weight matching (Ainsworth et al., ICLR 2023, Algorithm 1).
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mudsc.diffinit.config import make_config
-from mudsc.errors import ConfigError
-from mudsc.diffinit.fuse import transform_state_dict
-from mudsc.unitgraph import UnitGraph
+from mudsc.diffinit.rebase import require_matches
 from mudsc.diffinit.session import MergeResult, MergeSession
+from mudsc.errors import ConfigError
 from mudsc.diffinit.similarity import descriptors, mix, weight_similarity
-from mudsc.diffinit.solve import solve, solve_one
+from mudsc.diffinit.solve import solve_one
 from mudsc.diffinit.solvers.match import GroupMatch, Match
 from mudsc.diffinit.stats import activation_stats
 
-
-def _require_matches(result: MergeResult) -> dict[str, Match]:
-    if result.solution is None:
-        raise ConfigError(f"the {result.config.method} merge matches no units, so it has no similarity or "
-                          "alignment views; merge with a matching method")
-    return result.solution.matches
+_VIEWS = "similarity or alignment views"
 
 
 # ----------------------------------------------------------------------------- matches as pairs
@@ -67,7 +57,7 @@ def agreement(a: Match, b: Match) -> float:
 def merge_counts(result: MergeResult) -> list[dict]:
     """Per solved space: merges inside one parent, merges across parents, and units kept (= C)."""
     return [{"space": s, "within": m.n_within, "across": m.n_across, "merged units": m.out_dim}
-            for s, m in _require_matches(result).items()]
+            for s, m in require_matches(result, lacking=_VIEWS).items()]
 
 
 # ----------------------------------------------------------------------------- similarities
@@ -101,7 +91,7 @@ class SpaceSimilarity:
 def space_similarity(session: MergeSession, result: MergeResult, space: str) -> SpaceSimilarity:
     """S_W given the neighbours' final matches (MuDSC Sec. 3.2), S_A, S at the merge's alpha, and the
     weight-only / activation-only matches of the merge's solver (Hungarian for weight averaging)."""
-    matches = _require_matches(result)
+    matches = require_matches(result, lacking=_VIEWS)
     if space not in matches:
         raise ConfigError(f"unit space {space!r} was not merged (merged: {', '.join(matches)})")
     cfg = result.config
@@ -121,7 +111,7 @@ def network_agreement(session: MergeSession, result: MergeResult) -> list[dict]:
     """Per solved space: agreement of the weight-only and activation-only matches, and of the merge's
     own match with each of them."""
     rows = []
-    for space in _require_matches(result):
+    for space in require_matches(result, lacking=_VIEWS):
         v = space_similarity(session, result, space)
         rows.append({"space": space, "weight vs activation": agreement(v.weight_only, v.activation_only),
                      "merge vs weight": agreement(v.current, v.weight_only),
@@ -264,7 +254,7 @@ def unit_cloud(session: MergeSession, result: MergeResult, space: str, *, with_m
     """Activation samples of the parents' units (``ActivationStats.samples``) and, for full merges,
     of the merged model's units at the same positions (same images, same batch). Lines join every
     unit to its merged unit, or, without merged units, the units of one cluster to its first unit."""
-    match = _require_matches(result).get(space)
+    match = require_matches(result, lacking=_VIEWS).get(space)
     if match is None:
         raise ConfigError(f"unit space {space!r} was not merged")
     feats = session.activation_stats().samples[space].numpy()
@@ -310,122 +300,8 @@ class GroupAlignment:
 def group_alignments(result: MergeResult) -> list[GroupAlignment]:
     """Every grouped space's group alignment matrices (MuDSC group matching), per parent i >= 1."""
     out = []
-    for space, m in _require_matches(result).items():
+    for space, m in require_matches(result, lacking=_VIEWS).items():
         if isinstance(m, GroupMatch):
             for i, (g, a) in enumerate(zip(m.group_sim, m.group_assign), start=1):
                 out.append(GroupAlignment(space, i, g.numpy(), a.numpy()))
     return out
-
-
-# ----------------------------------------------------------------------------- landscape basis
-
-def transformed_parents(session: MergeSession, result: MergeResult) -> list[dict[str, Tensor]]:
-    """The parents moved into the merged basis, so that their average is the fused merge (before the
-    BatchNorm reset): tensors with a producer axis in a merged space become N M_i W_i U_i (M_i carries
-    the 1/N weight), the others W_i U_i. For a permutation method each is an exact re-parametrisation
-    of its parent; for zip methods (merge maps that are not permutations) only an approximation."""
-    if result.config.cut != "full" or result.multihead:
-        raise ConfigError("transformed parents need a full merge (this merge keeps per-task heads after a cut)")
-    matches = _require_matches(result)
-    n = len(session.sds)
-    out = []
-    for i, sd in enumerate(session.sds):
-        maps = {s: (m.parts()[i][0] * n, m.parts()[i][1]) for s, m in matches.items()}
-        out.append({k: v.clone() for k, v in transform_state_dict(sd, session.graph, maps).items()})
-    return out
-
-
-def is_permutation(result: MergeResult) -> bool:
-    """Whether every merged unit takes exactly one unit from each parent (alignment, weight averaging)."""
-    for m in _require_matches(result).values():
-        for _, u in m.parts():
-            if u.shape[0] != u.shape[1] or not torch.equal(u.sum(0), torch.ones(u.shape[1])):
-                return False
-    return True
-
-
-def rebase_maps(reference: dict[str, Tensor], other: dict[str, Tensor], graph: UnitGraph, *,
-                max_sweeps: int = 30, seed: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
-    """Per unit space, the permutation (P [C, C], P^T [C, C]) moving `other` into `reference`'s basis
-    by Git Re-Basin weight matching (Ainsworth et al., ICLR 2023, Algorithm 1: Hungarian on raw weight
-    inner products, coordinate descent over the unit spaces); apply it to any state dict of `other`'s
-    basis with :func:`mudsc.diffinit.fuse.transform_state_dict`."""
-    cfg = make_config(method="rebasin", max_sweeps=max_sweeps, seed=seed, reset_bn=False)
-    sol = solve([reference, other], graph, [s.name for s in graph.spaces], cfg)
-    # parts()[1] is parent 1's (M, U) with M carrying the 1/N averaging weight; N = 2 here.
-    return {s: (m.parts()[1][0] * 2, m.parts()[1][1]) for s, m in sol.matches.items()}
-
-
-def rebase(reference: dict[str, Tensor], other: dict[str, Tensor], graph: UnitGraph, *,
-           max_sweeps: int = 30, seed: int = 0) -> dict[str, Tensor]:
-    """`other` permuted into `reference`'s basis (:func:`rebase_maps`); it computes the same function."""
-    maps = rebase_maps(reference, other, graph, max_sweeps=max_sweeps, seed=seed)
-    return {k: v.clone() for k, v in transform_state_dict(other, graph, maps).items()}
-
-
-@dataclass
-class LandscapePlan:
-    """Models for a landscape, all in the basis of one merge: label -> state dict, label -> role
-    ('parent' or 'merge'), the plane's model labels, the segments to draw between models, and
-    optionally label -> the merge a model belongs to (one marker colour per merge)."""
-
-    models: dict[str, dict[str, Tensor]]
-    roles: dict[str, str]
-    plane_models: tuple[str, ...]
-    segments: list[tuple[str, str]]
-    groups: dict[str, str] | None = None
-
-
-PLANES = ("three_point", "pca", "random")
-
-
-def merge_label(result: MergeResult) -> str:
-    return f"merge: {result.config.method}"
-
-
-def landscape_plan(session: MergeSession, result: MergeResult, *, plane: str,
-                   others: Sequence[MergeResult] = (), third: str | None = None) -> LandscapePlan:
-    """What a landscape of `result` shows on which plane.
-
-    The parents enter moved into the merge's basis (:func:`transformed_parents`, labelled with a
-    prime); `others` (merges by other methods) are rebased into that basis by weight matching.
-    ``three_point``: origin parent 0', x axis through parent 1', the plane through `third` (a label of
-    the models; default: parent 1 as trained with N = 2 parents, parent 2' otherwise) -- the merge
-    itself is the mean of the primed parents, so it lies on their segment and cannot span a plane.
-    ``pca``: the top-2 principal plane of all listed models (at least 3). ``random``: filter-
-    normalised random directions around the merge.
-    """
-    if plane not in PLANES:
-        raise ConfigError(f"unknown plane {plane!r}; choose one of {', '.join(PLANES)}")
-    moved = transformed_parents(session, result)
-    models = {f"parent {i}'": sd for i, sd in enumerate(moved)}
-    roles = {lab: "parent" for lab in models}
-    me = merge_label(result)
-    models[me] = result.state_dict
-    roles[me] = "merge"
-    for other in others:
-        lab = merge_label(other)
-        if lab in models:
-            continue
-        if other.config.cut != "full" or other.multihead or other.solution is None:
-            raise ConfigError(f"{other.config.method} is not a full matched merge, so it has no place on this plane")
-        models[lab] = rebase(result.state_dict, other.state_dict, session.graph)
-        roles[lab] = "merge"
-    segments = [("parent 0'", me), (me, "parent 1'")]
-    if plane == "three_point":
-        if third is None:
-            third = "parent 1" if len(moved) == 2 else "parent 2'"
-        if third == "parent 1":
-            models["parent 1"] = session.sds[1]
-            roles["parent 1"] = "parent"
-        if third not in models:
-            raise ConfigError(f"third model {third!r} is not one of {', '.join(models)}")
-        names = ("parent 0'", "parent 1'", third)
-    elif plane == "pca":
-        names = tuple(models)
-        if len(names) - len(moved) < 2 and len(moved) < 3:
-            raise ConfigError("a PCA plane needs models off one line, and the merge lies on the segment "
-                              "between the primed parents: add at least 1 merge of another method")
-    else:
-        names = (me,)
-    return LandscapePlan(models, roles, names, segments)
