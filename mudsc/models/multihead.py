@@ -15,6 +15,7 @@ from the file alone.
 from __future__ import annotations
 
 import copy
+from typing import Iterable
 
 import torch.fx as fx
 from torch import Tensor, nn
@@ -105,3 +106,25 @@ class Ensemble(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return [p(x) for p in self.parents]
+
+
+def cut_costs(model: nn.Module, graph: UnitGraph, example: Tensor,
+              cuts: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
+    """Per cut in `cuts` (default: every cut and ``full``), the share of `model`'s parameters and forward FLOPs on `example` that a
+    merge up to it shares between the tasks: its trunk's (the "merged" part of ZipIt!'s
+    partial-zipping cost curves; the heads' cost is the rest, once per task)."""
+    from mudsc.evaluate import count_flops
+
+    params = dict(model.named_parameters())
+    total_params = sum(p.numel() for p in params.values())
+    total_flops = count_flops(model, example)
+    wanted = None if cuts is None else set(cuts)
+    out = {}
+    for c in graph.cuts:
+        if wanted is not None and c.name not in wanted:
+            continue
+        trunk, _ = split(model, graph, c.name)
+        out[c.name] = {"params_share": sum(p.numel() for k, p in params.items() if k in c.trunk_params) / total_params,
+                       "flops_share": count_flops(trunk, example) / max(total_flops, 1)}
+    out["full"] = {"params_share": 1.0, "flops_share": 1.0}
+    return out
