@@ -94,13 +94,13 @@ def test_mid_stage_multihead_exports_reloads_and_reproduces(demo_parents, digits
     from mudsc.cli import main
 
     args = ["merge", "--parents", *map(str, demo_parents), "--dataset", "digits", "--method", "zipit",
-            "--cut", "layer2.1", "--stats-images", "250", "--eval-images", "100"]
+            "--cut", "layer2.1", "--stats-images", "250", "--eval-images", "100", "--reset-images", "250"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     loaded, info = load_model(tmp_path / "a" / "model.safetensors")
     assert info["cut"] == "layer2.1" and info["kind"] == "multihead"
     assert all(isinstance(h.unmerge, Unmerge) for h in loaded.heads)
     session = MergeSession.from_paths([str(p) for p in demo_parents], "digits", stats_images=250, eval_images=100)
-    result = session.merge(make_config(method="zipit", cut="layer2.1"))
+    result = session.merge(make_config(method="zipit", cut="layer2.1", reset_images=250))
     x = digits.eval.x[:16]
     with torch.no_grad():
         for y0, y1 in zip(result.model(x), loaded(x)):
@@ -118,7 +118,8 @@ def test_depth_sweep_covers_every_cut(demo_parents, tmp_path, capsys):
 
     out = tmp_path / "depth"
     assert main(["sweep", "--parents", *map(str, demo_parents), "--dataset", "digits", "--methods", "zipit",
-                 "--cuts", "all", "--stats-images", "250", "--eval-images", "100", "--out", str(out)]) == 0
+                 "--cuts", "all", "--stats-images", "250", "--eval-images", "100", "--reset-images", "250",
+                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
     cuts = [c.name for c in trace(load_model(demo_parents[0])[0]).cuts] + ["full"]
