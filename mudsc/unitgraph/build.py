@@ -1,6 +1,8 @@
 """Building a :class:`~mudsc.unitgraph.types.UnitGraph`: the fx walk, then assembly of the candidate spaces:
 taps, readable names, input -> output order and the cuts of partial zipping (ZipIt!, Stoica et al.,
-2024, App. "Partial Zipping": only merge points every path passes through avoid extra unmerges)."""
+2024, App. "Partial Zipping"). ZipIt! stops only where a space ends and every path passes (ResNet
+stage ends); here every node all paths pass through is a cut, after every block too, and a residual
+stream that spans the cut is split there (see :mod:`mudsc.models.multihead`)."""
 from __future__ import annotations
 
 from functools import lru_cache
