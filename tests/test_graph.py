@@ -76,8 +76,9 @@ def test_resnet20_spaces_and_cuts():
     assert [s.index for s in g.spaces] == list(range(12))
     # ZipIt's order: each stage's internals, then its stream
     assert names.index("body.layer1.2.conv1") < names.index("body.layer1") < names.index("body.layer2.0.conv1")
-    assert [c.name for c in g.cuts] == ["layer1", "layer2", "layer3"]
-    assert [c.space for c in g.cuts] == streams
+    # a cut after the stem and after every block; a stage's last block keeps the stage's name
+    assert [c.name for c in g.cuts] == ["conv1"] + [f"layer{i}{b}" for i in (1, 2, 3) for b in (".0", ".1", "")]
+    assert [c.space for c in g.cuts if c.name in ("layer1", "layer2", "layer3")] == streams
     l1 = g.space("body.layer1")
     produced = {r.param for r in l1.producers}
     assert {"body.conv1.weight", "body.bn1.running_mean", "body.layer1.2.bn2.weight"} <= produced
@@ -111,7 +112,7 @@ def test_timm_resnet18_spaces():
     names = [s.name for s in g.spaces]
     assert [n for n in names if n.count(".") == 1] == ["body.layer1", "body.layer2", "body.layer3", "body.layer4"]
     assert sum(n.endswith(".conv1") for n in names) == 8 and len(names) == 12
-    assert [c.name for c in g.cuts] == ["layer1", "layer2", "layer3", "layer4"]
+    assert [c.name for c in g.cuts] == ["conv1"] + [f"layer{i}{b}" for i in (1, 2, 3, 4) for b in (".0", "")]
 
 
 def test_mlp_spaces_and_shared_head_space_is_fixed():
@@ -147,7 +148,7 @@ def test_round_trip_through_json():
 
 def test_unknown_names_list_the_valid_ones():
     _, g = _graph("resnet20")
-    with pytest.raises(UnknownNameError, match="layer1, layer2, layer3"):
+    with pytest.raises(UnknownNameError, match="layer1.1, layer1, layer2.0"):
         g.cut("layer9")
     with pytest.raises(UnknownNameError, match="body.layer1"):
         g.space("nope")
@@ -260,7 +261,7 @@ def test_timm_resnet26_default_widths():
     # stem (its own space: layer1 opens with a projection), 4 stage streams, 2 per bottleneck x 8
     assert names[0] == "body.conv1" and len(names) == 21
     assert g.space("body.layer4").size == 2048
-    assert [c.name for c in g.cuts] == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    assert [c.name for c in g.cuts] == ["conv1"] + [f"layer{i}{b}" for i in (1, 2, 3, 4) for b in (".0", "")]
 
 
 def test_vit_attention_spaces():

@@ -88,7 +88,7 @@ def test_partial_zip_multihead_and_ensemble(demo_parents, digits, tmp_path):
     parents = [load_model(p)[0] for p in demo_parents]
     session = MergeSession(parents, digits, stats_images=250, eval_images=200)
     cuts = [c.name for c in session.graph.cuts]
-    assert cuts == ["layer1", "layer2", "layer3"]
+    assert cuts == ["conv1"] + [f"layer{i}{b}" for i in (1, 2, 3) for b in (".0", ".1", "")]
     ens = session.merge(make_config(method="ensemble"))
     full = session.merge(make_config(method="zipit"))
     early = session.merge(make_config(method="zipit", cut="layer1"))
@@ -127,7 +127,11 @@ def test_cuts_command_lists_valid_cuts(demo_parents, capsys):
     from mudsc.cli import main
 
     assert main(["cuts", "--model", str(demo_parents[0]), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == ["layer1", "layer2", "layer3", "full"]
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["conv1"] + [f"layer{i}{b}" for i in (1, 2, 3) for b in (".0", ".1", "")] + ["full"]
+    shares = [r["params_share"] for r in rows]
+    assert shares == sorted(shares) and 0 < shares[0] and shares[-1] == 1.0
+    assert all(0 < r["flops_share"] <= 1 for r in rows)
 
 
 def test_bad_input(digits):
@@ -182,6 +186,6 @@ def test_cli_errors_exit_2(tmp_path, demo_parents, capsys):
     assert main([*base, "--alpha", "2"]) == 2
     assert "alpha" in capsys.readouterr().err
     assert main([*base, "--cut", "layer9"]) == 2
-    assert "valid cuts: layer1, layer2, layer3" in capsys.readouterr().err
+    assert "valid cuts: conv1, layer1.0, layer1.1, layer1, layer2.0" in capsys.readouterr().err
     assert main([*base, "--method", "ensemble"]) == 2
     assert "nothing to export" in capsys.readouterr().err

@@ -114,18 +114,24 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _cuts(args: argparse.Namespace) -> int:
+    import torch
+
     from mudsc.unitgraph import trace
     from mudsc.models.checkpoint import load_model
+    from mudsc.models.multihead import cut_costs
 
-    model, _ = load_model(args.model)
+    model, info = load_model(args.model)
     graph = trace(model)
-    names = [c.name for c in graph.cuts] + ["full"]
+    spec = info["spec"]
+    costs = cut_costs(model, graph, torch.zeros(1, spec["in_chans"], spec["img_size"], spec["img_size"]))
+    merged = {c.name: len(c.merged_spaces) for c in graph.cuts} | {"full": len(graph.spaces)}
+    rows = [{"name": n, "merged_spaces": merged[n], **cost} for n, cost in costs.items()]
     if args.json:
-        print_json(names)
+        print_json(rows)
     else:
-        for c in graph.cuts:
-            print(f"{c.name}\t(merges {len(c.merged_spaces)} of {len(graph.spaces)} unit spaces)")
-        print("full")
+        for r in rows:
+            print(f"{r['name']}\t(merges {r['merged_spaces']} of {len(graph.spaces)} unit spaces, "
+                  f"{r['params_share']:.0%} of the parameters, {r['flops_share']:.0%} of the FLOPs)")
     return 0
 
 
@@ -157,5 +163,5 @@ def _sweep(args: argparse.Namespace) -> int:
         std = f" +- {r['joint_acc_std']:.4f}" if "joint_acc_std" in r else ""
         alpha = "" if r["alpha"] is None else f" alpha={r['alpha']:g}"
         print(f"{r['method']:<12}{alpha:<11} cut={r['cut']:<10} joint {r['joint_acc']:.4f}{std}  "
-              f"per-task {r['per_task_acc']:.4f}")
+              f"per-task {r['per_task_acc']:.4f}  params {r['params']:,} ({r['merged_params_share']:.0%} merged)")
     return 0

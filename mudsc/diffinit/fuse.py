@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from mudsc.errors import CheckpointError, ConfigError, DataError, ShapeMismatchError
+from mudsc.models.multihead import UNMERGE
 from mudsc.unitgraph import UnitGraph, check_params
 
 
@@ -67,6 +68,19 @@ def transform_state_dict(sd: dict[str, Tensor], graph: UnitGraph,
             w = apply_along_axis(w, axis, pieces)
         out[key] = w
     return out
+
+
+def head_state(sd: dict[str, Tensor], graph: UnitGraph, cut: str,
+               maps: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    """The tensors parent i's head runs on after `cut` (partial zipping, ZipIt! App. "Partial Zipping").
+    Where the cut's space ends at the cut, its unmerge ``U_i`` folds into the consumers after it (as
+    ZipIt! does). Where a residual stream spans the cut (beyond ZipIt!), the later blocks also write
+    to the stream, so head i keeps its own tensors and gets ``U_i`` as an explicit unmerge
+    (:data:`~mudsc.models.multihead.UNMERGE`)."""
+    c = graph.cut(cut)
+    if all(r.param in c.trunk_params for r in graph.space(c.space).producers):
+        return transform_state_dict(sd, graph, maps)
+    return {**sd, UNMERGE: maps[c.space][1]}
 
 
 def fuse(sds: list[dict[str, Tensor]], graph: UnitGraph, matches: dict[str, MatchLike]) -> dict[str, Tensor]:

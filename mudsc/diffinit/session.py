@@ -15,7 +15,7 @@ from mudsc.data import Dataset, batches, check_tasks, union_classes, union_train
 from mudsc.device import default_device
 from mudsc.errors import ConfigError, DataError
 from mudsc.evaluate import TaskMetrics, count_flops, multitask_metrics, predict
-from mudsc.diffinit.fuse import fuse, reset_bn_stats_, transform_state_dict
+from mudsc.diffinit.fuse import fuse, head_state, reset_bn_stats_
 from mudsc.unitgraph import UnitGraph, trace
 from mudsc.models.heads import shares_output_space
 from mudsc.models.multihead import Ensemble, build_multihead, multihead_state
@@ -179,7 +179,7 @@ class MergeSession:
             model.load_state_dict(merged)
             state = merged
         else:
-            heads = [transform_state_dict(sd, self.graph, {s: m.parts()[i] for s, m in solution.matches.items()})
+            heads = [head_state(sd, self.graph, config.cut, {s: m.parts()[i] for s, m in solution.matches.items()})
                      for i, sd in enumerate(self.sds)]
             model = build_multihead(self.parents, self.graph, config.cut, merged, heads)
             state = multihead_state(self.graph, config.cut, merged, heads)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from mudsc import __version__
 from mudsc.atomic import write_bytes
 from mudsc.errors import CheckpointError, ShapeMismatchError
-from mudsc.models.multihead import MultiHeadModel, build_multihead
+from mudsc.models.multihead import UNMERGE, MultiHeadModel, build_multihead
 from mudsc.models.registry import model_from_spec
 from mudsc.unitgraph import trace
 
@@ -152,6 +152,6 @@ def load_multihead(sd: dict[str, Tensor], info: dict[str, Any]) -> MultiHeadMode
     for i, p in enumerate(parents):
         own = {k[len(f"head{i}."):]: v for k, v in sd.items() if k.startswith(f"head{i}.")}
         full = {**own, **trunk}
-        check_state_dict(p, full, source=f"multi-head checkpoint, head {i}")
+        check_state_dict(p, {k: v for k, v in full.items() if k != UNMERGE}, source=f"multi-head checkpoint, head {i}")
         heads.append(full)
     return build_multihead(parents, graph, cut, heads[0] | trunk, heads)

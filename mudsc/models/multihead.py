@@ -1,16 +1,51 @@
 """Partial zipping (ZipIt!, Stoica et al., 2024, Sec. 4.3 and App. "Partial Zipping"): merge the
 network up to a cut, keep each parent's later layers as its own head fed by the merged trunk.
 
+Where the cut's space ends at the cut (ZipIt!'s stopping points, e.g. a ResNet stage end), the
+unmerge ``U_i`` folds into head i's first layers. Beyond ZipIt!, a cut may sit inside a residual
+stream (after any block): an identity skip has no weight to fold ``U_i`` into, so head i is
+``parent i's own layers after the cut ∘ Unmerge(U_i)``, and its blocks write to the stream in
+parent i's basis.
+
 A multi-head model returns one logit tensor per parent (task); its checkpoint stores the merged
-trunk tensors under ``trunk.`` and each parent's head tensors under ``head{i}.``, with every parent's
-spec and the cut in the metadata, so it reloads from the file alone.
+trunk tensors under ``trunk.`` and each parent's head tensors under ``head{i}.`` (``U_i`` under
+``head{i}.unmerge.weight``), with every parent's spec and the cut in the metadata, so it reloads
+from the file alone.
 """
 from __future__ import annotations
 
+import copy
+from typing import Iterable
 
+import torch.fx as fx
 from torch import Tensor, nn
 
 from mudsc.unitgraph import UnitGraph, split
+
+UNMERGE = "unmerge.weight"  # key of U_i among head i's tensors at a cut inside a residual stream
+
+
+class Unmerge(nn.Module):
+    """The merged units along `dim` -> parent i's units: ``x_i = U_i x`` with ``weight = U_i [n_i, C]``."""
+
+    def __init__(self, weight: Tensor, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone())
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x.movedim(self.dim, -1) @ self.weight.T).movedim(-1, self.dim)
+
+
+def _with_unmerge(head: fx.GraphModule, weight: Tensor, dim: int) -> fx.GraphModule:
+    """`head` reading its input through :class:`Unmerge` (registered as its submodule ``unmerge``)."""
+    head.add_submodule("unmerge", Unmerge(weight, dim))
+    t = next(n for n in head.graph.nodes if n.op == "placeholder")
+    with head.graph.inserting_after(t):
+        u = head.graph.call_module("unmerge", (t,))
+    t.replace_all_uses_with(u, delete_user_cb=lambda n: n is not u)
+    head.recompile()
+    return head
 
 
 class MultiHeadModel(nn.Module):
@@ -32,17 +67,20 @@ class MultiHeadModel(nn.Module):
 def build_multihead(parents: list[nn.Module], graph: UnitGraph, cut: str, merged: dict[str, Tensor],
                     heads: list[dict[str, Tensor]]) -> MultiHeadModel:
     """A multi-head model: parent 0's architecture with the `merged` tensors as trunk, and parent i's
-    architecture with `heads[i]` (its tensors with the cut space unmerged) as head i."""
-    import copy
-
+    architecture with `heads[i]` as head i: its tensors with the cut space unmerged, or its own
+    tensors plus ``U_i`` under :data:`UNMERGE` at a cut inside a residual stream."""
     trunk_model = copy.deepcopy(parents[0])
-    trunk_model.load_state_dict(merged)
+    trunk_model.load_state_dict({k: v for k, v in merged.items() if k != UNMERGE})
     trunk, _ = split(trunk_model.eval(), graph, cut)
     head_mods = []
     for parent, sd in zip(parents, heads):
         m = copy.deepcopy(parent)
+        sd = dict(sd)
+        u = sd.pop(UNMERGE, None)
         m.load_state_dict(sd)
-        head_mods.append(split(m.eval(), graph, cut)[1])
+        head = split(m.eval(), graph, cut)[1]
+        dtype = next(iter(m.state_dict().values())).dtype
+        head_mods.append(head if u is None else _with_unmerge(head, u.to(dtype), graph.cut(cut).dim))
     return MultiHeadModel(trunk, head_mods, [tuple(p.output_classes) for p in parents],
                           [tuple(p.classes) for p in parents]).eval()
 
@@ -68,3 +106,25 @@ class Ensemble(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return [p(x) for p in self.parents]
+
+
+def cut_costs(model: nn.Module, graph: UnitGraph, example: Tensor,
+              cuts: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
+    """Per cut in `cuts` (default: every cut and ``full``), the share of `model`'s parameters and forward FLOPs on `example` that a
+    merge up to it shares between the tasks: its trunk's (the "merged" part of ZipIt!'s
+    partial-zipping cost curves; the heads' cost is the rest, once per task)."""
+    from mudsc.evaluate import count_flops
+
+    params = dict(model.named_parameters())
+    total_params = sum(p.numel() for p in params.values())
+    total_flops = count_flops(model, example)
+    wanted = None if cuts is None else set(cuts)
+    out = {}
+    for c in graph.cuts:
+        if wanted is not None and c.name not in wanted:
+            continue
+        trunk, _ = split(model, graph, c.name)
+        out[c.name] = {"params_share": sum(p.numel() for k, p in params.items() if k in c.trunk_params) / total_params,
+                       "flops_share": count_flops(trunk, example) / max(total_flops, 1)}
+    out["full"] = {"params_share": 1.0, "flops_share": 1.0}
+    return out

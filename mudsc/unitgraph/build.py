@@ -1,6 +1,8 @@
 """Building a :class:`~mudsc.unitgraph.types.UnitGraph`: the fx walk, then assembly of the candidate spaces:
 taps, readable names, input -> output order and the cuts of partial zipping (ZipIt!, Stoica et al.,
-2024, App. "Partial Zipping": only merge points every path passes through avoid extra unmerges)."""
+2024, App. "Partial Zipping"). ZipIt! stops only where a space ends and every path passes (ResNet
+stage ends); here every node all paths pass through is a cut, after every block too, and a residual
+stream that spans the cut is split there (see :mod:`mudsc.models.multihead`)."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -11,6 +13,7 @@ from torch import Tensor, nn
 from mudsc.unitgraph.rules import Walker
 from mudsc.unitgraph.spaces import Spaces
 from mudsc.unitgraph.types import Cut, UnitGraph, UnitSpace, validate
+from mudsc.unitgraph.values import Val
 from mudsc.unitgraph.fx import ancestors, class_name, fx_graph, is_cut, module_path, node_params, propagate_shapes
 
 
@@ -33,9 +36,9 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def assemble(spaces: Spaces, order: dict[str, int]) -> tuple[UnitSpace, ...]:
+def assemble(spaces: Spaces, order: dict[str, int]) -> tuple[tuple[UnitSpace, ...], dict[int, str]]:
     """Permutable sets (not fixed, consumed somewhere) as named UnitSpaces, ordered by where they are
-    observed (`order`: node name -> position), i.e. input -> output."""
+    observed (`order`: node name -> position), i.e. input -> output; and each set's root -> space name."""
     spaces.tie_shared_params()
     found = []
     for i in range(len(spaces.parent)):
@@ -57,31 +60,106 @@ def assemble(spaces: Spaces, order: dict[str, int]) -> tuple[UnitSpace, ...]:
                       tuple(r for r in refs if r.role == "in"), tuple(taps), spaces.ties[i]))
     found.sort(key=lambda f: (f[0], f[1]))
     names = _unique([f[2] for f in found])
-    return tuple(UnitSpace(name=n, size=f[3], groups=f[4], producers=f[5], consumers=f[6], taps=f[7], index=k,
-                           group_tie=f[8]) for k, (n, f) in enumerate(zip(names, found)))
+    out = tuple(UnitSpace(name=n, size=f[3], groups=f[4], producers=f[5], consumers=f[6], taps=f[7], index=k,
+                          group_tie=f[8]) for k, (n, f) in enumerate(zip(names, found)))
+    return out, {f[1]: n for n, f in zip(names, found)}
 
 
-def find_cuts(spaces: tuple[UnitSpace, ...], gm: fx.GraphModule, env: dict, sd_keys: set[str]) -> tuple[Cut, ...]:
-    """Spaces observed at one node that carries only their units and that every path passes through."""
-    nodes = {n.name: n for n in gm.graph.nodes}
-    picked = []
-    for s in spaces:
-        if len(s.taps) != 1 or s.taps[0].start != 0 or s.taps[0].hook:
-            continue
-        node = nodes[s.taps[0].node]
+def _points(gm: fx.GraphModule, env: dict, cands: Spaces, roots: dict[int, str]) -> list[tuple[fx.Node, str]]:
+    """Nodes every path passes through whose output is exactly the units of one space, in graph order."""
+    out = []
+    for node in gm.graph.nodes:
         val = env.get(node)
-        if getattr(val, "width", None) != s.size or not is_cut(gm.graph, node):
+        if not isinstance(val, Val) or len(val.segs) != 1:
             continue
+        seg = val.segs[0]
+        name = roots.get(cands.find(seg.cand)) if seg.cand is not None and seg.repeat == 1 else None
+        if name is not None and is_cut(gm.graph, node):
+            out.append((node, name))
+    return out
+
+
+def _chains(points: list[tuple[fx.Node, str]], gm: fx.GraphModule, spaces: dict[str, UnitSpace],
+            sd_keys: set[str]) -> list[list[fx.Node]]:
+    """Consecutive points of one space with no layer of another space between them (conv -> bn -> relu,
+    add -> relu -> pool, patch embedding -> class token -> position embedding) are one cut."""
+    nodes = list(gm.graph.nodes)
+    pos = {n: i for i, n in enumerate(nodes)}
+    others = {name: {r.param for t in spaces.values() for r in (t.refs if t.name != name else t.consumers)}
+              for name in spaces}
+    chains: list[list[fx.Node]] = []
+    prev: tuple[fx.Node, str] | None = None
+    for node, name in points:
+        between = node_params(gm, nodes[pos[prev[0]] + 1: pos[node] + 1], sd_keys) if prev else None
+        if prev and prev[1] == name and not between & others[name]:
+            chains[-1].append(node)
+        else:
+            chains.append([node])
+        prev = (node, name)
+    return chains
+
+
+def _ends(gm: fx.GraphModule) -> dict[fx.Node, list[str]]:
+    """Per node, the module paths whose forward returns its output."""
+    last: dict[str, fx.Node] = {}
+    for n in gm.graph.nodes:
+        for path, _ in (n.meta.get("nn_module_stack") or {}).values():
+            last[path] = n
+        if n.op == "call_module":
+            last[n.target] = n
+    ends: dict[fx.Node, list[str]] = {}
+    for path, n in last.items():
+        ends.setdefault(n, []).append(path)
+    return ends
+
+
+def _cut_names(chain: list[fx.Node], ends: dict[fx.Node, list[str]], gm: fx.GraphModule,
+               sd_keys: set[str]) -> list[str]:
+    """Names for a cut, best first: the modules whose output lies on it, outermost first and earliest on
+    ties (``layer2`` is after stage 2, i.e. after its last block; ``layer2.1``; ``blocks.5``; ``conv1``
+    for the stem). A cut that ends no module (a transformer block's residual sum after attention) is
+    named by its block and the block's last child with weights before it (``blocks.5.attn``)."""
+    paths = sorted((p for n in chain for p in ends.get(n, [])), key=lambda p: p.count("."))
+    if paths:
+        return paths
+    block = module_path(chain[0])
+    nodes = list(gm.graph.nodes)
+    for n in reversed(nodes[: nodes.index(chain[0])]):
+        path = n.target if n.op == "call_module" else module_path(n)
+        if path.startswith(block + ".") and node_params(gm, [n], sd_keys):
+            return [f"{block}.{path[len(block) + 1:].split('.')[0]}"]
+    return [block or chain[0].name]
+
+
+def find_cuts(spaces: tuple[UnitSpace, ...], roots: dict[int, str], cands: Spaces, gm: fx.GraphModule,
+              env: dict, sd_keys: set[str]) -> tuple[Cut, ...]:
+    """Every node all paths pass through that carries only the units of one space: after every residual
+    block, stage, transformer block or stem. Beyond ZipIt! (which stops only where a space ends, e.g.
+    ResNet stage ends), a cut may sit inside a residual stream: the stream's space is split there, merged
+    before the cut and unmerged into each parent's basis for the per-task layers after it."""
+    ends = _ends(gm)
+    by_name = {t.name: t for t in spaces}
+    picked = []
+    for chain in _chains(_points(gm, env, cands, roots), gm, by_name, sd_keys):
+        s = by_name[roots[cands.find(env[chain[0]].segs[0].cand)]]
+        # observe at the chain's last retapped node: where the units are seen before the next layer
+        tap = env[chain[-1]].segs[0].tap
+        node = next((n for n in chain if tap is not None and n.name == tap.node), chain[-1])
         trunk = node_params(gm, ancestors(node), sd_keys)
-        merged = tuple(t.name for t in spaces if all(r.param in trunk for r in t.producers))
-        picked.append((s, node, trunk, merged))
-    names = [s.name for s, *_ in picked]
-    heads = {n.split(".")[0] for n in names}
-    if len(heads) == 1 and all("." in n for n in names):
-        names = [n.split(".", 1)[1] for n in names]
+        merged = tuple(t.name for t in spaces if t is s or all(r.param in trunk for r in t.producers))
+        val = env[node]
+        dim = -1 if val.dim == val.ndim - 1 and val.ndim > 2 else val.dim
+        picked.append((_cut_names(chain, ends, gm, sd_keys), s, node, trunk, merged, dim))
+    # names inside one wrapper (a classifier's ``body``) drop it; the wrapper itself names no place
+    tops = {n.split(".")[0] for ns, *_ in picked for n in ns}
+    root = tops.pop() + "." if len(tops) == 1 else ""
+    names = []
+    for ns, *_ in picked:
+        n = next((n for n in ns if n.startswith(root)), ns[0])
+        names.append(n.removeprefix(root))
     names = _unique([n if n != "full" else "full_" for n in names])
-    return tuple(Cut(name=n, space=s.name, node=node.name, trunk_params=trunk, merged_spaces=merged)
-                 for n, (s, node, trunk, merged) in zip(names, picked))
+    return tuple(Cut(name=n, space=s.name, node=node.name, trunk_params=trunk, merged_spaces=merged, dim=dim)
+                 for n, (_, s, node, trunk, merged, dim) in zip(names, picked))
 
 
 @lru_cache(maxsize=1)
@@ -112,8 +190,8 @@ def trace(model: nn.Module, *, leaf_modules: tuple[type, ...] | None = None,
     sd = model.state_dict()
     walker = Walker(gm, set(sd))
     walker.run()
-    spaces = assemble(walker.spaces, {n.name: i for n, i in walker.order.items()})
-    cuts = find_cuts(spaces, gm, walker.env, set(sd))
+    spaces, roots = assemble(walker.spaces, {n.name: i for n, i in walker.order.items()})
+    cuts = find_cuts(spaces, roots, walker.spaces, gm, walker.env, set(sd))
     graph = UnitGraph(spaces=spaces, cuts=cuts, params=tuple((k, tuple(v.shape)) for k, v in sd.items()),
                       leaves=leaves)
     validate(graph)

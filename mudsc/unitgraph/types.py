@@ -73,13 +73,15 @@ class UnitSpace:
 
 @dataclass(frozen=True)
 class Cut:
-    """A partial-zipping point: every input -> output path passes through fx node `node`."""
+    """A partial-zipping point: every input -> output path passes through fx node `node`, whose output
+    holds exactly the units of `space` along dim `dim`."""
 
     name: str
     space: str
     node: str
     trunk_params: frozenset[str]
     merged_spaces: tuple[str, ...]
+    dim: int = 1
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class UnitGraph:
                         "taps": [{"node": t.node, "dim": t.dim, "start": t.start, "hook": t.hook} for t in s.taps]}
                        for s in self.spaces],
             "cuts": [{"name": c.name, "space": c.space, "node": c.node, "trunk_params": sorted(c.trunk_params),
-                      "merged_spaces": list(c.merged_spaces)} for c in self.cuts],
+                      "merged_spaces": list(c.merged_spaces), "dim": c.dim} for c in self.cuts],
             "params": [[k, list(shape)] for k, shape in self.params],
             "leaves": list(self.leaves),
         }
@@ -144,7 +146,8 @@ class UnitGraph:
         """A graph from :meth:`to_dict` output or a hand-written spec; spaces keep the listed order.
 
         Required per space: ``name``, ``size``, ``producers``, ``taps``; refs need ``param``, ``axis``,
-        ``role``. Cut ``merged_spaces`` default to the spaces up to and including the cut's space.
+        ``role``. Cut ``merged_spaces`` default to the spaces up to and including the cut's space,
+        ``dim`` (the channel dim of the cut tensor) to 1.
         """
         try:
             spaces = []
@@ -163,7 +166,7 @@ class UnitGraph:
                 upto = names[: names.index(c["space"]) + 1] if c["space"] in names else []
                 cuts.append(Cut(name=str(c["name"]), space=str(c["space"]), node=str(c["node"]),
                                 trunk_params=frozenset(c["trunk_params"]),
-                                merged_spaces=tuple(c.get("merged_spaces", upto))))
+                                merged_spaces=tuple(c.get("merged_spaces", upto)), dim=int(c.get("dim", 1))))
             params = tuple((str(k), tuple(int(n) for n in shape)) for k, shape in d.get("params", []))
             graph = cls(spaces=tuple(spaces), cuts=tuple(cuts), params=params,
                         leaves=tuple(d.get("leaves", ())))
