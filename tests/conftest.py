@@ -37,3 +37,22 @@ def demo_parents(tmp_path_factory):
     from mudsc.zoo.demo import demo_pair
 
     return demo_pair(root=tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def same_init_family(tmp_path_factory):
+    """A BatchNorm MLP base on all digits classes and two task models (0-4, 5-9) fine-tuned from it:
+    ``(root, base path, [task paths])``."""
+    from mudsc.models import save_model
+    from mudsc.zoo.finetune import finetune_parent
+    from unit_helpers import small_mlp
+
+    root = tmp_path_factory.mktemp("same_init_family")
+    base = root / "base.safetensors"
+    save_model(small_mlp(tuple(range(10))), base)
+    paths = []
+    for i, task in enumerate(("0-4", "5-9")):
+        paths.append(root / f"task{i}.safetensors")
+        finetune_parent(base, dataset="digits", classes=task, seed=i, out=paths[-1], epochs=2, lr=3e-3,
+                        batch_size=32, device="cpu")
+    return root, base, paths

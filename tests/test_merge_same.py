@@ -12,35 +12,19 @@ from mudsc.diffinit.fuse import transform_state_dict
 from mudsc.unitgraph import trace
 from mudsc.sameinit.hybrid import aligned_state_dicts
 from mudsc.models.checkpoint import load_model, save_model, sha256_file
-from mudsc.models import create_model, model_from_spec
+from mudsc.models import model_from_spec
 from mudsc.sameinit.merge import METHODS
 from mudsc.methods import names
 from mudsc.diffinit.session import MergeSession
+from unit_helpers import small_mlp
 
 TASKS = ("0-4", "5-9")
 HYBRIDS = names("align-then-fuse")
 
 
-def _mlp(classes, seed=0, head="own", **kw):
-    torch.manual_seed(seed)
-    opts = {"depth": 1, "width": 32, "norm": "bn", **kw}
-    return create_model("mlp", classes=classes, num_classes=10, head=head, in_chans=1, img_size=8, feat_dim=16,
-                        **opts).eval()
-
-
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    """A BatchNorm MLP base on all digits classes and two task models fine-tuned from it."""
-    root = tmp_path_factory.mktemp("merge_same")
-    base = root / "base.safetensors"
-    save_model(_mlp(tuple(range(10))), base)
-    paths = []
-    for i, task in enumerate(TASKS):
-        out = root / f"task{i}.safetensors"
-        finetune_parent(base, dataset="digits", classes=task, seed=i, out=out, epochs=2, lr=3e-3, batch_size=32,
-                        device="cpu")
-        paths.append(out)
-    return root, base, paths
+def zoo(same_init_family):
+    return same_init_family
 
 
 def _merge(zoo, tmp_path, method, *extra):
@@ -130,7 +114,7 @@ def test_stats_files_from_mudsc_stats_are_used_and_checked(zoo, tmp_path, capsys
 def test_bad_input_exits_2_without_a_traceback(zoo, tmp_path, capsys):
     root, base, paths = zoo
     other = tmp_path / "wide.safetensors"
-    save_model(_mlp((0, 1, 2, 3, 4), width=40), other)
+    save_model(small_mlp((0, 1, 2, 3, 4), width=40), other)
     stranger = tmp_path / "stranger.safetensors"
     finetune_parent(other, dataset="digits", classes="5-9", seed=0, out=stranger, epochs=1, device="cpu")
     cases = [
@@ -167,7 +151,7 @@ def _permuted_copy(model):
 
 
 def test_permuted_copy_aligned_and_fused_with_regmean_reproduces_the_model(digits, tmp_path, capsys):
-    a = _mlp((0, 1, 2, 3, 4), head="shared", depth=2, width=24, norm="none")
+    a = small_mlp((0, 1, 2, 3, 4), head="shared", depth=2, width=24, norm="none")
     b = _permuted_copy(a)
     x = digits.eval.x[:64]
     with torch.no_grad():
@@ -195,8 +179,8 @@ def test_permuted_copy_aligned_and_fused_with_regmean_reproduces_the_model(digit
 def test_align_then_average_is_the_engines_alignment_merge(digits, tmp_path):
     from mudsc.sameinit.hybrid import align_parents, average_state_dict
 
-    a = _mlp((0, 1, 2, 3, 4), seed=0, head="shared", width=24)
-    b = _mlp((5, 6, 7, 8, 9), seed=1, head="shared", width=24)
+    a = small_mlp((0, 1, 2, 3, 4), seed=0, head="shared", width=24)
+    b = small_mlp((5, 6, 7, 8, 9), seed=1, head="shared", width=24)
     engine = MergeSession([a, b], digits, stats_images=250).merge(make_config(method="permute", reset_bn=False))
     aligned = align_parents([a, b], digits, method="permute", stats_images=250, device="cpu")
     ours = average_state_dict([m.state_dict() for m in aligned.models])
@@ -206,7 +190,7 @@ def test_align_then_average_is_the_engines_alignment_merge(digits, tmp_path):
 
 
 def test_alignment_that_merges_within_a_parent_is_refused():
-    model = _mlp((0, 1), width=4, depth=1, norm="none")
+    model = small_mlp((0, 1), width=4, depth=1, norm="none")
     graph = trace(model)
     space = graph.spaces[0]
     n = space.size

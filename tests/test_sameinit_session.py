@@ -10,34 +10,18 @@ import mudsc.sameinit.session as session_mod
 from mudsc.cli import main
 from mudsc.errors import ConfigError, UnknownNameError
 from mudsc.methods import names
-from mudsc.models import create_model
-from mudsc.models.checkpoint import load_model, save_model
+from mudsc.models.checkpoint import load_model
 from mudsc.sameinit.config import MultitaskConfig, SameInitConfig
 from mudsc.sameinit.registry import registered
 from mudsc.sameinit.session import SameInitSession
-from mudsc.zoo.finetune import finetune_parent
+from unit_helpers import small_mlp
 
 CONFIGS = [SameInitConfig(method=m, iterations=10) for m in names("same-init")] + [MultitaskConfig(epochs=1)]
 
 
-def _mlp(classes, seed=0, head="own", **kw):
-    torch.manual_seed(seed)
-    return create_model("mlp", classes=classes, num_classes=10, head=head, in_chans=1, img_size=8, feat_dim=16,
-                        **{"depth": 1, "width": 32, "norm": "bn", **kw}).eval()
-
-
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    """A BatchNorm MLP base on all digits classes and two task models fine-tuned from it."""
-    root = tmp_path_factory.mktemp("sameinit_session")
-    base = root / "base.safetensors"
-    save_model(_mlp(tuple(range(10))), base)
-    paths = []
-    for i, task in enumerate(("0-4", "5-9")):
-        paths.append(root / f"task{i}.safetensors")
-        finetune_parent(base, dataset="digits", classes=task, seed=i, out=paths[-1], epochs=2, lr=3e-3,
-                        batch_size=32, device="cpu")
-    return base, paths
+def zoo(same_init_family):
+    return same_init_family[1:]
 
 
 def _session(zoo, digits, **kw):
@@ -137,8 +121,8 @@ def test_aligned_session_aligns_once_and_fuses(digits, monkeypatch):
     calls = []
     real = session_mod.align_parents
     monkeypatch.setattr(session_mod, "align_parents", lambda *a, **kw: calls.append(kw["method"]) or real(*a, **kw))
-    a = _mlp((0, 1, 2, 3, 4), seed=0, head="shared", width=24)
-    b = _mlp((5, 6, 7, 8, 9), seed=1, head="shared", width=24)
+    a = small_mlp((0, 1, 2, 3, 4), seed=0, head="shared", width=24)
+    b = small_mlp((5, 6, 7, 8, 9), seed=1, head="shared", width=24)
     session = SameInitSession(None, [a, b], digits, align="permute", align_images=250, stats_examples=64,
                               device="cpu")
     fused = session.merge(SameInitConfig(method="regmean"))

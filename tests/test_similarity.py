@@ -39,19 +39,25 @@ def test_mix_published_and_standardized():
     assert torch.equal(std[off].argsort(), s_a[off].argsort())
 
 
-def test_descriptors_read_only_their_neighbours_maps():
-    """The iterative solve reuses a space's S_W while its neighbours' matches are unchanged: that is
-    only exact if descriptors() reads nothing but the maps descriptor_neighbours() names."""
-    from mudsc.unitgraph import trace
+def _resnet20_pair():
+    """Two random-init ResNet-20 state dicts (seeds 0 and 1) and their unit graph."""
     from mudsc.models import create_model
-    from mudsc.diffinit.similarity import descriptor_neighbours, descriptors
+    from mudsc.unitgraph import trace
 
     sds = []
     for seed in (0, 1):
         torch.manual_seed(seed)
         model = create_model("resnet20", classes=(0, 1), num_classes=10, in_chans=1, img_size=8, width=1)
         sds.append(model.state_dict())
-    graph = trace(model)
+    return sds, trace(model)
+
+
+def test_descriptors_read_only_their_neighbours_maps():
+    """The iterative solve reuses a space's S_W while its neighbours' matches are unchanged: that is
+    only exact if descriptors() reads nothing but the maps descriptor_neighbours() names."""
+    from mudsc.diffinit.similarity import descriptor_neighbours, descriptors
+
+    sds, graph = _resnet20_pair()
     g = torch.Generator().manual_seed(3)
     maps = {}
     for s in graph.spaces:
@@ -136,15 +142,8 @@ def _official_weight_vectors(sds, graph, space, matches):
 
 def test_weight_similarity_equals_the_official_routine_on_resnet20():
     from mudsc.diffinit.similarity import descriptors
-    from mudsc.models import create_model
-    from mudsc.unitgraph import trace
 
-    sds = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = create_model("resnet20", classes=(0, 1), num_classes=10, in_chans=1, img_size=8, width=1)
-        sds.append(model.state_dict())
-    graph = trace(model)
+    sds, graph = _resnet20_pair()
     g = torch.Generator().manual_seed(5)
     matches = {s.name: greedy_zip(torch.corrcoef(torch.randn(2 * s.size, 16, generator=g)), (s.size, s.size))
                for s in graph.spaces}

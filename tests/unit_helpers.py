@@ -1,4 +1,4 @@
-"""Tiny models and random unit permutations shared by test_graph.py and test_fuse.py."""
+"""Tiny models and random unit permutations shared by the tests."""
 from __future__ import annotations
 
 import torch
@@ -61,3 +61,10 @@ def random_perms(graph: UnitGraph, generator: torch.Generator, dtype=torch.float
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def small_mlp(classes, seed=0, head="own", **kw):
+    """A seeded digits MLP (BatchNorm, one hidden layer of 32 unless `kw` says otherwise), in eval mode."""
+    torch.manual_seed(seed)
+    return create_model("mlp", classes=classes, num_classes=10, head=head, in_chans=1, img_size=8, feat_dim=16,
+                        **{"depth": 1, "width": 32, "norm": "bn", **kw}).eval()
