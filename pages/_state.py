@@ -113,12 +113,21 @@ def cached_export(session_key: tuple, config: MergeConfig, _session: MergeSessio
     return out
 
 
+@st.cache_data(show_spinner="Measuring what each cut merges", max_entries=16)
+def cached_cut_costs(session_key: tuple, _session: MergeSession) -> dict[str, dict[str, float]]:
+    """Per cut (and ``full``), the shares of parameters and FLOPs it merges: one pass per session."""
+    from mudsc.models.multihead import cut_costs
+
+    return cut_costs(_session.parents[0], _session.graph, _session.eval.x[:1])
+
+
 @st.cache_resource(show_spinner=False, max_entries=32)
 def cached_network_figure(session_key: tuple, cut: str, _session: MergeSession):
     """The drawing of the unit spaces with the cut: the same for every alpha, so drawn once per cut."""
     from mudsc.studio.merge_figures import network_figure
 
-    return network_figure(_session.graph, cut)
+    return network_figure(_session.graph, cut, costs=cached_cut_costs(session_key, _session),
+                          tasks=len(_session.tasks))
 
 
 @st.cache_resource(show_spinner="Checking static image export", max_entries=1)

@@ -23,9 +23,17 @@ st.caption("Loss of every task over a plane through parameter space: where the p
            "merges sit, and whether a region is good for all tasks at once (MuDSC, Fig. 3).")
 
 session, result = require_merge()
-if result.config.cut != "full" or result.multihead:
-    st.info("Landscapes need a full merge: this merge keeps per-task heads after a cut, so there is no single "
-            "merged network to place on a plane. Merge with cut = full on the Merge page.")
+if result.config.cut != "full":
+    st.info(f"This is a partial merge (cut {result.config.cut}): the layers up to the cut are merged, but after it "
+            "every task keeps its own copy, in its own parent's basis. There is no single network in one basis, "
+            "so it has no point on a plane through parameter space and no landscape. What this page can show is "
+            "the landscape of the full merge: same method and settings, cut = full.")
+    if st.button("Use the full merge", key="ls_full_merge", type="primary"):
+        with st.spinner("Merging the whole network"):
+            full = session.merge(result.config.model_copy(update={"cut": "full"}))
+        st.session_state["config"], st.session_state["result"] = full.config, full
+        st.session_state.pop("m_cut", None)  # the Merge page's cut control follows the config again
+        st.rerun()
     st.stop()
 if result.solution is None:
     st.info(f"The {result.config.method} has no merged weights to place on a plane.")

@@ -11,8 +11,8 @@ from mudsc.methods import METHODS, diff_init_names
 from mudsc.studio.merge_figures import sweep_figure
 from mudsc.studio.summary import config_label
 from mudsc.diffinit.sweep import grid, run_sweep
-from pages._state import (cached_metric_rows, cached_network_figure, figures, job_status, jobs, require_session,
-                          running, session_key, start_job, take)
+from pages._state import (cached_cut_costs, cached_metric_rows, cached_network_figure, figures, job_status, jobs,
+                          require_session, running, session_key, start_job, take)
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 
@@ -53,11 +53,14 @@ with controls:
                       disabled=not spec.takes("zip_b"))
 with drawing:
     figure_slot = st.container()
-    cut = st.segmented_control("Merge up to", cuts, key="m_cut", required=True, disabled=not spec.takes("cut"),
-                               format_func=lambda c: "full (whole network)" if c == "full" else c)
+    # a slider, not buttons: ResNet-20 alone has a cut after each of its blocks
+    cut = st.select_slider("Merge up to", cuts, key="m_cut", disabled=not spec.takes("cut"),
+                           format_func=lambda c: "full (whole network)" if c == "full" else c)
+    shares_slot = st.empty()
     st.caption("Spaces up to the cut are merged; the layers after it stay one copy per task (a multi-head "
-               "model with more parameters). Only valid cuts, where every path passes through one tensor, "
-               "are offered.")
+               "model with more parameters). A cut inside a residual stage splits its stream: merged before "
+               "the cut, unmerged into each parent's basis after it. Only valid cuts, where every path passes "
+               "through one tensor, are offered.")
 
 with st.expander("Per-unit-space alpha", expanded=bool(config.alpha_overrides)):
     st.caption("Leave a cell empty to use the global alpha; early layers often prefer activations, late "
@@ -80,6 +83,9 @@ except MudscError as e:
     st.error(str(e))
     config = st.session_state.get("config") or make_config()
 
+costs = cached_cut_costs(key, session)
+shares_slot.caption(f"Merging up to **{config.cut}** shares {costs[config.cut]['params_share']:.1%} of the "
+                    f"parameters and {costs[config.cut]['flops_share']:.1%} of the FLOPs between the tasks.")
 with figure_slot:
     net = cached_network_figure(key, config.cut, session)
     st.plotly_chart(net, key="network_chart", config={"displayModeBar": False})
@@ -155,7 +161,7 @@ for kind, col in (("alpha", alpha_col), ("cut", cut_col)):
             fig = sweep_figure(sweep["rows"], x=kind, current=getattr(config, kind), references=references,
                                x_title="alpha" if kind == "alpha" else "merged up to (cut)",
                                title=f"{sweep['base'].method}: accuracy vs "
-                                     + ("alpha" if kind == "alpha" else "zip depth"))
+                                     + ("alpha" if kind == "alpha" else "zip depth"), shares=kind == "cut")
             st.plotly_chart(fig, key=f"{name}_chart")
             figures()["Alpha sweep" if kind == "alpha" else "Depth sweep"] = fig
             if sweep["base"] != base:

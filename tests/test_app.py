@@ -318,7 +318,7 @@ def test_merge_page_remerges_on_alpha_and_cut(merge_session):
     at.slider(key="m_alpha").set_value(0.2).run()
     assert at.session_state["result"].config.alpha == 0.2
 
-    at.segmented_control(key="m_cut").set_value("layer2").run()
+    at.select_slider(key="m_cut").set_value("layer2").run()
     result = at.session_state["result"]
     assert result.config.cut == "layer2" and result.multihead
     assert result.params > sum(t.numel() for t in merge_session.parents[0].parameters())  # per-task tails
@@ -330,10 +330,33 @@ def test_merge_page_remerges_on_alpha_and_cut(merge_session):
     assert "Unit spaces and cut" in at.session_state["figures"]
 
     at.selectbox(key="m_method").set_value("ensemble").run()
-    assert at.segmented_control(key="m_cut").disabled
+    assert at.select_slider(key="m_cut").disabled
     assert at.session_state["result"].config.cut == "full"
     assert at.button(key="sweep_alpha_run").disabled
     assert unkeyed_widgets(at) == []
+
+
+def test_moving_the_cut_to_a_mid_stage_block_changes_the_metrics_and_parameters(merge_session):
+    from mudsc.models.multihead import cut_costs
+
+    at = open_app("merge", session=merge_session, session_key=("mid-stage",))
+    cuts = at.select_slider(key="m_cut").options
+    assert cuts == [c.name for c in merge_session.graph.cuts] + ["full (whole network)"]
+    full = table(at, "per-task").iloc[0]
+    at.select_slider(key="m_cut").set_value("layer2.1").run()
+    assert not at.exception
+    result = at.session_state["result"]
+    assert result.config.cut == "layer2.1" and result.multihead
+    mid = table(at, "per-task").iloc[0]
+    assert "cut layer2.1" in mid["model"]
+    assert mid["parameters"] > full["parameters"]  # the blocks after layer2.1 run once per task
+    assert (mid["joint"], mid["per-task"], mid["FLOPs"]) != (full["joint"], full["per-task"], full["FLOPs"])
+    params = next(m for m in at.metric if m.label == "Parameters (vs one parent)")
+    assert params.value == f"{mid['parameters'] / table(at, 'per-task').iloc[1]['parameters']:.2f}x"
+    share = cut_costs(merge_session.parents[0], merge_session.graph, merge_session.eval.x[:1])["layer2.1"]
+    assert any(f"Merging up to **layer2.1** shares {share['params_share']:.1%} of the parameters and "
+               f"{share['flops_share']:.1%} of the FLOPs" in c.value for c in at.caption)
+    assert "merged up to: layer2.1" in at.session_state["figures"]["Unit spaces and cut"].layout.title.text
 
 
 def test_depth_sweep_runs_in_the_background(merge_session):
@@ -342,7 +365,10 @@ def test_depth_sweep_runs_in_the_background(merge_session):
     wait_jobs(at, "sweep_cut")
     rows = at.session_state["sweeps"]["cut"]["rows"]
     assert [r["cut"] for r in rows] == [c.name for c in merge_session.graph.cuts] + ["full"]
-    assert "Depth sweep" in at.session_state["figures"]
+    fig = at.session_state["figures"]["Depth sweep"]
+    assert [t.name for t in fig.data] == ["joint", "per-task", "parameters merged", "FLOPs merged"]
+    assert list(fig.data[2].y) == [100 * r["merged_params_share"] for r in rows] and fig.data[2].y[-1] == 100
+    assert {a.text.split(" ")[0] for a in fig.layout.annotations} >= {"ensemble", "best"}
     assert not at.exception
 
 

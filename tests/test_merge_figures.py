@@ -6,7 +6,7 @@ from mudsc.unitgraph import trace
 from mudsc.studio.merge_figures import KEPT, MERGED, network_figure, sweep_figure
 from mudsc.models import create_model
 from mudsc.data import task_label
-from mudsc.studio.summary import space_rows
+from mudsc.studio.summary import cut_positions, space_rows, split_stream
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,30 @@ def test_network_figure_draws_every_cut_and_highlights_the_chosen(graph):
     assert len(solid) == 1
 
 
+def test_network_figure_places_every_cut_once_in_input_to_output_order(graph):
+    names = [c.name for c in graph.cuts]
+    assert len(names) == 10 and "layer2.1" in names  # conv1, then after each of the 9 blocks
+    fig = network_figure(graph, "layer2.1", costs={"layer2.1": {"params_share": 0.17, "flops_share": 0.4}},
+                         tasks=3)
+    xs = [s.x0 for s in fig.layout.shapes]
+    assert xs == sorted(set(xs)) and len(xs) == len(names)  # once each, no two at one place
+    labels = [a.text for a in fig.layout.annotations if a.text in names]
+    assert labels == names  # drawn in input -> output order
+    spaces = [s.name for s in graph.spaces]
+    chosen = next(s for s in fig.layout.shapes if s.line.dash == "solid")
+    assert chosen.x0 == cut_positions(graph)["layer2.1"] == spaces.index("body.layer2.1.conv1") + 0.5
+    assert cut_positions(graph)["conv1"] == -0.5 and cut_positions(graph)["layer3"] == len(spaces) - 0.5
+    # layer2.1 splits the stage's stream: its bar is merged but hatched, the blocks after it are kept
+    assert split_stream(graph, graph.cut("layer2.1")) == "body.layer2"
+    assert split_stream(graph, graph.cut("layer2")) is None
+    patterns = list(fig.data[0].marker.pattern.shape)
+    assert [spaces[i] for i, p in enumerate(patterns) if p] == ["body.layer2"]
+    assert fig.data[0].marker.color[spaces.index("body.layer2.2.conv1")] == KEPT
+    texts = [a.text for a in fig.layout.annotations]
+    assert "◀ trunk merged" in texts and "3 heads, one per task ▶" in texts
+    assert "17% of the parameters, 40% of the FLOPs shared" in fig.layout.title.text
+
+
 def test_sweep_figure_marks_the_current_setting():
     rows = [{"alpha": a / 10, "joint_acc": 0.5 + a / 100, "per_task_acc": 0.7} for a in range(11)]
     fig = sweep_figure(rows, x="alpha", current=0.35, x_title="alpha", references={"ensemble": 0.95})
@@ -44,10 +68,22 @@ def test_sweep_figure_marks_the_current_setting():
     assert any(s.x0 == 1 for s in fig.layout.shapes)
     with pytest.raises(ConfigError):
         sweep_figure([{"alpha": 0}], x="alpha", current=0, x_title="alpha")
+    with pytest.raises(ConfigError):  # shares asked for, rows without them
+        sweep_figure(cuts, x="cut", current="layer2", x_title="cut", shares=True)
+    for r, share in zip(cuts, (0.1, 0.4, 1.0)):
+        r.update(merged_params_share=share, merged_flops_share=share / 2)
+    fig = sweep_figure(cuts, x="cut", current="layer2", x_title="cut", shares=True)
+    assert [t.name for t in fig.data] == ["joint", "per-task", "parameters merged", "FLOPs merged"]
+    assert list(fig.data[2].y) == [10.0, 40.0, 100.0] and fig.data[2].yaxis == "y2"
+    assert fig.layout.yaxis2.overlaying == "y"
 
 
 def test_space_rows_and_task_labels(graph):
     rows = space_rows(graph)
     assert [r["unit space"] for r in rows] == [s.name for s in graph.spaces]
-    assert sorted(r["cut after it"] for r in rows if r["cut after it"]) == sorted(c.name for c in graph.cuts)
+    after = [n for r in rows if r["cut after it"] for n in r["cut after it"].split(", ")]
+    assert after == [c.name for c in graph.cuts if c.name != "conv1"]  # conv1 lies before every space
+    split = {r["unit space"]: r["split by cuts"] for r in rows if r["split by cuts"]}
+    assert split == {"body.layer1": "conv1, layer1.0, layer1.1", "body.layer2": "layer2.0, layer2.1",
+                     "body.layer3": "layer3.0, layer3.1"}
     assert (task_label((0, 1, 2, 3, 4)), task_label([7, 0, 3]), task_label((5, 6))) == ("0-4", "0,3,7", "5,6")

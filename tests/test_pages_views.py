@@ -76,11 +76,19 @@ def test_alignment_page(session):
     assert not at.exception
 
 
-def test_landscape_page_needs_a_full_merge(session):
-    partial = session.merge(make_config(method="permute", cut=session.graph.cuts[0].name))
+def test_landscape_page_offers_the_full_merge_for_a_partial_one(session):
+    partial = session.merge(make_config(method="permute", cut="layer2.1"))
     at = _page("loss_landscape", session, partial)
     assert not at.exception
-    assert any("full merge" in i.value for i in at.info)
+    assert any("partial merge (cut layer2.1)" in i.value and "no single network in one basis" in i.value
+               and "full merge" in i.value for i in at.info), [i.value for i in at.info]
+    assert _charts(at) == 0
+    at.button(key="ls_full_merge").click().run()
+    assert not at.exception
+    result = at.session_state["result"]
+    assert result.config == partial.config.model_copy(update={"cut": "full"}) and not result.multihead
+    assert at.session_state["config"] == result.config
+    assert any("press Compute landscape" in i.value for i in at.info)  # the page now offers the full merge's
 
 
 def _compute_small_landscape(session, result, *, resolution: int) -> AppTest:

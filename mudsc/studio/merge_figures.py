@@ -10,62 +10,84 @@ import plotly.graph_objects as go
 from mudsc.errors import ConfigError
 from mudsc.unitgraph import UnitGraph
 from mudsc.models.heads import BODY
+from mudsc.studio.summary import cut_positions, split_stream
 
 MERGED, KEPT, CUT = "#2b6cb0", "#c4c9d0", "#c53030"
 TASK_COLOURS = ("#dd6b20", "#2f855a", "#6b46c1", "#b7791f")
 
 
-def network_figure(graph: UnitGraph, cut: str) -> go.Figure:
+def network_figure(graph: UnitGraph, cut: str, *, costs: dict[str, dict[str, float]] | None = None,
+                   tasks: int = 2) -> go.Figure:
     """The unit spaces in input -> output order (bar height: units), merged ones in blue, those kept
-    per task (after `cut`) in grey; every valid cut a dashed line, the chosen one solid red."""
-    if cut != "full":
-        graph.cut(cut)  # unknown cuts fail loudly
+    per task (after `cut`) in grey, a residual stream the cut splits hatched (merged before the cut,
+    per task after); every cut a dashed line at its place (:func:`cut_positions`), the chosen one solid
+    red with the merged trunk and the `tasks` heads marked. With `costs` (:func:`cut_costs`), the title
+    gives the shares of parameters and FLOPs the cut merges."""
+    chosen_cut = None if cut == "full" else graph.cut(cut)  # unknown cuts fail loudly
     names = [s.name for s in graph.spaces]
-    merged = set(names) if cut == "full" else set(graph.cut(cut).merged_spaces)
+    merged = set(names) if chosen_cut is None else set(chosen_cut.merged_spaces)
+    split = None if chosen_cut is None else split_stream(graph, chosen_cut)
     labels = [n.removeprefix(BODY) for n in names] + ["head"]
     sizes = [s.size for s in graph.spaces]
     colours = [MERGED if n in merged else KEPT for n in names]
+    states = ["split: merged before the cut, per task after" if n == split else "merged" if n in merged
+              else "kept per task" for n in names]
     fig = go.Figure(go.Bar(
         x=list(range(len(names))), y=sizes, marker_color=colours, showlegend=False,
-        customdata=[[lab, "merged" if c == MERGED else "kept per task", s.groups]
-                    for lab, c, s in zip(labels, colours, graph.spaces)],
+        marker_pattern=dict(shape=["/" if n == split else "" for n in names], fgcolor=KEPT, solidity=0.5),
+        customdata=[[lab, state, s.groups] for lab, state, s in zip(labels, states, graph.spaces)],
         hovertemplate="%{customdata[0]}<br>%{y} units, %{customdata[2]} group(s)<br>%{customdata[1]}<extra></extra>"))
     # The classifier head has no unit space; a short bar shows whether it is shared or kept per task.
-    head_merged = cut == "full"
-    fig.add_trace(go.Bar(x=[len(names)], y=[min(sizes, default=1)], marker_color=MERGED if head_merged else KEPT,
-                         marker_pattern_shape="/", showlegend=False,
-                         hovertemplate="classifier head<br>" + ("merged" if head_merged else "kept per task")
+    fig.add_trace(go.Bar(x=[len(names)], y=[min(sizes, default=1)], marker_color=KEPT if chosen_cut else MERGED,
+                         marker_pattern_shape="x", showlegend=False,
+                         hovertemplate="classifier head<br>" + ("kept per task" if chosen_cut else "merged")
                          + "<extra></extra>"))
     top = max(sizes, default=1) * 1.18
-    for c in graph.cuts:
-        x = names.index(c.space) + 0.5
-        chosen = c.name == cut
+    for name, x in cut_positions(graph).items():
+        chosen = name == cut
         fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=top, line=dict(color=CUT if chosen else "#718096",
                       width=3 if chosen else 1, dash="solid" if chosen else "dash"))
-        fig.add_annotation(x=x, y=top, text=c.name, showarrow=False, yanchor="bottom",
-                           font=dict(color=CUT if chosen else "#4a5568", size=12))
-    for colour, text in ((MERGED, "merged (shared by all tasks)"), (KEPT, "kept per task")):
-        fig.add_trace(go.Bar(x=[None], y=[None], marker_color=colour, name=text))
+        fig.add_annotation(x=x, y=top, text=name, showarrow=False, yanchor="bottom", textangle=-60,
+                           font=dict(color=CUT if chosen else "#4a5568", size=11))
+        if chosen:  # what this cut merges: the trunk before it, one head per task after it
+            for text, anchor in (("◀ trunk merged", "right"), (f"{tasks} heads, one per task ▶", "left")):
+                fig.add_annotation(x=x, y=top * 0.93, text=text, showarrow=False, xanchor=anchor, xshift=4
+                                   if anchor == "left" else -4, font=dict(color=CUT, size=11),
+                                   bgcolor="rgba(255,255,255,0.8)")
+    for colour, shape, text in ((MERGED, "", "merged (shared by all tasks)"), (KEPT, "", "kept per task"),
+                                (MERGED, "/", "stream split at the cut")):
+        if shape and split is None:
+            continue
+        fig.add_trace(go.Bar(x=[None], y=[None], marker_color=colour, name=text,
+                             marker_pattern=dict(shape=shape, fgcolor=KEPT, solidity=0.5)))
+    title = f"Unit spaces and cuts (merged up to: {cut})"
+    if costs is not None and cut in costs:
+        title += (f": {costs[cut]['params_share']:.0%} of the parameters, {costs[cut]['flops_share']:.0%} "
+                  "of the FLOPs shared")
     fig.update_layout(
-        template="plotly_white", height=330, margin=dict(l=50, r=20, t=80, b=90), bargap=0.25,
+        template="plotly_white", height=360, margin=dict(l=50, r=20, t=110, b=90), bargap=0.25,
         xaxis=dict(tickmode="array", tickvals=list(range(len(labels))), ticktext=labels, tickangle=-40,
-                   title=None),
+                   title=None, range=[-1, len(labels)]),
         yaxis=dict(title="units", range=[0, top * 1.12]),
-        legend=dict(orientation="h", yanchor="bottom", y=1.1, x=0),
-        title=dict(text=f"Unit spaces and cuts (merged up to: {cut})", font=dict(size=14), y=0.97, yanchor="top"))
+        legend=dict(orientation="h", yanchor="bottom", y=1.22, x=0),
+        title=dict(text=title, font=dict(size=14), y=0.98, yanchor="top"))
     return fig
 
 
 def sweep_figure(rows: Sequence[dict[str, Any]], *, x: str, current: Any, x_title: str,
-                 references: dict[str, float] | None = None, title: str | None = None) -> go.Figure:
+                 references: dict[str, float] | None = None, title: str | None = None,
+                 shares: bool = False) -> go.Figure:
     """Joint and per-task accuracy (in %) along a sweep over `x`, the current setting marked by a
     vertical line, and `references` (e.g. the ensemble, the best parent) as dotted horizontal lines.
+    With `shares`, the rows' ``merged_params_share`` and ``merged_flops_share`` on a second axis (ZipIt!'s
+    partial-zipping figure: accuracy against what each depth merges).
 
     Categorical `x` values (cut names) keep the order of `rows`.
     """
     if not rows:
         raise ConfigError("a sweep figure needs at least one row")
-    missing = [k for k in (x, "joint_acc", "per_task_acc") if k not in rows[0]]
+    needed = (x, "joint_acc", "per_task_acc") + (("merged_params_share", "merged_flops_share") if shares else ())
+    missing = [k for k in needed if k not in rows[0]]
     if missing:
         raise ConfigError(f"sweep rows lack {missing}")
     xs = [r[x] for r in rows]
@@ -74,6 +96,15 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, x: str, current: Any, x_titl
         fig.add_trace(go.Scatter(x=xs, y=[100 * r[key] for r in rows], mode="lines+markers", name=name,
                                  line=dict(color=colour, width=2), marker=dict(size=7),
                                  hovertemplate=f"{x_title} %{{x}}<br>{name} %{{y:.1f}}%<extra></extra>"))
+    if shares:
+        for key, name, dash in (("merged_params_share", "parameters merged", "dash"),
+                                ("merged_flops_share", "FLOPs merged", "dot")):
+            fig.add_trace(go.Scatter(x=xs, y=[100 * r[key] for r in rows], mode="lines+markers", name=name,
+                                     yaxis="y2", line=dict(color="#718096", width=1.5, dash=dash),
+                                     marker=dict(size=5, symbol="square"),
+                                     hovertemplate=f"{x_title} %{{x}}<br>{name} %{{y:.0f}}%<extra></extra>"))
+        fig.update_layout(yaxis2=dict(title="share merged (%)", overlaying="y", side="right", range=[0, 102],
+                                      showgrid=False))
     for i, (name, value) in enumerate((references or {}).items()):
         fig.add_hline(y=100 * value, line=dict(color="#4a5568", dash="dot", width=1),
                       annotation_text=f"{name} {100 * value:.1f}%", annotation_position="bottom right"
@@ -82,7 +113,7 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, x: str, current: Any, x_titl
     if numeric or current in xs:
         fig.add_vline(x=current if numeric else xs.index(current), line=dict(color=CUT, width=2),
                       annotation_text="current", annotation_position="top left")
-    fig.update_layout(template="plotly_white", height=360, margin=dict(l=60, r=20, t=80, b=50),
+    fig.update_layout(template="plotly_white", height=360, margin=dict(l=60, r=60 if shares else 20, t=80, b=50),
                       xaxis_title=x_title, yaxis=dict(title="held-out accuracy (%)", range=[0, 102]),
                       legend=dict(orientation="h", yanchor="bottom", y=1.04, x=0),
                       title=dict(text=title or "", font=dict(size=14), y=0.97, yanchor="top"))

@@ -7,15 +7,39 @@ from typing import Any
 from mudsc.data import task_label
 from mudsc.evaluate import count_flops
 from mudsc.diffinit.manifest import result_summary
-from mudsc.unitgraph import UnitGraph
+from mudsc.unitgraph import Cut, UnitGraph
 from mudsc.diffinit.session import MergeResult, MergeSession
 
 
+def split_stream(graph: UnitGraph, cut: Cut) -> str | None:
+    """The residual stream that `cut` splits (merged before it, one copy per task after it: some of its
+    producers lie past the cut), or None where the cut's space ends at the cut (a stage end)."""
+    space = graph.space(cut.space)
+    return cut.space if any(r.param not in cut.trunk_params for r in space.producers) else None
+
+
+def cut_positions(graph: UnitGraph) -> dict[str, float]:
+    """Where each cut sits among the unit spaces in input -> output order: one past the last space it
+    merges whole, -0.5 before the first. A stream split by the cut is left out, since it also spans the
+    blocks after the cut; so the cuts inside one stage spread over its blocks instead of piling up on
+    the stream."""
+    index = {s.name: i for i, s in enumerate(graph.spaces)}
+    out = {}
+    for c in graph.cuts:
+        split = split_stream(graph, c)
+        out[c.name] = max((index[n] for n in c.merged_spaces if n != split), default=-1) + 0.5
+    return out
+
+
 def space_rows(graph: UnitGraph) -> list[dict[str, Any]]:
-    """One row per unit space in input -> output order, with the cut (if any) right after it."""
-    cut_at = {c.space: c.name for c in graph.cuts}
+    """One row per unit space in input -> output order, with the cuts right after it and, for a residual
+    stream, the cuts that split it."""
+    at = cut_positions(graph)
+    split_by = {c.name: split_stream(graph, c) for c in graph.cuts}
     return [{"#": i, "unit space": s.name, "units": s.size, "groups": s.groups,
-             "tensors": len({r.param for r in s.refs}), "cut after it": cut_at.get(s.name, "")}
+             "tensors": len({r.param for r in s.refs}),
+             "cut after it": ", ".join(c for c, x in at.items() if x == i + 0.5),
+             "split by cuts": ", ".join(c for c, n in split_by.items() if n == s.name)}
             for i, s in enumerate(graph.spaces)]
 
 
