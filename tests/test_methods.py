@@ -83,5 +83,5 @@ def test_app_lists_the_registry_and_enables_each_methods_knobs(demo_parents):
         for key, knob in (("m_alpha", "alpha"), ("m_zip_a", "zip_a"), ("m_zip_b", "zip_b")):
             assert at.slider(key=key).disabled == (not m.takes(knob)), (n, knob)
         assert at.radio(key="m_mix").disabled == (not m.takes("mix")), n
-        assert at.segmented_control(key="m_cut").disabled == (not m.takes("cut")), n
+        assert at.select_slider(key="m_cut").disabled == (not m.takes("cut")), n
     assert not at.exception, [e.value for e in at.exception]

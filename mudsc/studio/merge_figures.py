@@ -97,10 +97,10 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, x: str, current: Any, x_titl
                                  line=dict(color=colour, width=2), marker=dict(size=7),
                                  hovertemplate=f"{x_title} %{{x}}<br>{name} %{{y:.1f}}%<extra></extra>"))
     if shares:
-        for key, name, dash in (("merged_params_share", "parameters merged", "dash"),
-                                ("merged_flops_share", "FLOPs merged", "dot")):
+        for key, name, colour in (("merged_params_share", "parameters merged", TASK_COLOURS[2]),
+                                  ("merged_flops_share", "FLOPs merged", TASK_COLOURS[1])):
             fig.add_trace(go.Scatter(x=xs, y=[100 * r[key] for r in rows], mode="lines+markers", name=name,
-                                     yaxis="y2", line=dict(color="#718096", width=1.5, dash=dash),
+                                     yaxis="y2", line=dict(color=colour, width=1.5, dash="dash"),
                                      marker=dict(size=5, symbol="square"),
                                      hovertemplate=f"{x_title} %{{x}}<br>{name} %{{y:.0f}}%<extra></extra>"))
         fig.update_layout(yaxis2=dict(title="share merged (%)", overlaying="y", side="right", range=[0, 102],
