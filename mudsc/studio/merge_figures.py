@@ -50,14 +50,12 @@ def network_figure(graph: UnitGraph, cut: str, *, costs: dict[str, dict[str, flo
         fig.add_annotation(x=x, y=top, text=name, showarrow=False, yanchor="bottom", textangle=-60,
                            font=dict(color=CUT if chosen else "#4a5568", size=11))
         if chosen:  # what this cut merges: the trunk before it, one head per task after it
-            for text, anchor in (("◀ trunk merged", "right"), (f"{tasks} heads, one per task ▶", "left")):
-                fig.add_annotation(x=x, y=top * 0.93, text=text, showarrow=False, xanchor=anchor, xshift=4
-                                   if anchor == "left" else -4, font=dict(color=CUT, size=11),
-                                   bgcolor="rgba(255,255,255,0.8)")
-    for colour, shape, text in ((MERGED, "", "merged (shared by all tasks)"), (KEPT, "", "kept per task"),
-                                (MERGED, "/", "stream split at the cut")):
-        if shape and split is None:
-            continue
+            for text, anchor, shift in (("◀ trunk merged", "right", -4),
+                                        (f"{tasks} heads, one per task ▶", "left", 4)):
+                fig.add_annotation(x=x, y=top * 0.93, text=text, showarrow=False, xanchor=anchor, xshift=shift,
+                                   font=dict(color=CUT, size=11), bgcolor="rgba(255,255,255,0.8)")
+    legend = [(MERGED, "", "merged (shared by all tasks)"), (KEPT, "", "kept per task")]
+    for colour, shape, text in legend + ([(MERGED, "/", "stream split at the cut")] if split else []):
         fig.add_trace(go.Bar(x=[None], y=[None], marker_color=colour, name=text,
                              marker_pattern=dict(shape=shape, fgcolor=KEPT, solidity=0.5)))
     title = f"Unit spaces and cuts (merged up to: {cut})"
