@@ -141,13 +141,12 @@ class MergeSession:
         the images as stage ``statistics``."""
         if self._act is None:
             t0 = time.perf_counter()
-            counted = stage_steps(steps, "statistics")
 
             def cb(done: int, total: int) -> None:
                 if progress:
                     progress("activation statistics", done / total)
-                if counted:
-                    counted(done, total)
+                if steps:
+                    steps("statistics", done, total)
             self._act = activation_stats(self.parents, self.graph, self.train.x[: self.stats_images],
                                          batch_size=self.batch_size, device=self.device,
                                          progress=cb if progress or steps else None)
