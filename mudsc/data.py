@@ -17,7 +17,7 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -589,8 +589,10 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tenso
 
 def batches(split: Split, batch_size: int, *, shuffle: bool = False, augment: bool = False,
             generator: torch.Generator | None = None, max_shift: int | None = None,
-            drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-    """Mini-batches of a split; shuffling and shifting draw only from `generator`."""
+            drop_last: bool = False, progress: Callable[[int, int], None] | None = None
+            ) -> Iterator[tuple[Tensor, Tensor]]:
+    """Mini-batches of a split; shuffling and shifting draw only from `generator`.
+    `progress(done_examples, total)` once the consumer has finished with each batch."""
     if batch_size <= 0:
         raise DataError(f"batch size must be positive, got {batch_size}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -604,3 +606,5 @@ def batches(split: Split, batch_size: int, *, shuffle: bool = False, augment: bo
         if augment:
             x = random_shift(x, shift, g)
         yield x, split.y[idx]
+        if progress is not None:  # the generator resumes once the consumer's loop body has run
+            progress(i + len(idx), stop)

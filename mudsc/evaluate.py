@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,12 +40,14 @@ def columns(output_classes: tuple[int, ...], classes: tuple[int, ...]) -> list[i
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, *, batch_size: int = 500, device=None) -> Tensor | list[Tensor]:
-    """Logits of `model` on every example of `split` (a list for multi-head models), on CPU."""
+def predict(model: nn.Module, split: Split, *, batch_size: int = 500, device=None,
+            progress: Callable[[int, int], None] | None = None) -> Tensor | list[Tensor]:
+    """Logits of `model` on every example of `split` (a list for multi-head models), on CPU.
+    `progress(done_examples, total)` after each batch."""
     device = default_device(device)
     model = model.to(device).eval()
     outs: list = []
-    for x, _ in batches(split, batch_size):
+    for x, _ in batches(split, batch_size, progress=progress):
         out = model(x.to(device))
         outs.append([o.float().cpu() for o in out] if isinstance(out, (list, tuple)) else out.float().cpu())
     if outs and isinstance(outs[0], list):

@@ -1,9 +1,10 @@
-"""Argument helpers shared by the sub-commands."""
+"""Argument helpers and progress bars shared by the sub-commands."""
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import sys
+from typing import Any, Callable
 
 from mudsc.errors import ConfigError
 
@@ -57,3 +58,59 @@ def print_record(rec: dict, classes: str, *, as_json: bool) -> None:
     else:
         print(f"{rec['path']}: accuracy {rec['accuracy']:.4f} on task {classes} "
               f"({rec['dataset']['name']} held-out), {rec['train_seconds']:.1f} s")
+
+
+def add_quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+
+
+def bars_off(args: argparse.Namespace) -> bool:
+    """``--quiet``, or ``--json`` into a pipe: a script reading the JSON wants a clean stderr too."""
+    return bool(getattr(args, "quiet", False) or (getattr(args, "json", False) and not sys.stdout.isatty()))
+
+
+def progress_bar(desc: str, *, unit: str = "step", disable: bool = False):
+    """A tqdm bar on stderr and its ``update(done, total, loss=None)`` callback; tqdm writes to stderr
+    even when it is no terminal, so scripts silence it with ``disable``."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc=desc, unit=unit, leave=False, disable=disable)
+
+    def update(done: int, total: int, loss: float | None = None) -> None:
+        bar.total = total
+        bar.n = done
+        if loss is not None:
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bar.refresh()
+
+    return bar, update
+
+
+class StageBars:
+    """The engine's ``steps(stage, done, total)`` callback as one bar per stage, each closed when the
+    next stage starts; ``units`` names what each stage counts (others count ``default``). A context
+    manager closes the last one."""
+
+    def __init__(self, units: dict[str, str], *, default: str = "step", disable: bool = False) -> None:
+        self.units, self.default, self.disable = units, default, disable
+        self._stage: str | None = None
+        self._bar = None
+        self._update: Callable[..., None] | None = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            self._bar, self._update = progress_bar(stage, unit=self.units.get(stage, self.default), disable=self.disable)
+        self._update(done, total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._stage = self._bar = self._update = None
+
+    def __enter__(self) -> "StageBars":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

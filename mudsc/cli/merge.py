@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from mudsc.cli.common import add_data_args, print_json
+from mudsc.cli.common import StageBars, add_data_args, add_quiet_arg, bars_off, print_json, progress_bar
 
 
 def _add_merge_options(p: argparse.ArgumentParser) -> None:
@@ -33,6 +33,7 @@ def _add_session_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats-images", type=int, default=1000, help="images for activation statistics")
     p.add_argument("--eval-images", type=int, help="held-out images to evaluate on (default: all)")
     p.add_argument("--batch-size", type=int, default=250)
+    add_quiet_arg(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -101,7 +102,9 @@ def _merge(args: argparse.Namespace) -> int:
         result, manifest = reproduce(read_manifest(args.manifest), args.out, device=args.device)
     else:
         session = _session(args.parents, args)
-        result = session.merge(_config(args))
+        units = {"statistics": "img", "sweeps": "sweep", "BN reset": "img", "evaluation": "img"}
+        with StageBars(units, disable=bars_off(args)) as bars:
+            result = session.merge(_config(args), steps=bars)
         manifest = save_merge(result, session, args.out)
     metrics = manifest["metrics"]
     if args.json:
@@ -150,7 +153,15 @@ def _sweep(args: argparse.Namespace) -> int:
         if cuts == ["all"]:
             cuts = [c.name for c in session.graph.cuts] + ["full"]
         configs = grid(base, methods=args.methods, alphas=args.alphas, cuts=cuts)
-        per_pair.append(run_sweep(session, configs))
+        bar, update = progress_bar("configurations", unit="config", disable=bars_off(args))
+
+        def report(desc: str, fraction: float) -> None:  # before each config: name the one running
+            bar.set_postfix_str(desc, refresh=False)
+            update(round(fraction * len(configs)), len(configs))
+        try:
+            per_pair.append(run_sweep(session, configs, progress=report))
+        finally:
+            bar.close()
     rows = aggregate(per_pair) if len(per_pair) > 1 else per_pair[0]
     prefix = Path(args.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)

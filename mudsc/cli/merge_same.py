@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mudsc.cli.common import add_data_args, print_json
+from mudsc.cli.common import StageBars, add_data_args, add_quiet_arg, bars_off, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-images", type=int, help="held-out images to evaluate on (default: all)")
     p.add_argument("--out", required=True, help="output directory (task{i}.safetensors, manifest.json)")
     p.add_argument("--json", action="store_true", help="print per-task accuracy and the average as JSON")
+    add_quiet_arg(p)
     p.set_defaults(func=_merge_same)
 
 
@@ -109,7 +110,9 @@ def _merge_same(args: argparse.Namespace) -> int:
     if config is None:  # default epochs: the task models' own
         epochs = args.epochs or max(int(i.get("epochs", 5)) for i in session.infos)
         config = MultitaskConfig(epochs=epochs, lr=args.lr, seed=args.seed)
-    result = session.merge(config)
+    units = {"layers": "tensor", "BN reset": "img"}  # statistics stages count examples
+    with StageBars(units, default="example", disable=bars_off(args)) as bars:
+        result = session.merge(config, steps=bars)
     session.save(result, args.out)
     metrics, before = result.metrics, result.before_bn_reset
     if args.json:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from mudsc.cli.common import add_model_task_args, load_model_task, print_json
+from mudsc.cli.common import add_model_task_args, add_quiet_arg, bars_off, load_model_task, print_json, progress_bar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="seeds the example order and sampled labels")
     s.add_argument("--out", required=True, help="output .safetensors file")
     s.add_argument("--json", action="store_true")
+    add_quiet_arg(s)
     s.set_defaults(func=_stats)
 
 
@@ -37,9 +38,13 @@ def _stats(args: argparse.Namespace) -> int:
     split = (data.train if args.split == "train" else data.eval).subset(classes)
     g = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
-    stats = compute_stats(model, batches(split, args.batch_size, shuffle=True, generator=g),
-                          examples=args.examples, fisher=args.fisher, generator=g, device=args.device,
-                          parts=args.parts)
+    bar, update = progress_bar("statistics", unit="example", disable=bars_off(args))
+    try:
+        stats = compute_stats(model, batches(split, args.batch_size, shuffle=True, generator=g),
+                              examples=args.examples, fisher=args.fisher, generator=g, device=args.device,
+                              parts=args.parts, progress=update)
+    finally:
+        bar.close()
     seconds = time.perf_counter() - t0
     meta = {"model": str(args.model), "model_sha256": sha256_file(args.model), "dataset": data.name,
             "dataset_sha256": data.fingerprint, "classes": ",".join(map(str, classes)), "split": args.split,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from mudsc.cli.common import add_data_args, parse_kw, print_json, print_record
+from mudsc.cli.common import add_data_args, parse_kw, print_json, print_record, progress_bar
 from mudsc.cli.finetune import add_finetune
 
 
@@ -34,20 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_demo)
 
 
-def _bar(desc: str):
-    from tqdm import tqdm
-
-    bar = tqdm(total=None, desc=desc, unit="step", leave=False)
-
-    def update(step: int, total: int, loss: float) -> None:
-        bar.total = total
-        bar.n = step
-        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-        bar.refresh()
-
-    return bar, update
-
-
 def _train(args: argparse.Namespace) -> int:
     from mudsc.zoo.demo import train_parent
 
@@ -57,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or default_parent_path(args.arch, args.dataset, args.classes, args.seed, kw.get("width"))
     if args.width is not None:
         kw["width"] = args.width
-    bar, update = _bar(f"train {args.arch} on {args.classes}")
+    bar, update = progress_bar(f"train {args.arch} on {args.classes}")
     try:
         rec = train_parent(dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, classes=args.classes,
                            seed=args.seed, epochs=args.epochs, head=args.head, feat_dim=args.feat_dim,
@@ -73,7 +59,7 @@ def _demo(args: argparse.Namespace) -> int:
     from mudsc.models.checkpoint import load_model
     from mudsc.zoo.demo import demo_pair
 
-    bar, update = _bar("demo parents")
+    bar, update = progress_bar("demo parents")
     try:
         paths = demo_pair(progress=update)
     finally:

@@ -22,7 +22,13 @@ from mudsc.models.multihead import Ensemble, build_multihead, multihead_state
 from mudsc.diffinit.solve import Solution, solve
 from mudsc.diffinit.stats import ActivationStats, activation_stats
 
-Progress = Callable[[str, float], None]  # (stage description, fraction done)
+Progress = Callable[[str, float], None]  # (stage description, fraction done): the studio's jobs
+Steps = Callable[[str, int, int], None]  # (stage, done, total): the CLI's bars
+
+
+def stage_steps(steps: Steps | None, stage: str) -> Callable[[int, int], None] | None:
+    """The (done, total) callback of one stage of `steps`."""
+    return (lambda done, total: steps(stage, done, total)) if steps else None
 
 
 @dataclass
@@ -130,13 +136,20 @@ class MergeSession:
         return session
 
     # ------------------------------------------------------------------ statistics
-    def activation_stats(self, progress: Progress | None = None) -> ActivationStats:
-        """Activation correlations of every unit space, computed once per session."""
+    def activation_stats(self, progress: Progress | None = None, *, steps: Steps | None = None) -> ActivationStats:
+        """Activation correlations of every unit space, computed once per session; `steps` counts
+        the images as stage ``statistics``."""
         if self._act is None:
             t0 = time.perf_counter()
-            cb = (lambda d, t: progress("activation statistics", d / t)) if progress else None
+
+            def cb(done: int, total: int) -> None:
+                if progress:
+                    progress("activation statistics", done / total)
+                if steps:
+                    steps("statistics", done, total)
             self._act = activation_stats(self.parents, self.graph, self.train.x[: self.stats_images],
-                                         batch_size=self.batch_size, device=self.device, progress=cb)
+                                         batch_size=self.batch_size, device=self.device,
+                                         progress=cb if progress or steps else None)
             self.timings["stats"] = time.perf_counter() - t0
         return self._act
 
@@ -147,14 +160,16 @@ class MergeSession:
         return list(self.graph.cut(cut).merged_spaces)
 
     # ------------------------------------------------------------------ merging
-    def merge(self, config: MergeConfig, progress: Progress | None = None) -> MergeResult:
-        """Merge the parents as `config` says; cached per config."""
+    def merge(self, config: MergeConfig, progress: Progress | None = None, *,
+              steps: Steps | None = None) -> MergeResult:
+        """Merge the parents as `config` says; cached per config. `steps` counts the work of the
+        stages ``statistics`` (images), ``sweeps``, ``BN reset`` (images) and ``evaluation`` (images)."""
         if config in self._results:
             return self._results[config]
         timings: dict[str, float] = {}
         if config.method == "ensemble":
             model = Ensemble([copy.deepcopy(p) for p in self.parents]).eval()
-            result = self._finish(config, model, {}, None, [], timings, progress)
+            result = self._finish(config, model, {}, None, [], timings, progress, steps)
             self._results[config] = result
             return result
         if config.cut == "full" and not shares_output_space(self.parents):
@@ -166,11 +181,15 @@ class MergeSession:
         spaces = self.spaces_for(config.cut)
         act = None
         if config.similarity in ("activation", "dual"):
-            act = self.activation_stats(progress).corr
+            act = self.activation_stats(progress, steps=steps).corr
         t0 = time.perf_counter()
-        cb = (lambda sweep, score: progress(f"sweep {sweep}, score {score:.4f}", sweep / config.max_sweeps)) \
-            if progress else None
-        solution = solve(self.sds, self.graph, spaces, config, act_corr=act, progress=cb)
+
+        def cb(sweep: int, score: float) -> None:
+            if progress:
+                progress(f"sweep {sweep}, score {score:.4f}", sweep / config.max_sweeps)
+            if steps:
+                steps("sweeps", sweep, config.max_sweeps)
+        solution = solve(self.sds, self.graph, spaces, config, act_corr=act, progress=cb if progress or steps else None)
         timings["match"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         merged = fuse(self.sds, self.graph, solution.matches)
@@ -188,27 +207,29 @@ class MergeSession:
             t0 = time.perf_counter()
             if progress:
                 progress("BatchNorm reset", 0.0)
-            reset_bn_stats_(model, batches(self.train.head(config.reset_images), self.batch_size), device=self.device)
+            reset_bn_stats_(model, batches(self.train.head(config.reset_images), self.batch_size,
+                                           progress=stage_steps(steps, "BN reset")), device=self.device)
             timings["bn_reset"] = time.perf_counter() - t0
             state = _refresh(state, model, config.cut != "full")
-        result = self._finish(config, model, state, solution, spaces, timings, progress)
+        result = self._finish(config, model, state, solution, spaces, timings, progress, steps)
         self._results[config] = result
         return result
 
-    def _finish(self, config, model, state, solution, spaces, timings, progress) -> MergeResult:
+    def _finish(self, config, model, state, solution, spaces, timings, progress, steps) -> MergeResult:
         t0 = time.perf_counter()
         if progress:
             progress("evaluation", 0.0)
-        metrics = self.evaluate(model)
+        metrics = self.evaluate(model, progress=stage_steps(steps, "evaluation"))
         timings["eval"] = time.perf_counter() - t0
         params = sum(p.numel() for p in model.parameters())
         flops = count_flops(model, self.eval.x[:1])
         return MergeResult(config, model.cpu(), state, solution, spaces, metrics, params, flops, timings)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, model: nn.Module) -> TaskMetrics:
-        """Joint and per-task held-out accuracy of a single- or multi-head model on the parents' tasks."""
-        logits = predict(model, self.eval, batch_size=self.batch_size, device=self.device)
+    def evaluate(self, model: nn.Module, *, progress: Callable[[int, int], None] | None = None) -> TaskMetrics:
+        """Joint and per-task held-out accuracy of a single- or multi-head model on the parents' tasks;
+        `progress(done_images, total)` after each batch."""
+        logits = predict(model, self.eval, batch_size=self.batch_size, device=self.device, progress=progress)
         model.cpu()
         return multitask_metrics(logits, self.eval.y, model.output_classes, self.tasks)
 

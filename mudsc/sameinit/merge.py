@@ -18,7 +18,7 @@ Parameters without statistics (norms; everything a method does not solve) and th
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 from torch import Tensor
@@ -111,7 +111,8 @@ def _check_stat_shape(base: StateDict, s: TaskStats, part: str, key: str, task: 
 
 def merge_same_init(base: StateDict, finetuned: Sequence[StateDict], stats: Sequence[TaskStats] | None = None,
                     *, config: SameInitConfig, init: StateDict | None = None, buffers: Collection[str] = (),
-                    device: torch.device | str | None = None) -> tuple[StateDict, SameInitReport]:
+                    device: torch.device | str | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[StateDict, SameInitReport]:
     """Merge `finetuned` (all fine-tuned from `base`) with ``config.method``.
 
     Args:
@@ -122,6 +123,8 @@ def merge_same_init(base: StateDict, finetuned: Sequence[StateDict], stats: Sequ
         init: a state dict to start CG from (and to keep in null spaces), replacing ``config.init``.
         buffers: keys that are not parameters (e.g. BatchNorm running statistics).
         device: where to solve; default :func:`mudsc.device.default_device`.
+        progress: ``progress(solved_params, params)`` after each layer the method solves (a MaTS
+            layer is one CG solve).
 
     Returns the merged state dict (all of `base`'s keys, on CPU in their dtypes) and a report.
     """
@@ -146,12 +149,16 @@ def merge_same_init(base: StateDict, finetuned: Sequence[StateDict], stats: Sequ
         for k, v in values.items():
             put(k, v)
         layers.append(layer)
+        if progress is not None:
+            progress(sum(k in done for k in job.params), len(job.params))
     for k in body:
         if k in done:
             continue
         if config.unsolved == "average":
             put(k, torch.stack([m[k].to(dev, torch.float64) for m in finetuned]).mean(0))
         layers.append(LayerReport((k,), config.unsolved))
+    if progress is not None:  # the keys the method left are settled too
+        progress(len(job.params), len(job.params))
     report = SameInitReport(config, tuple(layers), tuple(k for k in base if k in done),
                             tuple(k for k in base if k not in done))
     return out, report

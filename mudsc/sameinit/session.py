@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,7 @@ from mudsc import __version__
 from mudsc.data import Dataset, batches, check_tasks, load_dataset, union_classes, union_train
 from mudsc.device import default_device
 from mudsc.diffinit.fuse import reset_bn_stats_
+from mudsc.diffinit.session import Steps, stage_steps
 from mudsc.errors import CheckpointError, ConfigError
 from mudsc.evaluate import TaskMetrics, multitask_metrics, predict
 from mudsc.methods import get_method
@@ -179,12 +180,13 @@ class SameInitSession:
         return session
 
     # ------------------------------------------------------------------ statistics
-    def statistics(self, parts: Collection[str] = PARTS) -> list[TaskStats]:
+    def statistics(self, parts: Collection[str] = PARTS, *, steps: Steps | None = None) -> list[TaskStats]:
         """One :class:`TaskStats` per task model holding at least `parts` (of ``gram``, ``grad``,
         ``fisher``). Given statistics are returned as they are; otherwise each part is computed once
         per session, from the first ``stats_examples`` training images of the model's own task in an
         order seeded by ``seed + i`` (the conventions of ``mudsc stats``). Parts not cached yet are
-        computed alone, in one more pass, and joined to those already there."""
+        computed alone, in one more pass, and joined to those already there. `steps` counts each
+        model's examples as its own stage."""
         missing = [p for p in PARTS if p in parts and p not in self._parts]
         if not missing:
             return self._stats or []
@@ -194,7 +196,8 @@ class SameInitSession:
             g = torch.Generator().manual_seed(self.seed + i)
             new.append(compute_stats(m, batches(split, STATS_BATCH, shuffle=True, generator=g),
                                      examples=self.stats_examples, fisher=self.fisher, generator=g,
-                                     device=self.device, parts=missing))
+                                     device=self.device, parts=missing,
+                                     progress=stage_steps(steps, f"statistics, model {i + 1} of {len(self.models)}")))
             m.cpu()  # compute_stats leaves the model on its device
         if self._stats is not None:  # the same examples and labels in every pass: the parts fit together
             new = [dataclasses.replace(old, **{p: getattr(s, p) for p in missing}, bias={**old.bias, **s.bias})
@@ -204,12 +207,14 @@ class SameInitSession:
         return self._stats
 
     # ------------------------------------------------------------------ merging
-    def merge(self, config: Config) -> SameInitResult:
+    def merge(self, config: Config, *, steps: Steps | None = None) -> SameInitResult:
         """Merge the task models as `config` says (a :class:`MultitaskConfig` trains the bound);
-        cached per config. Statistics come from :meth:`statistics`, only the parts `config` reads."""
+        cached per config. Statistics come from :meth:`statistics`, only the parts `config` reads.
+        `steps` counts the work of the stages ``statistics, model I of N`` (examples), ``layers``
+        (parameter tensors solved) and ``BN reset`` (images)."""
         if config not in self._results:
             self._results[config] = (self._multitask(config) if isinstance(config, MultitaskConfig)
-                                     else self._merge(config))
+                                     else self._merge(config, steps))
         return self._results[config]
 
     def method_name(self, config: Config) -> str:
@@ -218,26 +223,27 @@ class SameInitSession:
             return config.method
         return get_method(f"{self.alignment.method}+{config.method}", "align-then-fuse").name
 
-    def _merge(self, config: SameInitConfig) -> SameInitResult:
+    def _merge(self, config: SameInitConfig, steps: Steps | None) -> SameInitResult:
         name = self.method_name(config)
         timings: dict[str, float] = {}
         stats = None
         if config.needs_stats:
             t0 = time.perf_counter()
             fresh = not set(config.stat_parts) <= self._parts
-            stats = self.statistics(config.stat_parts)
+            stats = self.statistics(config.stat_parts, steps=steps)
             if fresh:
                 timings["stats"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         merged, report = merge_same_init(self.base, [m.state_dict() for m in self.models], stats, config=config,
-                                         init=self.init, buffers=bn_buffers(self.base), device=self.device)
+                                         init=self.init, buffers=bn_buffers(self.base), device=self.device,
+                                         progress=stage_steps(steps, "layers"))
         models = [with_body(m, merged) for m in self.models]
         timings["merge"] = time.perf_counter() - t0
         before = None
         if self.reset_bn and any(k.endswith("running_var") for k in body_of(models[0].state_dict())):
             before = self.evaluate(models)
             t0 = time.perf_counter()
-            self._reset_bn(models)
+            self._reset_bn(models, progress=stage_steps(steps, "BN reset"))
             timings["bn_reset"] = time.perf_counter() - t0
         return SameInitResult(name, config, models, self.evaluate(models), before, report, timings)
 
@@ -248,14 +254,15 @@ class SameInitSession:
         timings = {"train": time.perf_counter() - t0}
         return SameInitResult(config.method, config, models, self.evaluate(models), timings=timings)
 
-    def _reset_bn(self, models: Sequence[nn.Module]) -> None:
+    def _reset_bn(self, models: Sequence[nn.Module], *,
+                  progress: Callable[[int, int], None] | None = None) -> None:
         """Recompute the BatchNorm statistics of the models' common body (one merged body under
         several heads) in place: once, through the first model, on ``reset_images`` training images
         of the union of the tasks; then copied into the others."""
         if self.reset_images < 1:
             raise ConfigError(f"BatchNorm reset needs at least one image, got {self.reset_images}")
         train = union_train(self.data, self.tasks, seed=self.seed).head(self.reset_images)
-        reset_bn_stats_(models[0], batches(train, self.batch_size), device=self.device)
+        reset_bn_stats_(models[0], batches(train, self.batch_size, progress=progress), device=self.device)
         models[0].cpu()
         body = body_of(models[0].state_dict())
         for m in models[1:]:

@@ -30,7 +30,7 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Collection, Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -182,7 +182,7 @@ def _per_example_sq_grads(model: nn.Module, params: dict[str, Tensor], x: Tensor
 def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, examples: int = 1000,
                   fisher: str = "sampled", per_example: str = "vmap", chunk_size: int | None = None,
                   generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                  parts: Collection[str] = PARTS) -> TaskStats:
+                  parts: Collection[str] = PARTS, progress: Callable[[int, int], None] | None = None) -> TaskStats:
     """Gram, K-FAC factor and diagonal Fisher of `model` over the first `examples` of `batches`.
 
     Args:
@@ -195,6 +195,7 @@ def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
         generator: draws the sampled labels (CPU generator).
         device: where to compute; default :func:`mudsc.device.default_device`.
         parts: which of ``gram``, ``grad``, ``fisher`` to compute; the others stay empty.
+        progress: ``progress(done_examples, examples)`` after each batch.
     """
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
@@ -240,6 +241,8 @@ def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
                                                       chunk_size=chunk_size).items():
                         sq[k] += v
                 seen += take
+                if progress is not None:
+                    progress(seen, examples)
     finally:
         model.train(was_training)
     if seen == 0:
