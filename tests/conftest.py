@@ -56,3 +56,19 @@ def same_init_family(tmp_path_factory):
         finetune_parent(base, dataset="digits", classes=task, seed=i, out=paths[-1], epochs=2, lr=3e-3,
                         batch_size=32, device="cpu")
     return root, base, paths
+
+
+@pytest.fixture(scope="session")
+def tiny_parents(tmp_path_factory):
+    """Two random digits MLPs from different inits on tasks 0-4 and 5-9: paths of their checkpoints."""
+    from mudsc.data import load_dataset
+    from mudsc.models import create_model, save_model
+
+    data = load_dataset("digits")
+    root = tmp_path_factory.mktemp("tiny_parents")
+    paths = []
+    for seed, classes in ((0, (0, 1, 2, 3, 4)), (1, (5, 6, 7, 8, 9))):
+        torch.manual_seed(seed)
+        model = create_model("mlp", classes=classes, num_classes=10, in_chans=1, img_size=8, width=16, depth=2)
+        paths.append(str(save_model(model, root / f"p{seed}.safetensors", dataset=data.describe())))
+    return paths

@@ -5,30 +5,11 @@ from __future__ import annotations
 import json
 import sys
 
-import pytest
 
 from mudsc.cli import main
 
 MERGE_STAGES = ("statistics", "sweeps", "evaluation")
 SAME_STAGES = ("statistics, model 1 of 2", "statistics, model 2 of 2", "layers", "BN reset")
-
-
-@pytest.fixture(scope="module")
-def tiny_parents(tmp_path_factory):
-    """Two random digits MLPs on tasks 0-4 and 5-9 (different inits)."""
-    import torch
-
-    from mudsc.data import load_dataset
-    from mudsc.models import create_model, save_model
-
-    data = load_dataset("digits")
-    root = tmp_path_factory.mktemp("progress")
-    paths = []
-    for seed, classes in ((0, (0, 1, 2, 3, 4)), (1, (5, 6, 7, 8, 9))):
-        torch.manual_seed(seed)
-        model = create_model("mlp", classes=classes, num_classes=10, in_chans=1, img_size=8, width=16, depth=2)
-        paths.append(str(save_model(model, root / f"p{seed}.safetensors", dataset=data.describe())))
-    return paths
 
 
 def _run(capsys, argv: list[str]) -> tuple[str, str]:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("mudsc", "landscape", "pages")
@@ -158,23 +157,6 @@ def test_every_package_says_what_lives_there_and_what_it_may_import():
         assert doc, f"{init.relative_to(REPO)} has no docstring"
         if init.parent.name != "solvers":
             assert "import" in doc.lower(), f"{init.relative_to(REPO)} does not say what it may import"
-
-
-@pytest.fixture(scope="module")
-def tiny_parents(tmp_path_factory):
-    from mudsc.data import load_dataset
-    from mudsc.models import create_model, save_model
-
-    data = load_dataset("digits")
-    root = tmp_path_factory.mktemp("tiny")
-    paths = []
-    for seed, classes in ((0, (0, 1, 2, 3, 4)), (1, (5, 6, 7, 8, 9))):
-        import torch
-
-        torch.manual_seed(seed)
-        model = create_model("mlp", classes=classes, num_classes=10, in_chans=1, img_size=8, width=16, depth=2)
-        paths.append(str(save_model(model, root / f"p{seed}.safetensors", dataset=data.describe())))
-    return paths
 
 
 def _app_modules_loaded(argv: list[str], cwd: Path) -> dict:
