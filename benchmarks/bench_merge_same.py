@@ -26,11 +26,11 @@ import torch
 from mudsc.data import load_dataset, parse_classes
 from mudsc.device import default_device
 from mudsc.evaluate import accuracy
-from mudsc.zoo.finetune import task_family
 from mudsc.models.checkpoint import load_model
 from mudsc.sameinit.config import MultitaskConfig, SameInitConfig
 from mudsc.sameinit.session import SameInitSession, with_body
 from mudsc.zoo.demo import train_parent
+from mudsc.zoo.finetune import task_family
 
 SAME_INIT = [
     ("average", {}), ("task-arithmetic", {"lam": 0.3}), ("ties", {"ties_density": 0.2}), ("fisher", {}),

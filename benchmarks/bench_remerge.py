@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from mudsc.diffinit.config import make_config
 from mudsc.data import batches, load_dataset
-from mudsc.models.checkpoint import load_model
-from mudsc.models import create_model
+from mudsc.diffinit.config import make_config
 from mudsc.diffinit.session import MergeSession
 from mudsc.diffinit.stats import activation_stats
+from mudsc.models import create_model
+from mudsc.models.checkpoint import load_model
 
 
 def timed(fn, repeat: int = 3) -> float:

@@ -16,11 +16,11 @@ import torch
 from mudsc.data import batches, load_dataset, parse_classes
 from mudsc.device import default_device
 from mudsc.evaluate import accuracy
-from mudsc.zoo.finetune import task_family
 from mudsc.models.checkpoint import load_model
 from mudsc.sameinit.config import SameInitConfig
 from mudsc.sameinit.merge import merge_same_init
 from mudsc.sameinit.taskstats import compute_stats
+from mudsc.zoo.finetune import task_family
 
 METHODS = [
     ("average", {}), ("task-arithmetic", {"lam": 0.3}), ("task-arithmetic", {"lam": 0.5}),

@@ -7,7 +7,16 @@ from landscape.cache import LandscapeCache, default_cache_dir, state_dict_finger
 from landscape.compute import GridSpec, PlaneSpec, build_plane, compute_landscape
 from landscape.evaluate import EvalSet, make_eval_set
 from landscape.grid import BN_LABELS, PointEvaluator, evaluate_coords
-from landscape.plane import Plane, cover_grid, filter_normalize, line, pca, random_directions, three_point, trainable_names
+from landscape.plane import (
+           Plane,
+           cover_grid,
+           filter_normalize,
+           line,
+           pca,
+           random_directions,
+           three_point,
+           trainable_names,
+)
 from landscape.result import LandscapeResult
 
 __all__ = ["BN_LABELS", "EvalSet", "GridSpec", "LandscapeCache", "LandscapeResult", "PathResult", "Plane",

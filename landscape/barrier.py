@@ -13,11 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mudsc.errors import ConfigError
-
 from landscape import plane as planes
 from landscape.evaluate import EvalSet
 from landscape.grid import BN_LABELS, PointEvaluator, check_bn_mode, evaluate_coords
+from mudsc.errors import ConfigError
 
 StateDict = Mapping[str, Tensor]
 

@@ -17,10 +17,9 @@ from typing import Callable, ContextManager, Mapping
 import torch
 from torch import Tensor
 
+from landscape.result import LandscapeResult
 from mudsc.atomic import file_lock
 from mudsc.errors import CheckpointError
-
-from landscape.result import LandscapeResult
 
 # Bump when the engine's numbers change for the same inputs, so old cache entries stop matching.
 ENGINE_VERSION = "landscape-1"

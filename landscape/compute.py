@@ -14,14 +14,20 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from mudsc.errors import ConfigError, UnknownNameError
-
 from landscape import plane as planes
 from landscape.cache import LandscapeCache, landscape_key
 from landscape.evaluate import EvalSet
-from landscape.grid import (PointEvaluator, check_bn_mode, check_method, evaluate_coords, native_bf16, precision_label,
-                   progressive_order)
+from landscape.grid import (
+    PointEvaluator,
+    check_bn_mode,
+    check_method,
+    evaluate_coords,
+    native_bf16,
+    precision_label,
+    progressive_order,
+)
 from landscape.result import LandscapeResult
+from mudsc.errors import ConfigError, UnknownNameError
 
 StateDict = Mapping[str, Tensor]
 # The one list of plane kinds and what each plane goes through; the app and the CLI offer these.

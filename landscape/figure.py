@@ -20,11 +20,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mudsc.errors import ConfigError
-from mudsc.studio.figure_export import STATIC_FORMATS, static_image
-
 from landscape.barrier import PathResult
 from landscape.result import LandscapeResult
+from mudsc.errors import ConfigError
+from mudsc.studio.figure_export import STATIC_FORMATS, static_image
 
 SYMBOLS = {"parent": ("circle", "o"), "merge": ("star", "*"), "model": ("diamond", "D")}
 # Parents of one group in turn (parent 0', parent 1', ...), so A' and B' differ at a glance.

@@ -16,13 +16,12 @@ from typing import Sequence
 
 from torch import Tensor
 
+from landscape import plane as planes
+from landscape.compute import PLANE_KINDS, PlaneSpec
 from mudsc.diffinit.fuse import transform_state_dict
 from mudsc.diffinit.rebase import is_permutation, rebase_maps, transformed_parents
 from mudsc.diffinit.session import MergeResult, MergeSession
 from mudsc.errors import ConfigError
-
-from landscape import plane as planes
-from landscape.compute import PLANE_KINDS, PlaneSpec
 
 StateDict = dict[str, Tensor]
 

@@ -31,11 +31,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from mudsc.errors import ConfigError
-from mudsc.evaluate import Sums, TaskLayout, means, metric_sums, task_counts
-
 from landscape.evaluate import EvalSet
 from landscape.plane import Plane
+from mudsc.errors import ConfigError
+from mudsc.evaluate import Sums, TaskLayout, means, metric_sums, task_counts
 
 BN_LABELS = {"exact": "exact", "preview": "preview (frozen BN statistics)"}
 METHODS = ("auto", "vmap", "loop")

@@ -12,10 +12,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from landscape.grid import BN_LABELS
 from mudsc.atomic import atomic_path
 from mudsc.errors import CheckpointError, ConfigError
-
-from landscape.grid import BN_LABELS
 
 _ARRAYS = ("xs", "ys", "task_loss", "task_acc", "joint_loss", "joint_acc", "done", "model_coords",
            "model_distance", "model_task_loss", "model_task_acc", "model_joint_loss", "model_joint_acc")

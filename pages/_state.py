@@ -26,8 +26,8 @@ from typing import Any, Callable
 import streamlit as st
 
 from mudsc.diffinit.config import MergeConfig
-from mudsc.studio.jobs import Job
 from mudsc.diffinit.session import MergeResult, MergeSession
+from mudsc.studio.jobs import Job
 from mudsc.studio.parents import Parent, load_parent
 
 POLL_SECONDS = 0.5

@@ -9,11 +9,18 @@ import streamlit as st
 
 from mudsc.cli.command_lines import manifest_command, merge_command
 from mudsc.errors import MudscError
-from mudsc.studio.figure_export import MIME, STATIC_FORMATS, figure_files, figure_html, file_stem, static_image, zip_bytes
+from mudsc.studio.figure_export import (
+    MIME,
+    STATIC_FORMATS,
+    figure_files,
+    figure_html,
+    file_stem,
+    static_image,
+    zip_bytes,
+)
 from mudsc.studio.summary import config_label
 from mudsc.studio.tables import to_csv, to_latex
-from pages._state import (cached_export, cached_metric_rows, figures, require_session, session_key,
-                          static_export_works)
+from pages._state import cached_export, cached_metric_rows, figures, require_session, session_key, static_export_works
 
 session = require_session()
 key = session_key()

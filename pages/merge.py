@@ -6,13 +6,24 @@ import streamlit as st
 
 from mudsc.data import task_label
 from mudsc.diffinit.config import make_config
+from mudsc.diffinit.sweep import grid, run_sweep
 from mudsc.errors import MudscError
 from mudsc.methods import METHODS, diff_init_names
 from mudsc.studio.merge_figures import sweep_figure
 from mudsc.studio.summary import config_label
-from mudsc.diffinit.sweep import grid, run_sweep
-from pages._state import (cached_cut_costs, cached_metric_rows, cached_network_figure, figures, job_status, jobs,
-                          require_session, running, session_key, start_job, take)
+from pages._state import (
+    cached_cut_costs,
+    cached_metric_rows,
+    cached_network_figure,
+    figures,
+    job_status,
+    jobs,
+    require_session,
+    running,
+    session_key,
+    start_job,
+    take,
+)
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 

@@ -6,12 +6,22 @@ from pathlib import Path
 
 import streamlit as st
 
-from mudsc.errors import MudscError
 from mudsc.data import NAMED
+from mudsc.errors import MudscError
 from mudsc.studio.parents import Parent, describe_parents
 from mudsc.studio.summary import parent_rows, space_rows
-from pages._state import (cached_parent, cached_session, current_session, drop_session, fingerprint,
-                          job_status, running, settings, start_job, take)
+from pages._state import (
+    cached_parent,
+    cached_session,
+    current_session,
+    drop_session,
+    fingerprint,
+    job_status,
+    running,
+    settings,
+    start_job,
+    take,
+)
 
 DATA_KINDS = {"digits": "Built-in digits (8x8, scikit-learn)", "mnist": "MNIST directory (IDX files)",
               "cifar10": "CIFAR-10 directory (official binary or Python batches)",

@@ -4,8 +4,8 @@ import numpy as np
 import streamlit as st
 import torch
 
-from mudsc.studio import figures, umap_view, views
 from mudsc.errors import MudscError
+from mudsc.studio import figures, umap_view, views
 from pages._views import memo, require_merge, show
 
 st.title("Similarity")

@@ -43,9 +43,10 @@ def demo_parents(tmp_path_factory):
 def same_init_family(tmp_path_factory):
     """A BatchNorm MLP base on all digits classes and two task models (0-4, 5-9) fine-tuned from it:
     ``(root, base path, [task paths])``."""
+    from unit_helpers import small_mlp
+
     from mudsc.models import save_model
     from mudsc.zoo.finetune import finetune_parent
-    from unit_helpers import small_mlp
 
     root = tmp_path_factory.mktemp("same_init_family")
     base = root / "base.safetensors"

@@ -160,8 +160,8 @@ def test_upload_and_plain_weights_build_the_session(demo_parents, tmp_path):
 
 def _variant(demo_parent, path: Path, **changes) -> Path:
     """The demo parent's architecture with `changes` to its spec, freshly initialised, saved to `path`."""
-    from mudsc.models.checkpoint import load_model, save_model
     from mudsc.models import model_from_spec
+    from mudsc.models.checkpoint import load_model, save_model
 
     _, meta = load_model(demo_parent)
     spec = {**meta["spec"], **changes, "kwargs": {**meta["spec"]["kwargs"], **changes.pop("kwargs", {})}}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-
 from mudsc.cli import main
 
 MERGE_STAGES = ("statistics", "sweeps", "evaluation")

@@ -10,7 +10,14 @@ import pytest
 from mudsc.cli.command_lines import manifest_command, merge_command
 from mudsc.diffinit.config import make_config
 from mudsc.errors import ConfigError
-from mudsc.studio.figure_export import figure_files, figure_html, file_stem, static_export_works, static_image, zip_bytes
+from mudsc.studio.figure_export import (
+    figure_files,
+    figure_html,
+    file_stem,
+    static_export_works,
+    static_image,
+    zip_bytes,
+)
 from mudsc.studio.tables import latex_escape, to_csv, to_latex
 
 ROWS = [{"model": "merged (mudsc-zip, alpha 0.5)", "joint": 0.6312, "task 0-4": 0.9, "params": 275696},

@@ -23,8 +23,8 @@ import torch
 import landscape.compute as compute_mod
 import mudsc.studio.figure_export as fe
 from landscape import LandscapeResult
-from mudsc.atomic import write_bytes
 from landscape.cache import LandscapeCache
+from mudsc.atomic import write_bytes
 from mudsc.errors import ConfigError, DiskFullError, ResourceError, out_of_memory
 from mudsc.models import create_model
 from mudsc.models.checkpoint import load_model, save_model

@@ -7,8 +7,8 @@ from torch import nn
 from torch.func import functional_call
 from unit_helpers import inputs, make, random_perms, rel_err
 
-from mudsc.errors import CheckpointError, ConfigError, DataError, ShapeMismatchError, UnknownNameError
 from mudsc.diffinit.fuse import fuse, reset_bn_stats_, transform_state_dict
+from mudsc.errors import CheckpointError, ConfigError, DataError, ShapeMismatchError, UnknownNameError
 from mudsc.unitgraph import trace
 
 

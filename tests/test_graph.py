@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from unit_helpers import ARCHS, inputs, make, random_perms, rel_err
 
-from mudsc.errors import ConfigError, UnknownNameError
 from mudsc.diffinit.fuse import transform_state_dict
+from mudsc.errors import ConfigError, UnknownNameError
 from mudsc.unitgraph import UnitGraph, observed, split, trace
 
 

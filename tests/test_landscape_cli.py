@@ -123,8 +123,8 @@ def test_grid_too_large_and_mismatched_parents_are_refused(capsys, demo_parents,
     assert rc == 2 and "grid needs about" in err and "GiB" in err and "lower the grid resolution" in err
     assert "Traceback" not in err + out and not (tmp_path / "big.npz").exists()
 
-    from mudsc.models.checkpoint import load_model, save_model
     from mudsc.models import model_from_spec
+    from mudsc.models.checkpoint import load_model, save_model
 
     _, meta = load_model(demo_parents[1])
     wider = dict(meta["spec"], kwargs={**meta["spec"]["kwargs"], "width": 2})

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from landscape.figure import landscape_figure, path_figure, write_figure
 from landscape.barrier import PathResult
+from landscape.figure import landscape_figure, path_figure, write_figure
 from landscape.result import LandscapeResult
 
 ROOT = Path(__file__).resolve().parents[1]

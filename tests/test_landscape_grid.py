@@ -4,8 +4,8 @@ import copy
 import pytest
 import torch
 
-from landscape.evaluate import make_eval_set
 from landscape import grid
+from landscape.evaluate import make_eval_set
 from landscape.grid import BN_LABELS, PointEvaluator, evaluate_coords, native_bf16, progressive_order
 from landscape.plane import three_point, trainable_names
 from mudsc.data import load_dataset

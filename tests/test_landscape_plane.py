@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from landscape.plane import (cover_grid, filter_normalize, flatten, pca, random_directions, three_point,
-                             trainable_names)
+from landscape.plane import cover_grid, filter_normalize, flatten, pca, random_directions, three_point, trainable_names
 from mudsc.errors import ConfigError
 from mudsc.models import create_model
 

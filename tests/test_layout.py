@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("mudsc", "landscape", "pages")
 APP_PACKAGES = ("streamlit", "plotly", "kaleido", "umap")

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from mudsc.diffinit.config import make_config
-from mudsc.errors import ConfigError, UnknownNameError
 from mudsc.diffinit.fuse import transform_state_dict
-from mudsc.models.checkpoint import load_model
-from mudsc.models import create_model
 from mudsc.diffinit.session import MergeSession
+from mudsc.errors import ConfigError, UnknownNameError
+from mudsc.models import create_model
+from mudsc.models.checkpoint import load_model
 
 
 def _model(arch, seed=0, classes=(0, 1, 2, 3, 4), head="shared", **kw):

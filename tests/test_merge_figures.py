@@ -1,12 +1,12 @@
 """Merge-page figures and tables: the network drawing marks what a cut merges, sweep curves, rows."""
 import pytest
 
-from mudsc.errors import ConfigError, UnknownNameError
-from mudsc.unitgraph import trace
-from mudsc.studio.merge_figures import KEPT, MERGED, network_figure, sweep_figure
-from mudsc.models import create_model
 from mudsc.data import task_label
+from mudsc.errors import ConfigError, UnknownNameError
+from mudsc.models import create_model
+from mudsc.studio.merge_figures import KEPT, MERGED, network_figure, sweep_figure
 from mudsc.studio.summary import cut_positions, space_rows, split_stream
+from mudsc.unitgraph import trace
 
 
 @pytest.fixture(scope="module")

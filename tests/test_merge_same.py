@@ -3,20 +3,20 @@ import json
 
 import pytest
 import torch
+from unit_helpers import small_mlp
 
 from mudsc.cli import main
 from mudsc.diffinit.config import make_config
-from mudsc.errors import ConfigError
-from mudsc.zoo.finetune import finetune_parent
 from mudsc.diffinit.fuse import transform_state_dict
-from mudsc.unitgraph import trace
-from mudsc.sameinit.hybrid import aligned_state_dicts
-from mudsc.models.checkpoint import load_model, save_model, sha256_file
-from mudsc.models import model_from_spec
-from mudsc.sameinit.merge import METHODS
-from mudsc.methods import names
 from mudsc.diffinit.session import MergeSession
-from unit_helpers import small_mlp
+from mudsc.errors import ConfigError
+from mudsc.methods import names
+from mudsc.models import model_from_spec
+from mudsc.models.checkpoint import load_model, save_model, sha256_file
+from mudsc.sameinit.hybrid import aligned_state_dicts
+from mudsc.sameinit.merge import METHODS
+from mudsc.unitgraph import trace
+from mudsc.zoo.finetune import finetune_parent
 
 TASKS = ("0-4", "5-9")
 HYBRIDS = names("align-then-fuse")

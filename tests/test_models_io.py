@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from mudsc.errors import CheckpointError, ConfigError, ShapeMismatchError, UnknownNameError
-from mudsc.models.checkpoint import load_model, read_state_dict, save_model
 from mudsc.models import create_model, list_models
+from mudsc.models.checkpoint import load_model, read_state_dict, save_model
 
 ARCHS = [
     ("mlp", {"width": 32}),

@@ -15,8 +15,8 @@ PAGES = ("similarity", "alignment", "loss_landscape")
 @pytest.fixture(scope="module")
 def session(demo_parents):
     from mudsc.data import load_dataset
-    from mudsc.models.checkpoint import load_model
     from mudsc.diffinit.session import MergeSession
+    from mudsc.models.checkpoint import load_model
 
     models = [load_model(p)[0] for p in demo_parents]
     return MergeSession(models, load_dataset("digits"), stats_images=250, eval_images=200)

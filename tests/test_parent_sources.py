@@ -3,10 +3,17 @@ import pytest
 import torch
 
 from mudsc.errors import CheckpointError, DataError
-from mudsc.models.checkpoint import load_model, sha256_file
 from mudsc.models import create_model
-from mudsc.studio.parent_sources import (architecture_summary, check_fits, layer_counts, plain_spec, read_info,
-                                  self_describing, store_upload)
+from mudsc.models.checkpoint import load_model, sha256_file
+from mudsc.studio.parent_sources import (
+    architecture_summary,
+    check_fits,
+    layer_counts,
+    plain_spec,
+    read_info,
+    self_describing,
+    store_upload,
+)
 
 
 def test_store_upload_is_content_addressed_and_limited(tmp_path):

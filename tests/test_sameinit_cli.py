@@ -8,8 +8,8 @@ import torch
 from mudsc.cli import finetune as finetune_cmd
 from mudsc.cli import stats as stats_cmd
 from mudsc.errors import CheckpointError
-from mudsc.models.checkpoint import load_model, save_model
 from mudsc.models import create_model
+from mudsc.models.checkpoint import load_model, save_model
 from mudsc.sameinit.config import SameInitConfig
 from mudsc.sameinit.merge import merge_same_init
 from mudsc.sameinit.taskstats import load_stats

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from unit_helpers import small_mlp
 
 import mudsc.sameinit.session as session_mod
 from mudsc.cli import main
@@ -14,7 +15,6 @@ from mudsc.models.checkpoint import load_model
 from mudsc.sameinit.config import MultitaskConfig, SameInitConfig
 from mudsc.sameinit.registry import registered
 from mudsc.sameinit.session import SameInitSession
-from unit_helpers import small_mlp
 
 CONFIGS = [SameInitConfig(method=m, iterations=10) for m in names("same-init")] + [MultitaskConfig(epochs=1)]
 

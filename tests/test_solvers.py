@@ -7,9 +7,21 @@ import numpy as np
 import pytest
 import torch
 
+from mudsc.diffinit.solvers import (
+    GroupMatch,
+    Match,
+    get_solver,
+    greedy_zip,
+    greedy_zip_reference,
+    group_hungarian,
+    group_zip,
+    hungarian,
+    identity,
+    list_solvers,
+    register_solver,
+    solver_paper,
+)
 from mudsc.errors import ConfigError, UnknownNameError
-from mudsc.diffinit.solvers import (GroupMatch, Match, get_solver, greedy_zip, greedy_zip_reference, group_hungarian,
-                           group_zip, hungarian, identity, list_solvers, register_solver, solver_paper)
 
 ALL = {
     "identity": lambda s, sizes: identity(s, sizes),

@@ -3,8 +3,18 @@ import pytest
 import torch
 
 from mudsc.errors import ConfigError, ShapeMismatchError
-from mudsc.sameinit.subspace import (conjugate_gradient, fisher_system, identity_system, initial_point, kfac_system,
-                            regmean_system, scale_offdiagonal, solve_cg, solve_fisher, solve_regmean)
+from mudsc.sameinit.subspace import (
+    conjugate_gradient,
+    fisher_system,
+    identity_system,
+    initial_point,
+    kfac_system,
+    regmean_system,
+    scale_offdiagonal,
+    solve_cg,
+    solve_fisher,
+    solve_regmean,
+)
 
 D = torch.float64
 

@@ -7,19 +7,19 @@ import pytest
 import torch
 
 from landscape.frames import landscape_plan
-from mudsc.diffinit.rebase import is_permutation, rebase, transformed_parents
-from mudsc.studio import figures, umap_view, views
 from mudsc.diffinit.config import make_config
-from mudsc.errors import ConfigError
 from mudsc.diffinit.fuse import fuse, transform_state_dict
+from mudsc.diffinit.rebase import is_permutation, rebase, transformed_parents
 from mudsc.diffinit.solvers import group_hungarian, hungarian
+from mudsc.errors import ConfigError
+from mudsc.studio import figures, umap_view, views
 
 
 @pytest.fixture(scope="module")
 def session(demo_parents):
     from mudsc.data import load_dataset
-    from mudsc.models.checkpoint import load_model
     from mudsc.diffinit.session import MergeSession
+    from mudsc.models.checkpoint import load_model
 
     models = [load_model(p)[0] for p in demo_parents]
     return MergeSession(models, load_dataset("digits"), stats_images=250, eval_images=200)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mudsc.unitgraph import UnitGraph
 from mudsc.models import create_model
+from mudsc.unitgraph import UnitGraph
 
 # (arch, options): every architecture the unit graph must handle without a hand-written spec
 ARCHS = [

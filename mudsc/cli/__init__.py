@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mudsc.errors import MudscError
-
 # One explicit list; each module adds its sub-commands with register(subparsers).
 from mudsc.cli import evaluate, landscape, merge, merge_same, stats, zoo
+from mudsc.errors import MudscError
 
 COMMANDS = (zoo, evaluate, merge, merge_same, stats, landscape)
 

@@ -13,9 +13,8 @@ FIGURE_FORMATS = ("html", "png", "svg", "pdf")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from mudsc.methods import names
-
     from landscape.compute import PLANE_KINDS
+    from mudsc.methods import names
 
     planes = {kind.replace("_", "-"): what for kind, what in PLANE_KINDS.items()}
     p = sub.add_parser("landscape", help="per-task loss over a plane through the parents and their merges")
@@ -118,10 +117,9 @@ def _landscape(args: argparse.Namespace) -> int:
     from landscape import GridSpec, compute_landscape, evaluate_path, make_eval_set
     from landscape.frames import landscape_plan
     from landscape.plane import trainable_names
-
     from mudsc.diffinit.config import make_config
-    from mudsc.errors import ConfigError
     from mudsc.diffinit.session import MergeSession
+    from mudsc.errors import ConfigError
 
     out = Path(args.out)
     if out.suffix != ".npz":

@@ -75,8 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from mudsc.diffinit.config import make_config
     from mudsc.cli.common import parse_kw
+    from mudsc.diffinit.config import make_config
 
     return make_config(method=args.method, alpha=args.alpha, alpha_overrides=parse_kw(args.alpha_for),
                        mix=args.mix, weight_metric=args.weight_metric, zip_a=args.zip_a, zip_b=args.zip_b,
@@ -86,8 +86,8 @@ def _config(args: argparse.Namespace):
 
 
 def _session(paths: list[str], args: argparse.Namespace):
-    from mudsc.errors import ConfigError
     from mudsc.diffinit.session import MergeSession
+    from mudsc.errors import ConfigError
 
     if not paths or not args.dataset:
         raise ConfigError("give --parents A.safetensors B.safetensors [...] and --dataset (or --manifest)")
@@ -119,9 +119,9 @@ def _merge(args: argparse.Namespace) -> int:
 def _cuts(args: argparse.Namespace) -> int:
     import torch
 
-    from mudsc.unitgraph import trace
     from mudsc.models.checkpoint import load_model
     from mudsc.models.multihead import cut_costs
+    from mudsc.unitgraph import trace
 
     model, info = load_model(args.model)
     graph = trace(model)
@@ -139,8 +139,8 @@ def _cuts(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from mudsc.errors import ConfigError
     from mudsc.diffinit.sweep import aggregate, grid, run_sweep
+    from mudsc.errors import ConfigError
 
     sets = [p.split(",") for p in args.pairs] if args.pairs else [args.parents]
     if not sets or not all(sets):

@@ -35,9 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mudsc.zoo.demo import train_parent
-
-    from mudsc.zoo.demo import default_parent_path
+    from mudsc.zoo.demo import default_parent_path, train_parent
 
     kw = parse_kw(args.kw)
     out = args.out or default_parent_path(args.arch, args.dataset, args.classes, args.seed, kw.get("width"))

@@ -18,9 +18,9 @@ from mudsc import __version__
 from mudsc.atomic import atomic_path
 from mudsc.data import reload_name
 from mudsc.diffinit.config import MergeConfig
+from mudsc.diffinit.session import MergeResult, MergeSession
 from mudsc.errors import CheckpointError, ConfigError
 from mudsc.models.checkpoint import META_KEY, safetensors_bytes, sha256_file
-from mudsc.diffinit.session import MergeResult, MergeSession
 
 MANIFEST_VERSION = 1
 

@@ -10,17 +10,17 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from mudsc.diffinit.config import MergeConfig
 from mudsc.data import Dataset, batches, check_tasks, union_classes, union_train
 from mudsc.device import default_device
-from mudsc.errors import ConfigError, DataError
-from mudsc.evaluate import TaskMetrics, count_flops, multitask_metrics, predict
+from mudsc.diffinit.config import MergeConfig
 from mudsc.diffinit.fuse import fuse, head_state, reset_bn_stats_
-from mudsc.unitgraph import UnitGraph, trace
-from mudsc.models.heads import shares_output_space
-from mudsc.models.multihead import Ensemble, build_multihead, multihead_state
 from mudsc.diffinit.solve import Solution, solve
 from mudsc.diffinit.stats import ActivationStats, activation_stats
+from mudsc.errors import ConfigError, DataError
+from mudsc.evaluate import TaskMetrics, count_flops, multitask_metrics, predict
+from mudsc.models.heads import shares_output_space
+from mudsc.models.multihead import Ensemble, build_multihead, multihead_state
+from mudsc.unitgraph import UnitGraph, trace
 
 Progress = Callable[[str, float], None]  # (stage description, fraction done): the studio's jobs
 Steps = Callable[[str, int, int], None]  # (stage, done, total): the CLI's bars

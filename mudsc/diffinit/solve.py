@@ -18,12 +18,12 @@ import torch
 from torch import Tensor
 
 from mudsc.diffinit.config import MergeConfig
-from mudsc.unitgraph import UnitGraph
 from mudsc.diffinit.similarity import descriptor_neighbours, descriptors, mix, weight_similarity
 from mudsc.diffinit.solvers import get_solver
 from mudsc.diffinit.solvers.align import max_assignment
 from mudsc.diffinit.solvers.groups import pair_groups
 from mudsc.diffinit.solvers.match import Match
+from mudsc.unitgraph import UnitGraph
 
 
 @dataclass

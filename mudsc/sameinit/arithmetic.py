@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from mudsc.errors import ConfigError, ShapeMismatchError
-from mudsc.sameinit.registry import LayerReport, MergeJob, Merged, register
+from mudsc.sameinit.registry import LayerReport, Merged, MergeJob, register
 from mudsc.sameinit.subspace import initial_point
 
 

@@ -13,9 +13,17 @@ import torch
 from torch import Tensor
 
 from mudsc.models.heads import BODY
-from mudsc.sameinit.registry import LayerReport, MergeJob, Merged, Reader, StateDict, register
-from mudsc.sameinit.subspace import (LinearSystem, fisher_system, identity_system, kfac_system, regmean_system,
-                                     solve_cg, solve_fisher, solve_regmean)
+from mudsc.sameinit.registry import LayerReport, Merged, MergeJob, Reader, StateDict, register
+from mudsc.sameinit.subspace import (
+    LinearSystem,
+    fisher_system,
+    identity_system,
+    kfac_system,
+    regmean_system,
+    solve_cg,
+    solve_fisher,
+    solve_regmean,
+)
 
 Block = tuple[tuple[str, ...], Reader]  # the keys a block fills, and how to read it from a state dict
 

@@ -19,13 +19,13 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from mudsc.diffinit.config import make_config
 from mudsc.data import Dataset
+from mudsc.diffinit.config import make_config
+from mudsc.diffinit.rebase import into_basis, non_permutations
+from mudsc.diffinit.solve import solve
 from mudsc.errors import ConfigError, UnknownNameError
 from mudsc.methods import ALIGNERS
-from mudsc.diffinit.rebase import into_basis, non_permutations
 from mudsc.unitgraph import UnitGraph
-from mudsc.diffinit.solve import solve
 
 StateDict = dict[str, Tensor]
 

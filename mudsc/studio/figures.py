@@ -11,8 +11,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mudsc.diffinit.solvers.match import Match
-from mudsc.studio.views import GroupAlignment, HeatmapView, PairScatter, UnitCloud
 from mudsc.models.heads import BODY
+from mudsc.studio.views import GroupAlignment, HeatmapView, PairScatter, UnitCloud
 
 PARENT_COLOURS = ("#dd6b20", "#2f855a", "#6b46c1", "#b7791f", "#319795", "#97266d")
 MERGED = "#2b6cb0"

@@ -8,9 +8,9 @@ from typing import Any, Sequence
 import plotly.graph_objects as go
 
 from mudsc.errors import ConfigError
-from mudsc.unitgraph import UnitGraph
 from mudsc.models.heads import BODY
 from mudsc.studio.summary import cut_positions, split_stream
+from mudsc.unitgraph import UnitGraph
 
 MERGED, KEPT, CUT = "#2b6cb0", "#c4c9d0", "#c53030"
 TASK_COLOURS = ("#dd6b20", "#2f855a", "#6b46c1", "#b7791f")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from mudsc.data import task_label
-from mudsc.evaluate import count_flops
 from mudsc.diffinit.manifest import result_summary
-from mudsc.unitgraph import Cut, UnitGraph
 from mudsc.diffinit.session import MergeResult, MergeSession
+from mudsc.evaluate import count_flops
+from mudsc.unitgraph import Cut, UnitGraph
 
 
 def split_stream(graph: UnitGraph, cut: Cut) -> str | None:

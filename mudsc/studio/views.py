@@ -19,11 +19,11 @@ from torch import Tensor
 
 from mudsc.diffinit.rebase import require_matches
 from mudsc.diffinit.session import MergeResult, MergeSession
-from mudsc.errors import ConfigError
 from mudsc.diffinit.similarity import descriptors, mix, weight_similarity
 from mudsc.diffinit.solve import solve_one
 from mudsc.diffinit.solvers.match import GroupMatch, Match
 from mudsc.diffinit.stats import activation_stats
+from mudsc.errors import ConfigError
 
 _VIEWS = "similarity or alignment views"
 

@@ -10,11 +10,11 @@ from functools import lru_cache
 import torch.fx as fx
 from torch import Tensor, nn
 
+from mudsc.unitgraph.fx import ancestors, class_name, fx_graph, is_cut, module_path, node_params, propagate_shapes
 from mudsc.unitgraph.rules import Walker
 from mudsc.unitgraph.spaces import Spaces
 from mudsc.unitgraph.types import Cut, UnitGraph, UnitSpace, validate
 from mudsc.unitgraph.values import Val
-from mudsc.unitgraph.fx import ancestors, class_name, fx_graph, is_cut, module_path, node_params, propagate_shapes
 
 
 def _common_prefix(paths: list[str]) -> str:

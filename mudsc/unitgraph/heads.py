@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mudsc.unitgraph.types import Tap
 from mudsc.unitgraph.fx import tap_of
+from mudsc.unitgraph.types import Tap
 from mudsc.unitgraph.values import Seg, Split, Val
-
 
 _LABELS = {2: ("k", "v"), 3: ("q", "k", "v")}
 

@@ -17,10 +17,10 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
-from mudsc.unitgraph.types import AxisRef
 from mudsc.unitgraph.fx import tap_of
 from mudsc.unitgraph.heads import HeadRules
 from mudsc.unitgraph.spaces import Spaces
+from mudsc.unitgraph.types import AxisRef
 from mudsc.unitgraph.values import OPAQUE, Opaque, Param, Seg, Split, Val
 
 _CONV = (nn.modules.conv._ConvNd,)

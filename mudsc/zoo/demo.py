@@ -10,8 +10,8 @@ import torch
 
 from mudsc.atomic import file_lock
 from mudsc.data import load_dataset, parse_classes
-from mudsc.models.checkpoint import load_model, save_model
 from mudsc.models import create_model
+from mudsc.models.checkpoint import load_model, save_model
 from mudsc.zoo.train import train_model
 
 # The demo: digits, two disjoint 5-class tasks, different seeds. ResNet-20 at width 1 with stage

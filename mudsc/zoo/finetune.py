@@ -15,8 +15,8 @@ import torch
 
 from mudsc.data import load_dataset, parse_classes
 from mudsc.errors import CheckpointError
-from mudsc.models.checkpoint import load_model, save_model, sha256_file
 from mudsc.models import create_model
+from mudsc.models.checkpoint import load_model, save_model, sha256_file
 from mudsc.models.heads import BODY
 from mudsc.zoo.train import train_model
 

@@ -12,9 +12,9 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from mudsc.errors import ConfigError
-from mudsc.diffinit.solvers.registry import register_solver
 from mudsc.diffinit.solvers.match import Match, check_similarity, match_from_assignment
+from mudsc.diffinit.solvers.registry import register_solver
+from mudsc.errors import ConfigError
 
 
 def max_assignment(block: np.ndarray, *, who: str) -> np.ndarray:

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mudsc.errors import ConfigError
-from mudsc.diffinit.solvers.registry import register_solver
 from mudsc.diffinit.solvers.align import max_assignment
 from mudsc.diffinit.solvers.match import GroupMatch, Match, check_similarity, check_unit_interval, match_from_assignment
+from mudsc.diffinit.solvers.registry import register_solver
 from mudsc.diffinit.solvers.zip import model_budget, zip_owners
+from mudsc.errors import ConfigError
 
 
 def pair_groups(block: np.ndarray, *, groups: int, who: str, sigma: np.ndarray | None = None

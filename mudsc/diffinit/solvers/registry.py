@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Callable
 
-from mudsc.errors import UnknownNameError
 from mudsc.diffinit.solvers.match import Match
+from mudsc.errors import UnknownNameError
 
 _SOLVERS: dict[str, Callable[..., Match]] = {}
 _PAPERS: dict[str, str] = {}

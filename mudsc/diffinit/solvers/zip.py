@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mudsc.errors import ConfigError
-from mudsc.diffinit.solvers.registry import register_solver
 from mudsc.diffinit.solvers.match import Match, check_similarity, check_unit_interval, match_from_assignment
+from mudsc.diffinit.solvers.registry import register_solver
+from mudsc.errors import ConfigError
 
 
 def model_budget(o: int, c: int, n: int, b: float) -> int:
