@@ -30,7 +30,7 @@ from mudsc.diffinit.session import MergeResult, MergeSession
 from mudsc.studio.jobs import Job
 from mudsc.studio.parents import Parent, load_parent
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 1.0  # polls rerun on the thread the jobs share the GIL with: not more often
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Landscape: per-task loss over a plane through the parents (moved into the merge's basis), the merge
 and merges by other methods, computed as a background job and cached on disk."""
 import copy
+import time
 
 import numpy as np
 import streamlit as st
@@ -17,6 +18,7 @@ from pages._state import job_status, jobs, session_key, start_job, take
 from pages._views import require_merge, show
 
 JOB = "landscape"
+PARTIAL_SECONDS = 3.0
 
 st.title("Landscape")
 st.caption("Loss of every task over a plane through parameter space: where the parents, the merge and other "
@@ -140,9 +142,17 @@ if done is not None:
 
 def _partial() -> None:
     """The grid so far, drawn under the progress bar while the job runs."""
-    partial, plan = view["holder"].get("partial"), view["holder"].get("plan")
-    if partial is not None and plan is not None and partial.done.any():
-        st.plotly_chart(_figure(partial, plan, threshold=None, vmax=None), key="ls_partial", theme=None)
+    holder = view["holder"]
+    partial, plan = holder.get("partial"), holder.get("plan")
+    if partial is None or plan is None or not partial.done.any():
+        return
+    # Building the figure holds the GIL that the grid job in this process needs: rebuilt at most every
+    # PARTIAL_SECONDS, the polls in between show the last one.
+    now = time.monotonic()
+    if now - holder.get("drawn_at", -PARTIAL_SECONDS) >= PARTIAL_SECONDS:
+        holder["partial_figure"] = _figure(partial, plan, threshold=None, vmax=None)
+        holder["drawn_at"] = now
+    st.plotly_chart(holder["partial_figure"], key="ls_partial", theme=None)
 
 
 job_status(JOB, "Landscape", during=_partial)
