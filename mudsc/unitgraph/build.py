@@ -173,16 +173,8 @@ def default_leaves() -> tuple[type, ...]:
     return tuple(sorted({*get_notrace_modules(), timm.layers.DropPath, timm.layers.DropBlock2d}, key=class_name))
 
 
-def trace(model: nn.Module, *, leaf_modules: tuple[type, ...] | None = None,
-          example: Tensor | None = None) -> UnitGraph:
-    """The unit graph of `model`, found by walking its torch.fx graph.
-
-    Args:
-        model: the network (its training flags are restored afterwards).
-        leaf_modules: module classes fx must not trace into (default :func:`default_leaves`: timm's
-            no-trace layers and drop layers); unknown leaves fix every space they touch.
-        example: an input batch for shape propagation; guessed from the first layer when omitted.
-    """
+def _walk(model: nn.Module, leaf_modules: tuple[type, ...] | None,
+          example: Tensor | None) -> tuple[UnitGraph, Walker, fx.GraphModule]:
     leaf_modules = default_leaves() if leaf_modules is None else tuple(leaf_modules)
     leaves = tuple(sorted({class_name(t) for t in leaf_modules}))
     gm = fx_graph(model, leaves)
@@ -195,4 +187,53 @@ def trace(model: nn.Module, *, leaf_modules: tuple[type, ...] | None = None,
     graph = UnitGraph(spaces=spaces, cuts=cuts, params=tuple((k, tuple(v.shape)) for k, v in sd.items()),
                       leaves=leaves)
     validate(graph)
-    return graph
+    return graph, walker, gm
+
+
+def trace(model: nn.Module, *, leaf_modules: tuple[type, ...] | None = None,
+          example: Tensor | None = None) -> UnitGraph:
+    """The unit graph of `model`, found by walking its torch.fx graph.
+
+    Args:
+        model: the network (its training flags are restored afterwards).
+        leaf_modules: module classes fx must not trace into (default :func:`default_leaves`: timm's
+            no-trace layers and drop layers); unknown leaves fix every space they touch.
+        example: an input batch for shape propagation; guessed from the first layer when omitted.
+    """
+    return _walk(model, leaf_modules, example)[0]
+
+
+def explain(model: nn.Module, *, leaf_modules: tuple[type, ...] | None = None,
+            example: Tensor | None = None) -> tuple[UnitGraph, dict[str, str]]:
+    """:func:`trace`, plus why each state-dict tensor outside every unit space stays fixed: the op or
+    module the rules could not follow, the model output its units reach, or the op that read it."""
+    graph, walker, gm = _walk(model, leaf_modules, example)
+    cands = walker.spaces
+    inside = {r.param for s in graph.spaces for r in s.refs}
+    by_param: dict[str, list[int]] = {}
+    for i in range(len(cands.parent)):
+        if cands.find(i) == i:
+            for r in cands.refs[i]:
+                by_param.setdefault(r.param, []).append(i)
+    readers: dict[str, fx.Node] = {}
+    for n in gm.graph.nodes:
+        for k in sorted(node_params(gm, [n], set(dict(graph.params)))):
+            readers.setdefault(k, next(iter(n.users), n) if n.op == "get_attr" else n)
+    why = {}
+    for key, _ in graph.params:
+        if key in inside:
+            continue
+        roots = by_param.get(key, [])
+        fixed = [cands.why[r] for r in roots if cands.fixed[r] and cands.why[r]]
+        if fixed:
+            why[key] = fixed[0]
+        elif roots:
+            why[key] = "its units are never read by a later layer"
+        elif key in walker.param_why:
+            why[key] = walker.param_why[key]
+        elif key in readers:
+            walker.node = readers[key]
+            why[key] = f"no unit space reaches it (read by {walker.describe()})"
+        else:
+            why[key] = "not used in the traced forward pass"
+    return graph, why

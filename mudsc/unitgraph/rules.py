@@ -74,6 +74,7 @@ class Walker(HeadRules):
         self.spaces = Spaces()
         self.env: dict[fx.Node, Any] = {}
         self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        self.param_why: dict[str, str] = {}  # state-dict key -> why no space reaches it
 
     def run(self) -> None:
         for node in self.gm.graph.nodes:
@@ -83,18 +84,31 @@ class Walker(HeadRules):
     def arg(self, a: Any) -> Any:
         return fx.node.map_arg(a, self.env.__getitem__)
 
-    def fix(self, *vals: Any) -> None:
+    def describe(self) -> str:
+        """The current node as a reason names it: ``Conv2d 'stem.conv' (node stem_conv)``."""
+        n = self.node
+        if n.op == "call_module":
+            return f"module {type(self.mods[n.target]).__name__} {n.target!r} (node {n.name})"
+        if n.op == "output":
+            return "the model output"
+        kind = "method" if n.op == "call_method" else "function"
+        return f"{kind} {_name(n.target)} (node {n.name})"
+
+    def fix(self, *vals: Any, why: str) -> None:
         for v in _flat(vals):
             if isinstance(v, Val):
                 for s in v.segs:
                     if s.cand is not None:
-                        self.spaces.fix(s.cand)
+                        self.spaces.fix(s.cand, why)
             elif isinstance(v, Split):
                 for c in v.cands:
-                    self.spaces.fix(c)
+                    self.spaces.fix(c, why)
+            elif isinstance(v, Param):
+                self.param_why.setdefault(v.key, why)
 
-    def unknown(self, *vals: Any) -> Any:
-        self.fix(*vals)
+    def unknown(self, *vals: Any, why: str = "") -> Any:
+        """Fix every space in `vals`: the rules cannot follow their units through this node."""
+        self.fix(*vals, why=why or f"no rule for {self.describe()}")
         shape = self.node.meta.get("tensor_meta")
         if shape is None:
             return None
@@ -110,7 +124,7 @@ class Walker(HeadRules):
                 return Param(node.target, tuple(range(len(shape))))
             return OPAQUE if shape is not None else None
         if node.op == "output":
-            return self.fix(self.arg(node.args))
+            return self.fix(self.arg(node.args), why="reaches the model output (a fixed output space)")
         args, kwargs = self.arg(node.args), self.arg(node.kwargs)
         if node.op == "call_module":
             return self.module(self.mods[node.target], node.target, args)
@@ -140,6 +154,8 @@ class Walker(HeadRules):
             return self.pool(x)
         if isinstance(m, (nn.Flatten, nn.Unflatten)):
             return self.reshape(x)
+        for k in m.state_dict():
+            self.param_why.setdefault(f"{path}.{k}", f"inside {self.describe()}, which has no rule")
         return self.unknown(args)
 
     def function(self, name: str, target: Any, args: tuple, kwargs: dict) -> Any:

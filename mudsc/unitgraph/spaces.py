@@ -24,10 +24,11 @@ class Spaces:
         self.uses: list[list[tuple[int, Tap | None]]] = []  # (consumer order, tap of the consumed value)
         self.labels: list[str] = []  # chunk names of fused projections ("q", "k", "v")
         self.ties: list[str] = []  # spaces with one tie keep one group order (attention heads)
+        self.why: list[str] = []  # why a set is fixed (the first cause found)
 
     def new(self, size: int) -> int:
         for lst, v in ((self.size, size), (self.fixed, False), (self.groups, 1), (self.labels, ""), (self.ties, ""),
-                       (self.parent, len(self.parent))):
+                       (self.why, ""), (self.parent, len(self.parent))):
             lst.append(v)
         for lst in (self.refs, self.marks, self.uses):
             lst.append([])
@@ -39,21 +40,25 @@ class Spaces:
             i = self.parent[i]
         return i
 
-    def fix(self, i: int) -> None:
-        self.fixed[self.find(i)] = True
+    def fix(self, i: int, why: str) -> None:
+        r = self.find(i)
+        self.fixed[r] = True
+        self.why[r] = self.why[r] or why
 
     def union(self, a: int | None, b: int | None, node: fx.Node | None) -> None:
         if a is None or b is None:  # fixed channels summed into a space fix it
             for c in (a, b):
                 if c is not None:
-                    self.fix(c)
+                    self.fix(c, f"combined with untracked channels at node {node.name if node else '?'}")
             return
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             if self.size[ra] != self.size[rb]:
-                self.fixed[ra] = self.fixed[rb] = True
+                for r in (ra, rb):
+                    self.fix(r, f"combined with a space of another size at node {node.name if node else '?'}")
             self.parent[rb] = ra
             self.fixed[ra] |= self.fixed[rb]
+            self.why[ra] = self.why[ra] or self.why[rb]
             self.groups[ra] = math.lcm(self.groups[ra], self.groups[rb])
             self.labels[ra] += self.labels[rb] if self.labels[rb] != self.labels[ra] else ""
             self.ties[ra] = self.ties[ra] or self.ties[rb]
@@ -80,7 +85,7 @@ class Spaces:
             self.labels[new] = labels[c] if labels else f"chunk{c}"
             out.append(new)
         self.refs[r] = []
-        self.fixed[r] = True
+        self.fix(r, "split into chunks")
         return out
 
     def tie(self, a: int, b: int, node: fx.Node) -> None:
@@ -118,4 +123,5 @@ class Spaces:
                 for r in self.refs[i]:
                     roles.setdefault((r.param, r.axis, r.start), set()).add(r.role)
                 if any("in" in v and len(v) > 1 for v in roles.values()):
-                    self.fixed[i] = True  # an axis both producing and consuming: no consistent transform
+                    # an axis both producing and consuming: no consistent transform
+                    self.fix(i, "one tensor axis both produces and consumes its units")
