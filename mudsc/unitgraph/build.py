@@ -164,13 +164,17 @@ def find_cuts(spaces: tuple[UnitSpace, ...], roots: dict[int, str], cands: Space
 
 @lru_cache(maxsize=1)
 def default_leaves() -> tuple[type, ...]:
-    """timm's no-trace layers (registered by timm itself) and its stochastic drop layers."""
+    """timm's no-trace layers (registered by timm itself), its stochastic drop layers and its
+    weight-standardised convolutions (Qiao et al., 2019: each output channel's filter is standardised
+    over its inputs, so these permute like any convolution; the conv rule handles them as leaves)."""
     try:
         import timm.layers
         from timm.layers._fx import get_notrace_modules
     except ImportError:
         return ()
-    return tuple(sorted({*get_notrace_modules(), timm.layers.DropPath, timm.layers.DropBlock2d}, key=class_name))
+    std = (timm.layers.StdConv2d, timm.layers.StdConv2dSame, timm.layers.ScaledStdConv2d,
+           timm.layers.ScaledStdConv2dSame)
+    return tuple(sorted({*get_notrace_modules(), timm.layers.DropPath, timm.layers.DropBlock2d, *std}, key=class_name))
 
 
 def _walk(model: nn.Module, leaf_modules: tuple[type, ...] | None,

@@ -30,11 +30,13 @@ _SAME = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.
          nn.modules.dropout._DropoutNd, nn.AlphaDropout)
 _POOL = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
          nn.modules.pooling._AdaptiveMaxPoolNd, nn.modules.pooling._LPPoolNd, nn.Upsample)
+_PAD = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
+        nn.modules.padding._CircularPadNd)
 _SAME_FN = {"relu", "relu_", "relu6", "gelu", "silu", "mish", "sigmoid", "sigmoid_", "tanh", "tanh_",
             "leaky_relu", "hardswish", "hardsigmoid", "hardtanh", "elu", "selu", "celu", "softplus",
             "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "clamp", "clip", "contiguous",
             "clone", "detach", "float", "double", "half", "to", "type_as", "normalize", "abs", "neg",
-            "identity"}
+            "identity", "stochastic_depth"}
 _POOL_FN = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d",
             "avg_pool1d", "avg_pool2d", "max_pool1d", "max_pool2d", "interpolate", "upsample"}
 _BINARY = {"add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "sub_",
@@ -154,6 +156,8 @@ class Walker(HeadRules):
             return self.pool(x)
         if isinstance(m, (nn.Flatten, nn.Unflatten)):
             return self.reshape(x)
+        if isinstance(m, _PAD):
+            return self.spatial(x)
         for k in m.state_dict():
             self.param_why.setdefault(f"{path}.{k}", f"inside {self.describe()}, which has no rule")
         return self.unknown(args)
@@ -201,9 +205,12 @@ class Walker(HeadRules):
             return self.unknown(args, kwargs)
         if name in _SAME_FN:
             return self.same(x, retap=name not in ("contiguous", "clone", "detach", "to", "float", "double", "half",
-                                                    "type_as", "identity") and "dropout" not in name)
+                                                    "type_as", "identity", "stochastic_depth")
+                             and "dropout" not in name)
         if name in _POOL_FN:
             return self.pool(x)
+        if name in ("pad", "roll"):
+            return self.spatial(x)
         if name in _RESHAPE:
             return self.reshape(x)
         if name in ("permute", "transpose", "swapaxes"):
@@ -254,6 +261,9 @@ class Walker(HeadRules):
         w_out, w_in = (1, 0) if m.transposed else (0, 1)
         self.consume(x, f"{path}.weight", w_in)
         refs = [(f"{path}.weight", w_out)] + ([(f"{path}.bias", 0)] if m.bias is not None else [])
+        # per-output-channel extras of conv subclasses (the gain [O, 1, 1, 1] of a scaled std conv)
+        refs += [(f"{path}.{k}", 0) for k, p in m.named_parameters(recurse=False) if k not in ("weight", "bias")
+                 and p.shape[0] == m.out_channels and p.numel() == m.out_channels]
         return self.produce(m.out_channels, 1, len(_shape(self.node)), refs)
 
     def norm(self, x: Val | Opaque, kind: str, keys: dict[str, str], groups: int) -> Any:
@@ -312,6 +322,21 @@ class Walker(HeadRules):
         if shape[1] == 2 * x.width:  # cat of avg and max pooling
             return Val(1, len(shape), x.segs + x.segs)
         return self.unknown(x)
+
+    def spatial(self, x: Val | Opaque) -> Any:
+        """Padding and cyclic shifts of positions (the same value or move for every channel): the
+        channels pass when their dim keeps its size (a channels-last tensor padded in H and W)."""
+        shape = _shape(self.node)
+        if not isinstance(x, Val):
+            return x
+        if shape is None or len(shape) != x.ndim or shape[x.dim] != x.width:
+            return self.unknown(x)
+        if self.node.target is not None and _name(self.node.target) == "roll":
+            dims = self.node.kwargs.get("dims", self.node.args[2] if len(self.node.args) > 2 else None)
+            dims = (dims,) if isinstance(dims, int) else dims
+            if dims is None or x.dim in {d % x.ndim for d in dims}:
+                return self.unknown(x)
+        return x
 
     def heads_op(self, name: str, x: Split, args: tuple, kwargs: dict, tensors: list) -> Any:
         """Channel-preserving ops on attention heads; anything else fixes them."""
