@@ -4,7 +4,9 @@ A fused projection such as timm's ``qkv`` is reshaped to ``[B, T, 3, H, D]``: it
 one candidate per chunk (q, k, v), each with H contiguous groups (heads) of D units. Scaled dot-product
 attention unites q and k (their inner product within a head must see one permutation) and ties the
 head order of q/k to that of v (head h's attention weights multiply v's head h). The head tensor
-merges back into channels before the output projection, which consumes the v space.
+merges back into channels before the output projection, which consumes the v space. Written out
+(``q @ k^T``, softmax, ``@ v``), the logits carry the heads of q/k; a table added to them along
+the heads (Swin's relative-position bias) is a space of its own, one unit per head, tied to them.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import math
 from typing import Any
 
 from mudsc.unitgraph.fx import tap_of
-from mudsc.unitgraph.types import Tap
-from mudsc.unitgraph.values import Seg, Split, Val
+from mudsc.unitgraph.types import AxisRef, Tap
+from mudsc.unitgraph.values import Opaque, Param, Scores, Seg, Split, Val
 
 _LABELS = {2: ("k", "v"), 3: ("q", "k", "v")}
 
@@ -90,3 +92,63 @@ class HeadRules:
         self.spaces.union(q.cands[0], k.cands[0], None)
         self.spaces.tie(q.cands[0], v.cands[0], self.node)
         return Split(v.ndim, v.dims, v.cands, (None,), v.heads)
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        """``q @ k^T`` -> logits (q and k one space); ``weights @ v`` -> v's heads (tied to q/k's)."""
+        if isinstance(a, Split) and isinstance(b, Split):
+            ok = (a.dims[0] is None and b.dims[0] is None and a.dims[1] == b.dims[1] and a.heads == b.heads
+                  and a.dims[2] == a.ndim - 1 and b.dims[2] == b.ndim - 2 and a.ndim == b.ndim)
+            if not ok:
+                return self.unknown(a, b)
+            order = self.order[self.node]
+            for s in (a, b):
+                self.spaces.use(s.cands[0], s.taps[0], order)
+            self.spaces.union(a.cands[0], b.cands[0], None)
+            return Scores(a.ndim, a.dims[1], a.cands[0], a.heads)
+        if isinstance(a, Scores) and isinstance(b, Split):
+            if b.dims[0] is not None or b.dims[1] != a.hdim or b.dims[2] != b.ndim - 1 or a.heads != b.heads:
+                return self.unknown(a, b)
+            self.spaces.tie(a.cand, b.cands[0], self.node)
+            return Split(b.ndim, b.dims, b.cands, (None,), b.heads)
+        return self.unknown(a, b)
+
+    def scores_op(self, name: str, args: tuple, kwargs: dict, tensors: list) -> Any:
+        """Scaling, masking, softmax, dropout and views of attention logits keep their heads."""
+        x = args[0] if args else None
+        shape = self.node.meta["tensor_meta"].shape
+        if name in ("softmax", "dropout", "contiguous", "clone", "float", "to", "type_as") and isinstance(x, Scores):
+            return x
+        if name in ("view", "reshape") and isinstance(x, Scores) and len(tensors) == 1:
+            src = self.node.all_input_nodes[0].meta["tensor_meta"].shape
+            for j, d in enumerate(shape):
+                if d == x.heads and math.prod(shape[:j]) == math.prod(src[: x.hdim]):
+                    return Scores(len(shape), j, x.cand, x.heads)
+            return self.unknown(*tensors)
+        if name in ("add", "sub", "mul", "truediv", "div", "iadd", "imul") and len(args) == 2:
+            sc = [a for a in args if isinstance(a, Scores)]
+            if len(sc) != 1:
+                return self.unknown(*tensors)
+            x = sc[0]
+            for a, n in zip(args, self.node.args):
+                if a is x or not isinstance(a, (Param, Opaque)):
+                    continue
+                o_shape = n.meta["tensor_meta"].shape
+                pd = x.hdim - (len(shape) - len(o_shape))
+                if pd < 0 or o_shape[pd] == 1:
+                    continue  # the same for every head
+                if not (isinstance(a, Param) and a.axes[pd] is not None):
+                    return self.unknown(*tensors)
+                self.head_table(x, a.key, a.axes[pd], len(shape))
+            return Scores(len(shape), x.hdim + len(shape) - x.ndim, x.cand, x.heads)
+        return self.unknown(*tensors)
+
+    def head_table(self, x: Scores, key: str, axis: int, ndim: int) -> None:
+        """Axis `axis` of `key` holds one entry per head of the logits `x`: a space of its own, one unit
+        per head, whose order is tied to the q/k heads."""
+        cand = self.spaces.new(x.heads)
+        self.spaces.set_groups(cand, x.heads)
+        self.spaces.labels[cand] = "heads"
+        self.spaces.add_ref(cand, AxisRef(key, axis, "out"))
+        self.spaces.tie(cand, x.cand, self.node)
+        hdim = x.hdim + ndim - x.ndim
+        self.spaces.use(cand, tap_of(self.node, hdim, ndim, 0), self.order[self.node])

@@ -21,7 +21,7 @@ from mudsc.unitgraph.fx import tap_of
 from mudsc.unitgraph.heads import HeadRules
 from mudsc.unitgraph.spaces import Spaces
 from mudsc.unitgraph.types import AxisRef
-from mudsc.unitgraph.values import OPAQUE, Opaque, Param, Seg, Split, Val
+from mudsc.unitgraph.values import OPAQUE, Opaque, Param, Scores, Seg, Split, Val
 
 _CONV = (nn.modules.conv._ConvNd,)
 _NORM = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -105,6 +105,8 @@ class Walker(HeadRules):
             elif isinstance(v, Split):
                 for c in v.cands:
                     self.spaces.fix(c, why)
+            elif isinstance(v, Scores):
+                self.spaces.fix(v.cand, why)
             elif isinstance(v, Param):
                 self.param_why.setdefault(v.key, why)
 
@@ -135,7 +137,7 @@ class Walker(HeadRules):
     def module(self, m: nn.Module, path: str, args: tuple) -> Any:
         x = args[0] if args else None
         passes = isinstance(m, _SAME) or type(m).__name__ in ("DropPath", "DropBlock2d")
-        if len(args) == 1 and isinstance(x, Split) and passes:
+        if len(args) == 1 and isinstance(x, (Split, Scores)) and (passes or isinstance(m, nn.Softmax)):
             return x
         if len(args) != 1 or not isinstance(x, (Val, Opaque)):
             return self.unknown(args)
@@ -166,7 +168,7 @@ class Walker(HeadRules):
         x = args[0] if args else None
         if name == "getitem" and isinstance(x, (tuple, list)):
             return x[args[1]] if isinstance(args[1], int) else self.unknown(x)
-        tensors = [a for a in _flat((args, kwargs)) if isinstance(a, (Val, Param, Opaque, Split))]
+        tensors = [a for a in _flat((args, kwargs)) if isinstance(a, (Val, Param, Opaque, Split, Scores))]
         if not tensors:
             return None if name in _NO_TENSOR or _shape(self.node) is None else OPAQUE
         if name == "getattr":
@@ -175,6 +177,10 @@ class Walker(HeadRules):
             return None
         if name == "scaled_dot_product_attention":
             return self.attention(args, kwargs)
+        if name == "matmul" and len(tensors) == 2 and len(args) == 2:
+            return self.matmul(*args)
+        if any(isinstance(a, Scores) for a in tensors):
+            return self.scores_op(name, args, kwargs, tensors)
         if any(isinstance(a, Split) for a in tensors):
             if isinstance(x, Split):
                 return self.heads_op(name, x, args, kwargs, tensors)
@@ -183,8 +189,17 @@ class Walker(HeadRules):
             return self.unknown(args, kwargs)
         if name == "expand":
             return self.expand(x)
-        if name in _RESHAPE and isinstance(x, Param) and len(tensors) == 1:
-            return self.reshape_param(x)
+        if isinstance(x, Param) and len(tensors) == 1:
+            if name in _RESHAPE:
+                return self.reshape_param(x)
+            if name in _SAME_FN:
+                return x
+            if name in ("permute", "transpose", "swapaxes"):
+                return self.permute_param(x, name, args[1:])
+        if name == "getitem" and isinstance(x, Param) and isinstance(args[1], Opaque):
+            # rows gathered by an index tensor (a relative-position table): the gathered dims carry no axis
+            extra = len(_shape(self.node)) - len(x.axes) + 1
+            return Param(x.key, (None,) * extra + x.axes[1:])
         if name in _BINARY and len(args) == 2 and not kwargs:
             return self.binary(args)
         if name in ("cat", "concat"):
@@ -363,25 +378,46 @@ class Walker(HeadRules):
         src = _shape(self.node.all_input_nodes[0])
         dst = _shape(self.node)
         before = math.prod(src[: x.dim])
+        starts = {math.prod(src[:k]) for k in range(x.dim + 1)}
+        ends = {math.prod(src[:k]) for k in range(x.dim + 1, len(src) + 1)}
         for j in range(len(dst)):
-            if math.prod(dst[:j]) != before or dst[j] % x.width:
+            if dst[j] % x.width:
                 continue
-            ends = {math.prod(src[:k]) for k in range(x.dim + 1, len(src) + 1)}
-            if math.prod(dst[: j + 1]) in ends:
+            if math.prod(dst[:j]) == before and math.prod(dst[: j + 1]) in ends:
                 r = dst[j] // x.width
                 return Val(j, len(dst), tuple(s._replace(repeat=s.repeat * r) for s in x.segs))
+            if math.prod(dst[:j]) in starts and math.prod(dst[: j + 1]) == before * x.width:
+                # channels innermost in the merged dim ([.., 2, 2, C] -> [.., 4C], Swin patch merging):
+                # the channels repeat side by side
+                return Val(j, len(dst), x.segs * (dst[j] // x.width))
         heads = self.split_heads(x, src, dst)
         return heads if heads is not None else self.unknown(x)
 
     def reshape_param(self, p: Param) -> Param | Opaque:
-        """A parameter reshaped only by adding or dropping size-1 dims (a layer scale [C] viewed as
-        [1, C, 1, 1]) keeps its axes; any other reshape makes it opaque."""
+        """A reshaped parameter keeps each tensor axis whose dim survives whole (same size, same number
+        of entries before it): a layer scale [C] viewed as [1, C, 1, 1], a gathered table [N*N, H] viewed
+        as [N, N, H]; dims without an axis may split and merge. Anything else makes it opaque."""
         src, dst = _shape(self.node.all_input_nodes[0]), _shape(self.node)
-        kept = [(d, a) for d, a in zip(src, p.axes) if d != 1]
-        if [d for d, _ in kept] != [d for d in dst if d != 1]:
-            return OPAQUE
-        it = iter(a for _, a in kept)
-        return Param(p.key, tuple(next(it) if d != 1 else None for d in dst))
+        where = {(math.prod(dst[:j]), d): j for j, d in enumerate(dst) if d != 1}
+        axes: list[int | None] = [None] * len(dst)
+        for i, (d, a) in enumerate(zip(src, p.axes)):
+            if a is None or d == 1:
+                continue
+            j = where.get((math.prod(src[:i]), d))
+            if j is None:
+                return OPAQUE
+            axes[j] = a
+        return Param(p.key, tuple(axes))
+
+    def permute_param(self, p: Param, name: str, dims: tuple) -> Param:
+        dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else tuple(dims)
+        dims = tuple(d % len(p.axes) for d in dims)
+        if name == "permute":
+            return Param(p.key, tuple(p.axes[d] for d in dims))
+        a, b = dims
+        axes = list(p.axes)
+        axes[a], axes[b] = axes[b], axes[a]
+        return Param(p.key, tuple(axes))
 
     def permute(self, x: Val | Opaque, name: str, dims: tuple) -> Any:
         if not isinstance(x, Val):

@@ -61,3 +61,14 @@ class Split:
     cands: tuple[int, ...]
     taps: tuple[Tap | None, ...]
     heads: int
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Attention logits or weights [.., H, Tq, Tk]: heads on dim `hdim` in the order of the q/k
+    candidate `cand` (`heads` groups); no channels."""
+
+    ndim: int
+    hdim: int
+    cand: int
+    heads: int
