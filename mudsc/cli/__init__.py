@@ -6,10 +6,10 @@ import argparse
 import sys
 
 # One explicit list; each module adds its sub-commands with register(subparsers).
-from mudsc.cli import evaluate, landscape, merge, merge_same, stats, zoo
+from mudsc.cli import evaluate, landscape, merge, merge_same, spaces, stats, zoo
 from mudsc.errors import MudscError
 
-COMMANDS = (zoo, evaluate, merge, merge_same, stats, landscape)
+COMMANDS = (zoo, evaluate, merge, merge_same, stats, landscape, spaces)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
 from mudsc.errors import ConfigError
+from mudsc.unitgraph.inline import inline_mha
 from mudsc.unitgraph.types import Tap
 
 
@@ -20,16 +21,30 @@ def class_name(cls: type) -> str:
 
 
 class _Tracer(fx.Tracer):
-    """torch.nn modules plus any module whose class (or a base class) is named in `leaves` are leaves;
-    buffers become ``get_attr`` nodes so graphs keep sharing them."""
+    """torch.nn modules plus any module whose class (or a base class) is named in `leaves` are leaves,
+    except those :mod:`mudsc.unitgraph.inline` writes out; buffers become ``get_attr`` nodes so graphs
+    keep sharing them."""
 
     def __init__(self, leaves: frozenset[str]) -> None:
         super().__init__()
         self.leaves = leaves
         self.proxy_buffer_attributes = True
+        self.inlining: nn.Module | None = None  # a module traced through its written-out forward
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if m is self.inlining:
+            return False
         return super().is_leaf_module(m, qualname) or any(class_name(c) in self.leaves for c in type(m).__mro__)
+
+    def call_module(self, m: nn.Module, forward, args: tuple, kwargs: dict):
+        written = inline_mha(self, m, args, kwargs)
+        if written is None:
+            return super().call_module(m, forward, args, kwargs)
+        outer, self.inlining = self.inlining, m
+        try:
+            return super().call_module(m, written, args, kwargs)
+        finally:
+            self.inlining = outer
 
 
 class _Modes:
@@ -49,13 +64,18 @@ class _Modes:
 
 def fx_graph(model: nn.Module, leaves: tuple[str, ...]) -> fx.GraphModule:
     """`model` traced in eval mode (train-only branches such as drop-path stay out of the graph)."""
+    tracer = _Tracer(frozenset(leaves))
     with _Modes(model):
         try:
-            graph = _Tracer(frozenset(leaves)).trace(model)
+            graph = tracer.trace(model)
         except Exception as e:  # fx raises many kinds on untraceable code
-            raise ConfigError(f"{type(model).__name__} does not trace with torch.fx ({type(e).__name__}: {e}); "
-                              "add its blocks to leaf_modules or give a hand-written spec (UnitGraph.from_dict)"
-                              ) from None
+            where = [f"{path or '(top)'} ({getattr(kind, '__name__', kind)})"
+                     for path, kind in list(tracer.module_stack.values())[-1:]]
+            inside = f" inside module {where[0]}" if where else ""
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ConfigError(f"{type(model).__name__} does not trace with torch.fx{inside}: {type(e).__name__}: "
+                              f"{first}; add that module to leaf_modules or write the unit graph by hand "
+                              "(UnitGraph.from_dict; README, 'Models torch.fx cannot trace')") from None
     return fx.GraphModule(model, graph)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from mudsc.unitgraph.fx import tap_of
 from mudsc.unitgraph.types import AxisRef, Tap
-from mudsc.unitgraph.values import Opaque, Param, Scores, Seg, Split, Val
+from mudsc.unitgraph.values import OPAQUE, Opaque, Param, Scores, Seg, Split, Val
 
 _LABELS = {2: ("k", "v"), 3: ("q", "k", "v")}
 
@@ -118,6 +118,12 @@ class HeadRules:
         shape = self.node.meta["tensor_meta"].shape
         if name in ("softmax", "dropout", "contiguous", "clone", "float", "to", "type_as") and isinstance(x, Scores):
             return x
+        if name in ("mean", "sum") and isinstance(x, Scores) and len(tensors) == 1:
+            dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            dims = {d % x.ndim for d in ((dims,) if isinstance(dims, int) else dims or ())}
+            if x.hdim in dims:
+                return OPAQUE  # averaged over the heads: the same for any head order
+            return self.unknown(*tensors)
         if name in ("view", "reshape") and isinstance(x, Scores) and len(tensors) == 1:
             src = self.node.all_input_nodes[0].meta["tensor_meta"].shape
             for j, d in enumerate(shape):

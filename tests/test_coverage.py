@@ -1,0 +1,196 @@
+"""Unit-space coverage of torchvision and timm families: the share of parameter tensors in unit spaces,
+float64 permutation invariance, the reasons for fixed tensors, the written-out nn.MultiheadAttention
+and ``mudsc spaces``."""
+import copy
+import json
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+from mudsc.cli import main
+from mudsc.errors import ConfigError
+from mudsc.unitgraph import observed, trace
+from mudsc.unitgraph.coverage import coverage, max_rel_change, permute_state_dict, random_permutations
+
+
+def _tv_vit():
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                hidden_dim=16, mlp_dim=32, num_classes=5)
+
+
+def _timm_swin():
+    return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, embed_dim=16,
+                             depths=(2, 2), num_heads=(2, 4), num_classes=5)
+
+
+def _tv_convnext():
+    return ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=5)
+
+
+def _bit():
+    return timm.create_model("resnetv2_50x1_bit", pretrained=False, num_classes=5)
+
+
+# (builder, image size): small configs of the families the rules must cover to >= 90 %
+COVERED = {"vit": (_tv_vit, 32), "swin": (_timm_swin, 56), "convnext": (_tv_convnext, 32), "bit": (_bit, 32)}
+
+
+def _batch(size: int) -> torch.Tensor:
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", list(COVERED))
+def test_families_are_covered_and_permutation_invariant(name):
+    build, size = COVERED[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    cov = coverage(model, _batch(size))
+    assert cov.summary["merged_share"] >= 0.9
+    assert cov.summary["max_rel_change"] <= 1e-10
+    # the only fixed parameters are the classifier's (its outputs are the fixed class space)
+    fixed = [r for r in cov.tensors if r.parameter and not r.merged]
+    assert fixed and all("model output" in r.reason for r in fixed)
+
+
+def test_leaving_one_consumer_out_breaks_the_function():
+    """The check can fail: a permutation that skips one tensor of a space changes the outputs."""
+    torch.manual_seed(0)
+    model = _timm_swin().eval()
+    x = _batch(56)
+    graph = trace(model, example=x)
+    heads = [s for s in graph.spaces if s.name.endswith(".heads")]
+    assert heads and all(s.group_tie and s.groups == s.size for s in heads)
+    sd = model.double().state_dict()
+    perms = random_permutations(graph, torch.Generator().manual_seed(1))
+    moved = permute_state_dict(sd, graph, perms)
+    table = heads[0].producers[0].param
+    assert table.endswith("relative_position_bias_table")
+    moved[table] = sd[table]
+    other = copy.deepcopy(model)
+    other.load_state_dict(moved)
+    with torch.no_grad():
+        y, y2 = model(x.double()), other(x.double())
+    assert ((y2 - y).norm() / y.norm()).item() > 1e-6
+    assert max_rel_change(model, graph, x) <= 1e-10
+
+
+def test_multihead_attention_is_written_out_with_heads_as_groups():
+    torch.manual_seed(0)
+    model = _tv_vit().eval()
+    x = _batch(32)
+    graph = trace(model, example=x)
+    attn = "encoder.layers.encoder_layer_0.self_attention"
+    qk = graph.space("encoder.layers.encoder_layer_0.qk")
+    v = graph.space("encoder.layers.encoder_layer_0.v")
+    assert qk.groups == v.groups == 2 and qk.group_tie == v.group_tie != ""
+    assert {(r.param, r.axis, r.start) for r in qk.producers} == {
+        (f"{attn}.in_proj_weight", 0, 0), (f"{attn}.in_proj_weight", 0, 16),
+        (f"{attn}.in_proj_bias", 0, 0), (f"{attn}.in_proj_bias", 0, 16)}
+    assert (f"{attn}.out_proj.weight", 1, 0) in {(r.param, r.axis, r.start) for r in v.consumers}
+    # the traced graph, attention written out, computes what the model computes
+    y, acts = observed(model, graph)(x)
+    assert torch.allclose(y, model(x), atol=1e-6)
+    assert acts["encoder.layers.encoder_layer_0.v"][0].shape[-1] == 16
+
+
+class _CausalTower(nn.Module):
+    """A CLIP-text-style tower: sequence-first attention with a bool causal mask buffer, weights returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 8)
+        self.attn = nn.MultiheadAttention(8, 2)
+        self.register_buffer("mask", torch.ones(5, 5, dtype=torch.bool).triu(1), persistent=False)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        a, w = self.attn(h, h, h, attn_mask=self.mask)
+        return self.head(h + a), w
+
+
+def test_sequence_first_attention_with_a_mask_and_weights():
+    torch.manual_seed(0)
+    model = _CausalTower().eval()
+    x = torch.randn(5, 2, 6)
+    cov = coverage(model, x)
+    assert cov.summary["merged_share"] == 6 / 8  # all but the head over the fixed output classes
+    assert cov.summary["max_rel_change"] <= 1e-10
+    graph = trace(model, example=x)
+    (y, w), _ = observed(model, graph)(x)
+    y0, w0 = model(x)
+    assert torch.allclose(y, y0, atol=1e-6) and torch.allclose(w, w0, atol=1e-6)
+
+
+def test_rotary_model_reports_a_reason_for_every_fixed_tensor():
+    torch.manual_seed(0)
+    model = timm.create_model("eva02_tiny_patch14_224", pretrained=False, img_size=28, depth=2, num_classes=5).eval()
+    cov = coverage(model, _batch(28))
+    assert cov.summary["max_rel_change"] <= 1e-10
+    assert 0.0 <= cov.summary["merged_share"] <= 1.0
+    assert all(r.reason for r in cov.tensors if not r.merged)
+
+
+def test_untraceable_model_names_the_module_and_the_spec_route():
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.gate = Gate()
+
+        def forward(self, x):
+            return self.gate(self.a(x))
+
+    with pytest.raises(ConfigError, match=r"inside module gate \(Gate\).*Models torch.fx cannot trace"):
+        trace(Net())
+
+
+def test_spaces_command_prints_one_json_object(capsys):
+    assert main(["spaces", "--arch", "mlp", "--kw", "width=16", "--img-size", "8", "--in-chans", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"summary", "tensors"}
+    assert out["summary"]["max_rel_change"] <= 1e-10 and 0 < out["summary"]["merged_share"] <= 1
+    rows = {r["param"]: r for r in out["tensors"]}
+    assert all(len(r["spaces"]) == len(r["shape"]) for r in rows.values())
+    assert any(r["merged"] for r in rows.values())
+    assert all(r["reason"] for r in rows.values() if not r["merged"])
+    assert main(["spaces", "--arch", "mlp", "--kw", "width=16", "--img-size", "8", "--in-chans", "1"]) == 0
+    assert "parameter tensors in unit spaces" in capsys.readouterr().out
+
+
+def test_spaces_command_bad_arch_is_one_line(capsys):
+    assert main(["spaces", "--arch", "no_such_net"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mudsc: error: unknown architecture") and len(err.strip().splitlines()) == 1
+
+
+# The exact named models, random init and no downloads; inputs kept small where the family allows.
+NAMED = {
+    "torchvision:vit_b_16": (lambda: torchvision.models.vit_b_16(weights=None, image_size=64), 64),
+    "torchvision:convnext_tiny": (lambda: torchvision.models.convnext_tiny(weights=None), 64),
+    "timm:resnetv2_50x1_bit": (lambda: timm.create_model("resnetv2_50x1_bit", pretrained=False), 64),
+    "timm:swin_tiny_patch4_window7_224": (lambda: timm.create_model("swin_tiny_patch4_window7_224",
+                                                                    pretrained=False), 224),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(NAMED))
+def test_named_models_are_covered_and_permutation_invariant(name):
+    build, size = NAMED[name]
+    torch.manual_seed(0)
+    cov = coverage(build().eval(), _batch(size))
+    assert cov.summary["merged_share"] >= 0.9, cov.summary
+    assert cov.summary["max_rel_change"] <= 1e-10, cov.summary
