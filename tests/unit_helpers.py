@@ -6,6 +6,7 @@ from torch import nn
 
 from mudsc.models import create_model
 from mudsc.unitgraph import UnitGraph
+from mudsc.unitgraph.coverage import random_permutations
 
 # (arch, options): every architecture the unit graph must handle without a hand-written spec
 ARCHS = [
@@ -45,17 +46,12 @@ def inputs(n: int = 3, seed: int = 0) -> torch.Tensor:
 
 
 def random_perms(graph: UnitGraph, generator: torch.Generator, dtype=torch.float64) -> dict:
-    """Per space (P, P^T) with P [n, n] a permutation matrix that permutes groups (alike within a
-    group tie) and units within groups."""
-    maps, orders = {}, {}
-    for s in graph.spaces:
-        c = s.size // s.groups
-        order = torch.randperm(s.groups, generator=generator)
-        if s.group_tie:
-            order = orders.setdefault(s.group_tie, order)
-        perm = torch.cat([order[k] * c + torch.randperm(c, generator=generator) for k in range(s.groups)])
-        p = torch.eye(s.size, dtype=dtype)[perm]
-        maps[s.name] = (p, p.T)
+    """Per space (P, P^T) with P [n, n] the permutation matrix of :func:`random_permutations` (groups
+    permuted alike within a group tie, units within groups)."""
+    maps = {}
+    for name, perm in random_permutations(graph, generator).items():
+        p = torch.eye(len(perm), dtype=dtype)[perm]
+        maps[name] = (p, p.T)
     return maps
 
 

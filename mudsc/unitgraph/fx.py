@@ -12,7 +12,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
 from mudsc.errors import ConfigError
-from mudsc.unitgraph.inline import inline_mha
+from mudsc.unitgraph.inline import written_out
 from mudsc.unitgraph.types import Tap
 
 
@@ -37,7 +37,7 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname) or any(class_name(c) in self.leaves for c in type(m).__mro__)
 
     def call_module(self, m: nn.Module, forward, args: tuple, kwargs: dict):
-        written = inline_mha(self, m, args, kwargs)
+        written = written_out(self, m, args, kwargs)
         if written is None:
             return super().call_module(m, forward, args, kwargs)
         outer, self.inlining = self.inlining, m

@@ -91,6 +91,10 @@ class HeadRules:
             self.spaces.use(s.cands[0], s.taps[0], order)
         self.spaces.union(q.cands[0], k.cands[0], None)
         self.spaces.tie(q.cands[0], v.cands[0], self.node)
+        mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+        node = self.node.kwargs.get("attn_mask", self.node.args[3] if len(self.node.args) > 3 else None)
+        if mask is not None and not self.on_heads(Scores(q.ndim, q.dims[1], q.cands[0], q.heads), mask, node, q.ndim):
+            return self.unknown(args, kwargs)  # a mask that differs per head in a way no rule follows
         return Split(v.ndim, v.dims, v.cands, (None,), v.heads)
 
     def matmul(self, a: Any, b: Any) -> Any:
@@ -124,7 +128,7 @@ class HeadRules:
             if x.hdim in dims:
                 return OPAQUE  # averaged over the heads: the same for any head order
             return self.unknown(*tensors)
-        if name in ("view", "reshape") and isinstance(x, Scores) and len(tensors) == 1:
+        if name in ("view", "reshape", "flatten", "unflatten") and isinstance(x, Scores) and len(tensors) == 1:
             src = self.node.all_input_nodes[0].meta["tensor_meta"].shape
             for j, d in enumerate(shape):
                 if d == x.heads and math.prod(shape[:j]) == math.prod(src[: x.hdim]):
@@ -136,17 +140,27 @@ class HeadRules:
                 return self.unknown(*tensors)
             x = sc[0]
             for a, n in zip(args, self.node.args):
-                if a is x or not isinstance(a, (Param, Opaque)):
-                    continue
-                o_shape = n.meta["tensor_meta"].shape
-                pd = x.hdim - (len(shape) - len(o_shape))
-                if pd < 0 or o_shape[pd] == 1:
-                    continue  # the same for every head
-                if not (isinstance(a, Param) and a.axes[pd] is not None):
+                if a is not x and not self.on_heads(x, a, n, len(shape)):
                     return self.unknown(*tensors)
-                self.head_table(x, a.key, a.axes[pd], len(shape))
             return Scores(len(shape), x.hdim + len(shape) - x.ndim, x.cand, x.heads)
         return self.unknown(*tensors)
+
+    def on_heads(self, x: Scores, a: Any, n: Any, ndim: int) -> bool:
+        """Whether `a` (fx argument `n`) may be combined element-wise with the logits `x` in a result of
+        rank `ndim`: constants and tensors the same for every head pass; a parameter with an axis along
+        the heads becomes a heads space (:meth:`head_table`); anything else (channels, per-head buffers) not."""
+        if a is None:
+            return True  # a number (the rules give non-tensors no value)
+        if not isinstance(a, (Param, Opaque)):
+            return False
+        o_shape = n.meta["tensor_meta"].shape
+        pd = x.hdim + ndim - x.ndim - (ndim - len(o_shape))
+        if pd < 0 or o_shape[pd] == 1:
+            return True  # the same for every head
+        if not (isinstance(a, Param) and a.axes[pd] is not None):
+            return False
+        self.head_table(x, a.key, a.axes[pd], ndim)
+        return True
 
     def head_table(self, x: Scores, key: str, axis: int, ndim: int) -> None:
         """Axis `axis` of `key` holds one entry per head of the logits `x`: a space of its own, one unit

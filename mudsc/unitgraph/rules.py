@@ -39,6 +39,8 @@ _SAME_FN = {"relu", "relu_", "relu6", "gelu", "silu", "mish", "sigmoid", "sigmoi
             "identity", "stochastic_depth"}
 _POOL_FN = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d",
             "avg_pool1d", "avg_pool2d", "max_pool1d", "max_pool2d", "interpolate", "upsample"}
+# fx-wrapped window steps of Swin (mudsc.unitgraph.inline; torchvision's patch merging and position bias)
+_WINDOW_FN = {"swin_windows", "swin_unwindows", "swin_mask", "_patch_merging_pad", "_get_relative_position_bias"}
 _BINARY = {"add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "sub_",
            "mul_", "div_"}
 _RESHAPE = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "unflatten"}
@@ -175,6 +177,8 @@ class Walker(HeadRules):
             return None if args[1] in ("shape", "dtype", "device") else self.unknown(x)
         if name in _NO_TENSOR:
             return None
+        if name in _WINDOW_FN:
+            return self.windows(name, x)
         if name == "scaled_dot_product_attention":
             return self.attention(args, kwargs)
         if name == "matmul" and len(tensors) == 2 and len(args) == 2:
@@ -352,6 +356,20 @@ class Walker(HeadRules):
             if dims is None or x.dim in {d % x.ndim for d in dims}:
                 return self.unknown(x)
         return x
+
+    def windows(self, name: str, x: Any) -> Any:
+        """Swin's window steps move positions only (the channels, last, pass); patch merging lays four
+        neighbours' channels side by side; the position bias gathers a table's rows, keeping its heads."""
+        shape = _shape(self.node)
+        if name == "swin_mask":
+            return OPAQUE  # reads only x's shape
+        if name == "_get_relative_position_bias":
+            return Param(x.key, (None, x.axes[1], None, None)) if isinstance(x, Param) else self.unknown(x)
+        if not isinstance(x, Val):
+            return x
+        if x.dim != x.ndim - 1 or shape is None or shape[-1] % x.width:
+            return self.unknown(x)
+        return Val(len(shape) - 1, len(shape), x.segs * (shape[-1] // x.width))
 
     def heads_op(self, name: str, x: Split, args: tuple, kwargs: dict, tensors: list) -> Any:
         """Channel-preserving ops on attention heads; anything else fixes them."""
