@@ -220,8 +220,9 @@ def explain(model: nn.Module, *, leaf_modules: tuple[type, ...] | None = None,
             for r in cands.refs[i]:
                 by_param.setdefault(r.param, []).append(i)
     readers: dict[str, fx.Node] = {}
+    keys = {k for k, _ in graph.params}
     for n in gm.graph.nodes:
-        for k in sorted(node_params(gm, [n], set(dict(graph.params)))):
+        for k in sorted(node_params(gm, [n], keys)):
             readers.setdefault(k, next(iter(n.users), n) if n.op == "get_attr" else n)
     why = {}
     for key, _ in graph.params:
