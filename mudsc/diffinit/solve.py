@@ -18,12 +18,12 @@ import torch
 from torch import Tensor
 
 from mudsc.diffinit.config import MergeConfig
+from mudsc.diffinit.descriptor_cache import DescriptorCache
 from mudsc.diffinit.similarity import descriptor_neighbours, mix
 from mudsc.diffinit.solvers import get_solver
 from mudsc.diffinit.solvers.align import max_assignment
 from mudsc.diffinit.solvers.groups import pair_groups
 from mudsc.diffinit.solvers.match import Match
-from mudsc.diffinit.weight_gram import WeightGrams
 from mudsc.unitgraph import UnitGraph
 
 
@@ -111,7 +111,7 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
 
     metric = "inner" if config.method == "rebasin" else config.weight_metric
     device = default_device(device)
-    s_w_of = WeightGrams(sds, graph, spaces, metric=metric, device=device)
+    s_w_of = DescriptorCache(sds, graph, spaces, metric=metric, device=device)
     act_on = {s: act_corr[s].to(device) for s in spaces if s in act_corr} if act_corr is not None else {}
     gen = torch.Generator().manual_seed(config.seed)
     best: dict[str, Match] | None = None
