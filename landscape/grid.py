@@ -23,7 +23,6 @@ autocast by default (BN statistics and losses stay float32); ``autocast=False`` 
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from typing import Callable, Mapping
 
@@ -33,6 +32,7 @@ from torch.func import functional_call, vmap
 
 from landscape.evaluate import EvalSet
 from landscape.plane import Plane
+from mudsc.device import available_memory
 from mudsc.errors import ConfigError
 from mudsc.evaluate import Sums, TaskLayout, means, metric_sums, task_counts
 
@@ -55,21 +55,6 @@ def native_bf16(device: torch.device | str) -> bool:
 def precision_label(autocast: bool) -> str:
     """How results record the forward precision (part of the cache key)."""
     return "bf16-autocast" if autocast else "float32"
-
-
-def available_memory(device: torch.device | str) -> int:
-    """Free bytes on `device`: CUDA's free memory, or the kernel's MemAvailable for the CPU."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def bn_modules(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:

@@ -25,6 +25,8 @@ def _add_merge_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=f["seed"].default)
     p.add_argument("--no-bn-reset", action="store_true")
     p.add_argument("--reset-images", type=int, default=f["reset_images"].default)
+    p.add_argument("--stats-positions", type=int, default=f["stats_positions"].default,
+                   help=f["stats_positions"].description)
 
 
 def _add_session_options(p: argparse.ArgumentParser) -> None:
@@ -82,7 +84,7 @@ def _config(args: argparse.Namespace):
                        mix=args.mix, weight_metric=args.weight_metric, zip_a=args.zip_a, zip_b=args.zip_b,
                        groups=not args.no_groups, cut=args.cut, max_sweeps=args.max_sweeps,
                        patience=args.patience, seed=args.seed, reset_bn=not args.no_bn_reset,
-                       reset_images=args.reset_images)
+                       reset_images=args.reset_images, stats_positions=args.stats_positions)
 
 
 def _session(paths: list[str], args: argparse.Namespace):

@@ -40,6 +40,9 @@ class MergeConfig(BaseModel):
     seed: int = 0
     reset_bn: bool = True
     reset_images: int = Field(1000, ge=1)
+    stats_positions: int | None = Field(
+        None, ge=1, description="spatial positions (or tokens) per image and tap that the activation statistics "
+        "sample, seeded by `seed` (default: all)")
 
     @field_validator("alpha_overrides", mode="before")
     @classmethod

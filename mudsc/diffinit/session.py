@@ -14,6 +14,7 @@ from mudsc.data import Dataset, batches, check_tasks, union_classes, union_train
 from mudsc.device import default_device
 from mudsc.diffinit.config import MergeConfig
 from mudsc.diffinit.fuse import fuse, head_state, reset_bn_stats_
+from mudsc.diffinit.memory import check_merge_memory, merge_memory
 from mudsc.diffinit.solve import Solution, solve
 from mudsc.diffinit.stats import ActivationStats, activation_stats
 from mudsc.errors import ConfigError, DataError
@@ -116,7 +117,7 @@ class MergeSession:
         self.graph: UnitGraph = trace(self.parents[0])
         _check_groups(self.graph, [trace(p) for p in self.parents[1:]])
         self.sds = [{k: v.detach().cpu() for k, v in p.state_dict().items()} for p in self.parents]
-        self._act: ActivationStats | None = None
+        self._act: dict[tuple[int | None, int], ActivationStats] = {}  # by (positions per image, seed)
         self._results: dict[MergeConfig, MergeResult] = {}
         self._parent_metrics: list[dict] | None = None  # parents and eval set are fixed: computed once
         self.timings: dict[str, float] = {}
@@ -136,10 +137,13 @@ class MergeSession:
         return session
 
     # ------------------------------------------------------------------ statistics
-    def activation_stats(self, progress: Progress | None = None, *, steps: Steps | None = None) -> ActivationStats:
-        """Activation correlations of every unit space, computed once per session; `steps` counts
-        the images as stage ``statistics``."""
-        if self._act is None:
+    def activation_stats(self, progress: Progress | None = None, *, steps: Steps | None = None,
+                         positions: int | None = None, seed: int = 0) -> ActivationStats:
+        """Activation correlations of every unit space, computed once per session and sampling (all
+        positions, or `positions` per image drawn with `seed`); `steps` counts the images as stage
+        ``statistics``."""
+        key = (positions, seed if positions is not None else 0)  # what _stats_key gives for a config
+        if key not in self._act:
             t0 = time.perf_counter()
 
             def cb(done: int, total: int) -> None:
@@ -147,11 +151,11 @@ class MergeSession:
                     progress("activation statistics", done / total)
                 if steps:
                     steps("statistics", done, total)
-            self._act = activation_stats(self.parents, self.graph, self.train.x[: self.stats_images],
-                                         batch_size=self.batch_size, device=self.device,
-                                         progress=cb if progress or steps else None)
+            self._act[key] = activation_stats(self.parents, self.graph, self.train.x[: self.stats_images],
+                                              batch_size=self.batch_size, device=self.device, positions=positions,
+                                              seed=key[1], progress=cb if progress or steps else None)
             self.timings["stats"] = time.perf_counter() - t0
-        return self._act
+        return self._act[key]
 
     def spaces_for(self, cut: str) -> list[str]:
         """The spaces a merge up to `cut` solves (all of them for ``full``)."""
@@ -179,9 +183,15 @@ class MergeSession:
         for name, _ in config.alpha_overrides:
             self.graph.space(name)  # unknown override names fail loudly
         spaces = self.spaces_for(config.cut)
+        uses_act = config.similarity in ("activation", "dual")
+        probe = self.train.x[:1].to(next(self.parents[0].parameters()).device)
+        check_merge_memory(merge_memory(self.parents, self.graph, spaces, config, image=probe,
+                                        batch_size=min(self.batch_size, self.stats_images),
+                                        stats_needed=uses_act and _stats_key(config) not in self._act), self.device)
         act = None
-        if config.similarity in ("activation", "dual"):
-            act = self.activation_stats(progress, steps=steps).corr
+        if uses_act:
+            act = self.activation_stats(progress, steps=steps, positions=config.stats_positions,
+                                        seed=config.seed).corr
         t0 = time.perf_counter()
 
         def cb(sweep: int, score: float) -> None:
@@ -189,7 +199,8 @@ class MergeSession:
                 progress(f"sweep {sweep}, score {score:.4f}", sweep / config.max_sweeps)
             if steps:
                 steps("sweeps", sweep, config.max_sweeps)
-        solution = solve(self.sds, self.graph, spaces, config, act_corr=act, progress=cb if progress or steps else None)
+        solution = solve(self.sds, self.graph, spaces, config, act_corr=act, device=self.device,
+                         progress=cb if progress or steps else None)
         timings["match"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         merged = fuse(self.sds, self.graph, solution.matches)
@@ -248,6 +259,11 @@ class MergeSession:
                             "task_acc": list(m.tasks) if m else None})
             self._parent_metrics = out
         return copy.deepcopy(self._parent_metrics)
+
+
+def _stats_key(config: MergeConfig) -> tuple[int | None, int]:
+    """The statistics a merge with `config` uses, as :meth:`MergeSession.activation_stats` keys them."""
+    return config.stats_positions, config.seed if config.stats_positions is not None else 0
 
 
 def _refresh(state: dict[str, Tensor], model: nn.Module, multihead: bool) -> dict[str, Tensor]:

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mudsc.unitgraph import UnitGraph
+from mudsc.unitgraph import AxisRef, UnitGraph, UnitSpace
 
 
 def descriptor_neighbours(graph: UnitGraph, space: str) -> frozenset[str]:
@@ -36,33 +36,41 @@ def descriptors(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str,
     of unsolved neighbours stay as they are (the Git Re-Basin identity initialisation). Consumer axes
     pool through ``N * M_q_i``, producer axes through ``U_q_i^T`` (see the module docstring).
     """
+    refs = descriptor_refs(graph, space)
+    return torch.cat([torch.cat([descriptor_block(sds, graph, space, r, maps, i) for r in refs], 1)
+                      for i in range(len(sds))], 0)
+
+
+def descriptor_refs(graph: UnitGraph, space: str) -> list[AxisRef]:
+    """The tensor axes whose slices make up the descriptor of `space`, in order (no running statistics)."""
+    return [r for r in graph.space(space).refs if r.role != "stat"]
+
+
+def ref_neighbours(graph: UnitGraph, space: str, ref: AxisRef) -> tuple[str, ...]:
+    """The other spaces owning an axis of `ref`'s tensor: the only maps its descriptor block reads."""
+    return tuple(sorted({q.name for q in graph.spaces if q.name != space
+                         and any(qr.param == ref.param and qr.axis != ref.axis for qr in q.refs)}))
+
+
+def descriptor_block(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str, ref: AxisRef,
+                     maps: dict[str, list[tuple[Tensor, Tensor]]], i: int) -> Tensor:
+    """Parent i's [size, d] slice of `space`'s descriptor from the tensor `ref` names, its axes owned by
+    solved neighbours (those in `maps`) pooled through their maps."""
     s = graph.space(space)
-    refs = [r for r in s.refs if r.role != "stat"]
-    params = {r.param for r in refs}
-    # Every axis of those tensors that belongs to another solved space.
-    others: dict[str, dict[int, list]] = {}
+    w = sds[i][ref.param].float().movedim(ref.axis, 0)[ref.start:ref.start + s.size * ref.repeat]
+    by_axis: dict[int, list[tuple[UnitSpace, AxisRef]]] = {}
     for q in graph.spaces:
-        if q.name == space or q.name not in maps:
-            continue
-        for r in q.refs:
-            if r.param in params:
-                others.setdefault(r.param, {}).setdefault(r.axis, []).append((q, r))
-    rows = []
-    for i, sd in enumerate(sds):
-        parts = []
-        for r in refs:
-            w = sd[r.param].float().movedim(r.axis, 0)[r.start:r.start + s.size * r.repeat]
-            for axis, entries in others.get(r.param, {}).items():
-                if axis == r.axis:
-                    continue
-                # our unit axis now leads, so the other axes shift by one when they preceded it
-                ax = axis + 1 if axis < r.axis else axis
-                for q, qr in sorted(entries, key=lambda e: -e[1].start):
-                    m, u = maps[q.name][i]
-                    w = _pool(w, ax, qr.start, q.size, qr.repeat, len(sds) * m, u, merge_side=qr.role == "in")
-            parts.append(w.reshape(s.size, -1))
-        rows.append(torch.cat(parts, 1))
-    return torch.cat(rows, 0)
+        if q.name != space and q.name in maps:
+            for qr in q.refs:
+                if qr.param == ref.param and qr.axis != ref.axis:
+                    by_axis.setdefault(qr.axis, []).append((q, qr))
+    for axis, entries in by_axis.items():
+        # our unit axis now leads, so the other axes shift by one when they preceded it
+        ax = axis + 1 if axis < ref.axis else axis
+        for q, qr in sorted(entries, key=lambda e: -e[1].start):
+            m, u = maps[q.name][i]
+            w = _pool(w, ax, qr.start, q.size, qr.repeat, len(sds) * m, u, merge_side=qr.role == "in")
+    return w.reshape(s.size, -1)
 
 
 def _pool(w: Tensor, axis: int, start: int, n: int, repeat: int, merge: Tensor, unmerge: Tensor, *,
@@ -73,14 +81,14 @@ def _pool(w: Tensor, axis: int, start: int, n: int, repeat: int, merge: Tensor, 
     Equivalent to a dense product along the axis, but a scatter: matching maps are supported on
     clusters (one merged unit per unit), and a sweep applies them to every neighbouring tensor.
     """
-    assign = unmerge.argmax(1)
+    assign = unmerge.argmax(1).to(w.device)
     c = unmerge.shape[1]
     w = w.movedim(axis, 0)
     block = w[start:start + n * repeat].reshape(n, repeat, *w.shape[1:])
     if merge_side:
-        weight = merge[assign, torch.arange(n)].to(w.dtype)
+        weight = merge.to(w.device)[assign, torch.arange(n, device=w.device)].to(w.dtype)
         block = block * weight.view(-1, *([1] * (block.ndim - 1)))
-    pooled = torch.zeros(c, *block.shape[1:], dtype=w.dtype).index_add_(0, assign, block)
+    pooled = torch.zeros(c, *block.shape[1:], dtype=w.dtype, device=w.device).index_add_(0, assign, block)
     out = torch.cat([w[:start], pooled.reshape(c * repeat, *w.shape[1:]), w[start + n * repeat:]])
     return out.movedim(0, axis)
 
@@ -100,7 +108,7 @@ def weight_similarity(z: Tensor, *, metric: Literal["pearson", "cosine", "inner"
 
 
 def _standardize(s: Tensor) -> Tensor:
-    off = ~torch.eye(len(s), dtype=torch.bool)
+    off = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
     vals = s[off]
     return (s - vals.mean()) / vals.std().clamp_min(1e-8)
 

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from mudsc.diffinit.config import MergeConfig
-from mudsc.diffinit.similarity import descriptor_neighbours, descriptors, mix, weight_similarity
+from mudsc.diffinit.descriptor_cache import DescriptorCache
+from mudsc.diffinit.similarity import descriptor_neighbours, mix
 from mudsc.diffinit.solvers import get_solver
 from mudsc.diffinit.solvers.align import max_assignment
 from mudsc.diffinit.solvers.groups import pair_groups
@@ -69,13 +70,16 @@ def _same_match(a: Match, b: Match) -> bool:
 
 
 def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], config: MergeConfig, *,
-          act_corr: dict[str, Tensor] | None = None,
+          act_corr: dict[str, Tensor] | None = None, device=None,
           progress: Callable[[int, float], None] | None = None) -> Solution:
     """Solve `spaces` for the parents `sds` as `config.method` prescribes.
 
     `act_corr[space]` is the [O, O] activation correlation (needed unless the method is weight-only).
+    Descriptors, S_W and the mixed similarities of the iterative solve live on `device`.
     `progress(sweep, score)` after each sweep of the iterative solve.
     """
+    from mudsc.device import default_device
+
     n = len(sds)
     sizes = {s: (graph.space(s).size,) * n for s in spaces}
     groups = {s: graph.space(s).groups for s in spaces}
@@ -106,6 +110,9 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
         return Solution(matches)  # alpha = 0 everywhere: the activation solve is final (mudsc-zip == zipit)
 
     metric = "inner" if config.method == "rebasin" else config.weight_metric
+    device = default_device(device)
+    s_w_of = DescriptorCache(sds, graph, spaces, metric=metric, device=device)
+    act_on = {s: act_corr[s].to(device) for s in spaces if s in act_corr} if act_corr is not None else {}
     gen = torch.Generator().manual_seed(config.seed)
     best: dict[str, Match] | None = None
     best_score, bad = float("-inf"), 0
@@ -128,10 +135,7 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
                 matches[s] = hit[1]
                 scores.append(hit[1].score)
                 continue
-            maps = {q: matches[q].parts() for q in neighbours[s] if q in matches}
-            s_w = weight_similarity(descriptors(sds, graph, s, maps), metric=metric)
-            alpha = config.alpha_for(s)
-            sim = mix(s_w, act_corr[s] if act_corr is not None and s in act_corr else None, alpha, mode=config.mix)
+            sim = mix(s_w_of(s, matches), act_on.get(s), config.alpha_for(s), mode=config.mix)
             new = solve_one(sim, sizes[s], kind=kind, groups=groups[s], config=config, pairing=pairing_for(s, sim))
             old = matches.get(s)
             matches[s] = old if old is not None and _same_match(old, new) else new

@@ -4,8 +4,15 @@ ZipIt! (Stoica et al., 2024, Sec. 4.3) and MuDSC (Xu et al., 2024, Sec. 3.2) mat
 Pearson correlation of their activations over the same inputs: the features of all N parents at a
 merge point are stacked into F [O, L] (O = sum of widths; L = images x spatial positions or tokens,
 every position a sample) and Corr = Cov / (std std^T) with Cov = E[F F^T] - E[F] E[F]^T. Here the
-moments are exact single-pass sums in float64 on the compute device (the published code averages
-per-batch moments, which is close but not exact).
+moments are exact single-pass sums (the published code averages per-batch moments, which is close but
+not exact): the products F F^T run on the compute device in float32 over chunks of at most
+``chunk_size`` samples, and each chunk's product is added to float64 sums, so rounding grows with the
+chunk, not with L. Only the N (N + 1) / 2 parent blocks i <= j are computed (the sums are symmetric).
+
+The pass accumulates :class:`MomentSums` (float64) and then :func:`finalise` turns them into
+correlations; a pass split over several workers sums their :class:`MomentSums` before finalising.
+With ``positions``, each image contributes only that many seeded random spatial positions (or tokens)
+per tap, the same ones for every parent.
 """
 from __future__ import annotations
 
@@ -18,10 +25,7 @@ from torch import Tensor, nn
 from mudsc.errors import DataError
 from mudsc.unitgraph import UnitGraph, observed
 
-
-def _units_first(x: Tensor, dim: int) -> Tensor:
-    """[..., C (at dim), ...] -> [C, samples]."""
-    return x.movedim(dim, 0).reshape(x.shape[dim], -1)
+CHUNK = 2048  # samples per float32 product; the moment test bounds the rounding this leaves
 
 
 @dataclass
@@ -37,6 +41,19 @@ class ActivationStats:
     n_samples: dict[str, int]
 
 
+@dataclass
+class MomentSums:
+    """What a statistics pass accumulates per unit space, in float64 on the compute device: the sum of
+    the features [O] and of their products [O, O] over `count` samples; `samples` [O, k] are the first
+    k samples of every unit (kept on the CPU, not summed)."""
+
+    sum_x: dict[str, Tensor]
+    sum_xx: dict[str, Tensor]
+    count: dict[str, int]
+    images: int
+    samples: dict[str, Tensor]
+
+
 def correlation(sum_x: Tensor, sum_xx: Tensor, n: int, *, eps: float = 1e-7) -> tuple[Tensor, Tensor, Tensor]:
     """[O], [O, O], count -> (corr [O, O], mean [O], std [O]) from first and second moment sums."""
     mean = sum_x / n
@@ -48,17 +65,54 @@ def correlation(sum_x: Tensor, sum_xx: Tensor, n: int, *, eps: float = 1e-7) -> 
     return corr, mean, std
 
 
+def position_index(batch: int, positions: int, keep: int, generator: torch.Generator) -> Tensor:
+    """[batch, keep] long: `keep` distinct positions out of `positions` per image, drawn from `generator`."""
+    return torch.rand(batch, positions, generator=generator).argsort(dim=1)[:, :keep]
+
+
+def tap_rows(a: Tensor, dim: int, index: Tensor | None) -> Tensor:
+    """[B, ..., C (at dim), ...] activation -> [samples, C] float32 rows (image-major, then positions in
+    memory order); `index` [B, k] keeps k positions of each image."""
+    a = a.movedim(dim, 1)
+    a = a.reshape(a.shape[0], a.shape[1], -1)  # [B, C, P]
+    if index is not None:
+        a = a.gather(2, index.to(a.device)[:, None, :].expand(-1, a.shape[1], -1))
+    return a.transpose(1, 2).reshape(-1, a.shape[1]).float()
+
+
+def add_products_(acc: Tensor, rows: list[Tensor], *, chunk_size: int = CHUNK) -> Tensor:
+    """acc [O, O] float64 += X^T X for X = [rows_0 | rows_1 | ...] ([L, n_i] each, float32), computing the
+    blocks i <= j in float32 over chunks of `chunk_size` samples and mirroring the others."""
+    offs = [0]
+    for r in rows:
+        offs.append(offs[-1] + r.shape[1])
+    for i, a in enumerate(rows):
+        for j in range(i, len(rows)):
+            b = rows[j]
+            block = acc[offs[i]:offs[i + 1], offs[j]:offs[j + 1]]
+            for s in range(0, a.shape[0], chunk_size):
+                block += a[s:s + chunk_size].T @ b[s:s + chunk_size]
+            if j > i:
+                acc[offs[j]:offs[j + 1], offs[i]:offs[i + 1]] = block.T
+    return acc
+
+
 @torch.no_grad()
-def activation_stats(models: list[nn.Module], graph: UnitGraph, images: Tensor, *, batch_size: int = 250,
-                     spaces: list[str] | None = None, device=None, sample_units: int = 512,
-                     progress: Callable[[int, int], None] | None = None) -> ActivationStats:
-    """One pass of `images` [n, c, h, w] through every parent, accumulating the moments of `spaces`
-    (default: all). `progress(done_images, total_images)` after each batch."""
+def accumulate_moments(models: list[nn.Module], graph: UnitGraph, images: Tensor, *, batch_size: int = 250,
+                       spaces: list[str] | None = None, device=None, sample_units: int = 512,
+                       positions: int | None = None, seed: int = 0, chunk_size: int = CHUNK,
+                       progress: Callable[[int, int], None] | None = None) -> MomentSums:
+    """One pass of `images` [n, c, h, w] through every parent, summing the moments of `spaces` (default:
+    all). `positions` keeps that many spatial positions per image and tap (None: all); the draw of
+    the batch starting at image s uses a generator seeded with (seed, s), so it does not depend on
+    which other batches a pass takes. `progress(done_images, total_images)` after each batch."""
     from mudsc.device import default_device
 
     device = default_device(device)
     if len(images) == 0:
         raise DataError("activation statistics need at least one image")
+    if positions is not None and positions < 1:
+        raise DataError(f"statistics: positions per image must be >= 1, got {positions}")
     names = [s.name for s in graph.spaces] if spaces is None else list(spaces)
     watched = [observed(m.to(device).eval(), graph) for m in models]
     sums: dict[str, Tensor] = {}
@@ -70,26 +124,50 @@ def activation_stats(models: list[nn.Module], graph: UnitGraph, images: Tensor, 
     for start in range(0, total, batch_size):
         x = images[start:start + batch_size].to(device)
         per_parent = [w(x)[1] for w in watched]
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + start) if positions is not None else None
         for name in names:
             space = graph.space(name)
-            feats = torch.cat([torch.cat([_units_first(a, t.dim) for a, t in zip(acts[name], space.taps)], 1)
-                               for acts in per_parent], 0).double()
-            if not torch.isfinite(feats).all():
-                raise DataError(f"NaN or Inf activations in unit space {name!r}; check the parents' weights and data")
+            index = []
+            for k, t in enumerate(space.taps):
+                a = per_parent[0][name][k]
+                p = a.numel() // (a.shape[0] * a.shape[t.dim])
+                index.append(position_index(a.shape[0], p, min(positions, p), gen) if gen is not None else None)
+            rows = [torch.cat([tap_rows(a, t.dim, i) for a, t, i in zip(acts[name], space.taps, index)], 0)
+                    for acts in per_parent]
             if name not in sums:
-                sums[name] = torch.zeros(feats.shape[0], dtype=torch.float64, device=device)
-                prods[name] = torch.zeros(feats.shape[0], feats.shape[0], dtype=torch.float64, device=device)
-            sums[name] += feats.sum(1)
-            prods[name] += feats @ feats.T
-            counts[name] += feats.shape[1]
+                o = sum(r.shape[1] for r in rows)
+                sums[name] = torch.zeros(o, dtype=torch.float64, device=device)
+                prods[name] = torch.zeros(o, o, dtype=torch.float64, device=device)
+            sums[name] += torch.cat([r.sum(0, dtype=torch.float64) for r in rows])
+            add_products_(prods[name], rows, chunk_size=chunk_size)
+            counts[name] += rows[0].shape[0]
             if kept[name] < sample_units:
-                take = feats[:, : sample_units - kept[name]]
-                samples[name].append(take.float().cpu())
+                take = torch.cat([r[: sample_units - kept[name]] for r in rows], 1).T
+                samples[name].append(take.cpu())
                 kept[name] += take.shape[1]
+            del rows
+        del per_parent  # the next batch's activations do not coexist with these
         if progress is not None:
             progress(min(start + batch_size, total), total)
+    return MomentSums(sums, prods, counts, total, {n: torch.cat(v, 1) for n, v in samples.items()})
+
+
+def finalise(m: MomentSums) -> ActivationStats:
+    """Summed moments -> correlations, means and standard deviations (float32, CPU)."""
     corr, mean, std = {}, {}, {}
-    for name in names:
-        c, m, s = correlation(sums[name], prods[name], counts[name])
-        corr[name], mean[name], std[name] = c.float().cpu(), m.float().cpu(), s.float().cpu()
-    return ActivationStats(corr, mean, std, {n: torch.cat(v, 1) for n, v in samples.items()}, total, counts)
+    for name in m.sum_x:
+        if not (torch.isfinite(m.sum_x[name]).all() and torch.isfinite(m.sum_xx[name]).all()):
+            raise DataError(f"NaN or Inf activations in unit space {name!r}; check the parents' weights and data")
+        c, mu, s = correlation(m.sum_x[name], m.sum_xx[name], m.count[name])
+        corr[name], mean[name], std[name] = c.float().cpu(), mu.float().cpu(), s.float().cpu()
+    return ActivationStats(corr, mean, std, m.samples, m.images, dict(m.count))
+
+
+def activation_stats(models: list[nn.Module], graph: UnitGraph, images: Tensor, *, batch_size: int = 250,
+                     spaces: list[str] | None = None, device=None, sample_units: int = 512,
+                     positions: int | None = None, seed: int = 0,
+                     progress: Callable[[int, int], None] | None = None) -> ActivationStats:
+    """:func:`accumulate_moments` then :func:`finalise` (see there for the options)."""
+    return finalise(accumulate_moments(models, graph, images, batch_size=batch_size, spaces=spaces, device=device,
+                                       sample_units=sample_units, positions=positions, seed=seed,
+                                       progress=progress))
