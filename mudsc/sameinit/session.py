@@ -188,6 +188,10 @@ class SameInitSession:
         return session
 
     # ------------------------------------------------------------------ statistics
+    def missing_parts(self, parts: Collection[str]) -> tuple[str, ...]:
+        """The statistics parts of `parts` not cached yet (none when statistics were given)."""
+        return tuple(p for p in PARTS if p in parts and p not in self._parts)
+
     def statistics(self, parts: Collection[str] = PARTS, *, steps: Steps | None = None) -> list[TaskStats]:
         """One :class:`TaskStats` per task model holding at least `parts` (of ``gram``, ``grad``,
         ``fisher``). Given statistics are returned as they are; otherwise each part is computed once
