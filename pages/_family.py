@@ -35,7 +35,7 @@ def use_family(family: Family) -> bool:
 
 
 def _train_demo(progress, cancel):
-    from mudsc.zoo.demo import DEMO_FAMILY, demo_family
+    from mudsc.zoo.demo_family import DEMO_FAMILY, demo_family
 
     stages = ["base", *DEMO_FAMILY["tasks"]]
 

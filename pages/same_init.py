@@ -97,6 +97,7 @@ if results:
     m2.metric("Mean task-aware accuracy", f"{100 * best.metrics.per_task:.1f}%",
               f"{100 * (best.metrics.per_task - own):+.1f} pp vs fine-tuned", help="each task model on its own task")
     m3.metric("Merge time", f"{sum(best.timings.values()):.3f} s")
+    st.caption("Merged: " + "; ".join(view.label(r.config) for r in results.values()) + ".")
 st.dataframe(rows, hide_index=True, key="si_metrics", column_config={
     k: st.column_config.NumberColumn(format=PERCENT) for k in rows[0] if k.startswith("task ")
     or k in ("mean (task-aware)", "joint")} | {"max residual": st.column_config.NumberColumn(format="%.2e")})

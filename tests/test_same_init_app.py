@@ -29,7 +29,7 @@ def _fresh_caches():
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
-    from mudsc.zoo.demo import demo_family
+    from mudsc.zoo.demo_family import demo_family
 
     return demo_family(root=tmp_path_factory.mktemp("demo_family"))
 
