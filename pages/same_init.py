@@ -61,7 +61,9 @@ except MudscError as e:
 # ----------------------------------------------------------------------------- statistics, once, in the background
 parts = view.stat_parts(list(cfgs.values()))
 missing = session.missing_parts(parts)
-if missing and running("same_stats") is None:
+last = jobs().get("same_stats")
+failed = last is not None and last.tag == parts and last.job.status == "failed"  # shown below, not retried
+if missing and running("same_stats") is None and not failed:
     def _stats(progress, cancel, parts=parts):
         def steps(stage: str, done: int, total: int) -> None:
             progress(f"{stage}: {done}/{total} examples", done / max(total, 1))

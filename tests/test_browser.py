@@ -3,6 +3,7 @@
 Never downloads a browser; skips when /usr/bin/chromium or Playwright is missing. Screenshots go to
 pytest's tmp dir (set MUDSC_SCREENSHOTS=DIR to keep them somewhere to look at).
 """
+import contextlib
 import json
 import os
 import shutil
@@ -100,15 +101,22 @@ def _open(page, name: str, ready_text: str) -> None:
     _settled(page)
 
 
-def test_demo_through_every_page(app_url, tmp_path):
+@contextlib.contextmanager
+def _browser(tmp_path):
+    """(page, screenshot folder): a fresh Chromium page on the studio's size."""
     from playwright.sync_api import sync_playwright
 
     shots = Path(os.environ.get("MUDSC_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    timings = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2000}, accept_downloads=True)
+        yield browser.new_page(viewport={"width": 1400, "height": 2000}, accept_downloads=True), shots
+        browser.close()
+
+
+def test_demo_through_every_page(app_url, tmp_path):
+    timings = {}
+    with _browser(tmp_path) as (page, shots):
         page.goto(app_url)
         _settled(page)
         page.get_by_role("button", name="Load the demo parents").click()
@@ -183,21 +191,14 @@ def test_demo_through_every_page(app_url, tmp_path):
                     "figures/loss_landscape.html", "figures/loss_landscape.pdf", "figures/alpha_sweep.png"} <= names
             assert b"mudsc merge --manifest manifest.json" in z.read("merge/reproduce.sh")
         page.screenshot(path=str(shots / "export.png"), full_page=True)
-        browser.close()
     (shots / "timings.json").write_text(json.dumps(timings))
 
 
 def test_same_init_flow(app_url, tmp_path):
     """Demo family -> Same-init page (statistics, λ moved, sweep, CG residual, task-vector landscape) ->
     Export zip with the task checkpoints and the manifest; the λ change's latency to the updated page."""
-    from playwright.sync_api import sync_playwright
-
-    shots = Path(os.environ.get("MUDSC_SCREENSHOTS", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
     timings = {}
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2000}, accept_downloads=True)
+    with _browser(tmp_path) as (page, shots):
         page.goto(app_url)
         _settled(page)
         page.get_by_role("tab", name="Same-init family").click()
@@ -240,6 +241,5 @@ def test_same_init_flow(app_url, tmp_path):
                     "figures/task_vector_landscape.html"} <= names, sorted(names)
             assert b"mudsc merge-same --manifest manifest.json" in z.read("same-init/reproduce.sh")
         page.screenshot(path=str(shots / "same_init_export.png"), full_page=True)
-        browser.close()
     (shots / "timings_same_init.json").write_text(json.dumps(timings))
     print("same-init timings", timings)

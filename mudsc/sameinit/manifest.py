@@ -7,11 +7,11 @@ session, merges with the same config and writes the task checkpoints again: bit 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mudsc.data import reload_name
+from mudsc.diffinit.manifest import load_json
 from mudsc.errors import CheckpointError
 from mudsc.models.checkpoint import sha256_file
 from mudsc.sameinit.config import MultitaskConfig, SameInitConfig
@@ -20,11 +20,7 @@ from mudsc.sameinit.session import MANIFEST_FORMAT, Config, SameInitResult, Same
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """A ``manifest.json`` written by ``mudsc merge-same`` (or the studio's same-init export)."""
-    p = Path(path).expanduser()
-    try:
-        manifest = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read manifest {p}: {e}") from None
+    p, manifest = load_json(path)
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise CheckpointError(f"{p} is not a mudsc merge-same manifest (format {MANIFEST_FORMAT})")
     for key in ("config", "inputs", "session", "dataset"):
