@@ -112,7 +112,8 @@ if result is not None:
         tables[f"{kind} sweep"] = (sweep["rows"], f"Held-out accuracy (%) of {sweep['base'].method} against {what}.")
 tables.update(st.session_state.get("same_tables", {}))
 for name, (table, caption) in tables.items():
-    accuracy = [k for k in table[0] if k.endswith("_acc") or k.startswith("task ") or k in ("joint", "per-task")]
+    accuracy = [k for k in table[0] if k.endswith("_acc") or k.startswith("task ")
+                or k in ("joint", "per-task", "mean (task-aware)")]
     latex = to_latex(table, percent=accuracy, bold_max=[k for k in accuracy if k in ("joint", "joint_acc")],
                      caption=caption, label=f"tab:{name.replace(' ', '-')}")
     stem = name.replace(" ", "_")
