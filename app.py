@@ -15,6 +15,7 @@ st.session_state.setdefault("settings", AppSettings.from_env())
 PAGES = [
     st.Page("pages/parents.py", title="Parents", icon=":material/family_history:", default=True),
     st.Page("pages/merge.py", title="Merge", icon=":material/merge:"),
+    st.Page("pages/same_init.py", title="Same-init merge", icon=":material/call_merge:"),
     st.Page("pages/similarity.py", title="Similarity", icon=":material/scatter_plot:"),
     st.Page("pages/alignment.py", title="Alignment", icon=":material/grid_on:"),
     st.Page("pages/loss_landscape.py", title="Landscape", icon=":material/landscape:"),

@@ -18,29 +18,40 @@ from mudsc.studio.figure_export import (
     static_image,
     zip_bytes,
 )
+from mudsc.studio.same_init.export import bundle as same_init_bundle
+from mudsc.studio.same_init.export import reproduce_command as same_init_command
 from mudsc.studio.summary import config_label
 from mudsc.studio.tables import to_csv, to_latex
-from pages._state import cached_export, cached_metric_rows, figures, require_session, session_key, static_export_works
+from pages._state import (
+    cached_export,
+    cached_metric_rows,
+    current_session,
+    figures,
+    session_key,
+    static_export_works,
+)
 
-session = require_session()
-key = session_key()
-result = st.session_state.get("result")
+session, key = current_session(), session_key()
+result = st.session_state.get("result") if session is not None else None
+same_export = st.session_state.get("same_export")  # the Same-init page's export folder
 
 st.title("Export")
-if result is None:
-    st.info("No merge yet: choose a method on the Merge page.")
+if result is None and same_export is None:
+    st.info("No merge yet: choose a method on the Merge page, or merge a same-init family on the Same-init page.")
     st.page_link("pages/merge.py", label="Go to Merge", icon=":material/arrow_forward:")
     st.stop()
-st.caption(f"The current merge: **{config_label(result)}**.")
+if result is not None:
+    st.caption(f"The current merge: **{config_label(result)}**.")
 everything_slot = st.container()
 bundle: dict[str, str | Path] = {}  # the one zip of everything: path in the archive -> text or file to read
 
 
 # ----------------------------------------------------------------------------- checkpoint
-st.subheader("Merged checkpoint")
-if result.config.method == "ensemble":
+if result is not None:
+    st.subheader("Merged checkpoint")
+if result is not None and result.config.method == "ensemble":
     st.info("The ensemble is an upper bound, not a merged model: there is no checkpoint to export.")
-else:
+elif result is not None:
     try:
         out = cached_export(key, result.config, session, result)
     except MudscError as e:
@@ -80,16 +91,29 @@ else:
         bundle["merge/reproduce.sh"] = ("#!/bin/sh\n# Redo the merge from its manifest (parents checked by sha256):\n"
                                         f"{from_manifest}\n# or, spelled out:\n# {spelled}\n")
 
+# ----------------------------------------------------------------------------- same-init
+if same_export is not None:
+    st.subheader("Same-init merge")
+    same_files = same_init_bundle(same_export)
+    bundle.update(same_files)
+    st.caption(f"{len(same_files) - 2} task checkpoint(s) (merged body + that task's head) and the manifest from "
+               f"the Same-init page, in `{same_export}`; `same-init/` in the zip.")
+    st.code(same_init_command(), language="bash")
+
 # ----------------------------------------------------------------------------- tables
 st.subheader("Tables")
-rows = cached_metric_rows(key, result.config, session, result)
-tables = {"metrics": (rows, f"Held-out accuracy (%) of the merge ({config_label(result)}), its parents and "
-                            "the ensemble; parameters and forward FLOPs per image.")}
-for kind, sweep in st.session_state.get("sweeps", {}).items():
-    what = "alpha" if kind == "alpha" else "zip depth (cut)"
-    tables[f"{kind} sweep"] = (sweep["rows"], f"Held-out accuracy (%) of {sweep['base'].method} against {what}.")
+tables = {}
+if result is not None:
+    rows = cached_metric_rows(key, result.config, session, result)
+    tables["metrics"] = (rows, f"Held-out accuracy (%) of the merge ({config_label(result)}), its parents and "
+                               "the ensemble; parameters and forward FLOPs per image.")
+    for kind, sweep in st.session_state.get("sweeps", {}).items():
+        what = "alpha" if kind == "alpha" else "zip depth (cut)"
+        tables[f"{kind} sweep"] = (sweep["rows"], f"Held-out accuracy (%) of {sweep['base'].method} against {what}.")
+tables.update(st.session_state.get("same_tables", {}))
 for name, (table, caption) in tables.items():
-    accuracy = [k for k in table[0] if k.endswith("_acc") or k.startswith("task ") or k in ("joint", "per-task")]
+    accuracy = [k for k in table[0] if k.endswith("_acc") or k.startswith("task ")
+                or k in ("joint", "per-task", "mean (task-aware)")]
     latex = to_latex(table, percent=accuracy, bold_max=[k for k in accuracy if k in ("joint", "joint_acc")],
                      caption=caption, label=f"tab:{name.replace(' ', '-')}")
     stem = name.replace(" ", "_")
@@ -131,7 +155,8 @@ def everything() -> bytes:
 
 
 with everything_slot:
-    kinds = (["the checkpoint, manifest and commands"] if "merge/manifest.json" in bundle else []) + [
+    kinds = (["the checkpoint, manifest and commands"] if "merge/manifest.json" in bundle else []) + (
+        ["the same-init task checkpoints and manifest"] if same_export is not None else []) + [
         f"{len(tables)} table(s) as CSV and LaTeX",
         f"{len(drawn)} figure(s) as HTML" + (", PDF and PNG" if static else "")]
     st.download_button("Everything as one zip", data=everything, file_name="mudsc_export.zip", mime="application/zip",

@@ -10,6 +10,7 @@ from mudsc.data import NAMED
 from mudsc.errors import MudscError
 from mudsc.studio.parents import Parent, describe_parents
 from mudsc.studio.summary import parent_rows, space_rows
+from pages._family import render_family_tab, render_shared_base_hint
 from pages._state import (
     cached_parent,
     cached_session,
@@ -137,8 +138,8 @@ name, data_dir = st.session_state["data"]
 st.caption(f"Evaluating on **{name}**" + (f" from `{data_dir}`" if data_dir else "") + ".")
 
 st.subheader("2. Add parents")
-demo_tab, upload_tab, path_tab, plain_tab = st.tabs(["Built-in demo", "Upload", "From a path",
-                                                     "Architecture + weights"])
+demo_tab, upload_tab, path_tab, plain_tab, family_tab = st.tabs(["Built-in demo", "Upload", "From a path",
+                                                                 "Architecture + weights", "Same-init family"])
 with demo_tab:
     st.write("Two ResNet-20s on the 8x8 digits: classes 0-4 (seed 0) and 5-9 (seed 1), trained on first use "
              "(about 15 s on two CPU cores), then cached in `$MUDSC_HOME/demo`.")
@@ -206,6 +207,9 @@ with plain_tab:
         except MudscError as e:
             st.error(str(e))
 
+with family_tab:
+    render_family_tab()
+
 st.subheader("3. Loaded parents")
 parents = st.session_state["parents"]
 if not parents:
@@ -222,6 +226,7 @@ with st.expander("Architectures"):
 
     st.dataframe([{"parent": p.name, **architecture_summary(p.model, p.info)} for p in parents], hide_index=True,
                  key="arch_table", column_config={"parameters": st.column_config.NumberColumn(format="compact")})
+render_shared_base_hint(parents)  # a base among the parents: offer the same-init merge
 remove_col, button_col = st.columns([4, 1], vertical_alignment="bottom")
 drop = remove_col.multiselect("Remove parents", [p.name for p in parents], key="remove_names")
 if button_col.button("Remove", key="remove_parents", disabled=not drop):

@@ -3,6 +3,7 @@
 Never downloads a browser; skips when /usr/bin/chromium or Playwright is missing. Screenshots go to
 pytest's tmp dir (set MUDSC_SCREENSHOTS=DIR to keep them somewhere to look at).
 """
+import contextlib
 import json
 import os
 import shutil
@@ -45,6 +46,9 @@ def app_url(demo_parents, tmp_path_factory):
     (home / "demo").mkdir()
     for p in demo_parents:  # same file names demo_pair() looks for, so the server skips training
         shutil.copy(p, home / "demo" / Path(p).name)
+    from mudsc.zoo.demo_family import demo_family
+
+    demo_family(root=home / "demo_family")  # where the server's demo_family() looks: cached
     port = _free_port()
     log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
     proc = subprocess.Popen(
@@ -97,15 +101,22 @@ def _open(page, name: str, ready_text: str) -> None:
     _settled(page)
 
 
-def test_demo_through_every_page(app_url, tmp_path):
+@contextlib.contextmanager
+def _browser(tmp_path):
+    """(page, screenshot folder): a fresh Chromium page on the studio's size."""
     from playwright.sync_api import sync_playwright
 
     shots = Path(os.environ.get("MUDSC_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    timings = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 2000}, accept_downloads=True)
+        yield browser.new_page(viewport={"width": 1400, "height": 2000}, accept_downloads=True), shots
+        browser.close()
+
+
+def test_demo_through_every_page(app_url, tmp_path):
+    timings = {}
+    with _browser(tmp_path) as (page, shots):
         page.goto(app_url)
         _settled(page)
         page.get_by_role("button", name="Load the demo parents").click()
@@ -180,5 +191,55 @@ def test_demo_through_every_page(app_url, tmp_path):
                     "figures/loss_landscape.html", "figures/loss_landscape.pdf", "figures/alpha_sweep.png"} <= names
             assert b"mudsc merge --manifest manifest.json" in z.read("merge/reproduce.sh")
         page.screenshot(path=str(shots / "export.png"), full_page=True)
-        browser.close()
     (shots / "timings.json").write_text(json.dumps(timings))
+
+
+def test_same_init_flow(app_url, tmp_path):
+    """Demo family -> Same-init page (statistics, λ moved, sweep, CG residual, task-vector landscape) ->
+    Export zip with the task checkpoints and the manifest; the λ change's latency to the updated page."""
+    timings = {}
+    with _browser(tmp_path) as (page, shots):
+        page.goto(app_url)
+        _settled(page)
+        page.get_by_role("tab", name="Same-init family").click()
+        page.get_by_role("button", name="Load the demo family").click()
+        expect(page.get_by_text("Same-init family: base")).to_be_visible(timeout=180_000)
+        _settled(page)
+        page.get_by_role("tab", name="Same-init family").click()
+        page.screenshot(path=str(shots / "same_init_parents.png"), full_page=True)
+
+        _open(page, "Same-init merge", "Mean task-aware accuracy")
+        assert len(_charts(page)) == 1  # the CG residual of the default MaTS merge
+        slider = page.get_by_role("slider", name="λ: task-vector scale")
+        assert slider.get_attribute("aria-valuetext") == "0.3"
+        latencies = []
+        for value in ("0.35", "0.4", "0.45"):
+            slider.focus()
+            t0 = time.perf_counter()
+            page.keyboard.press("ArrowRight")
+            expect(page.get_by_text(f"task-arithmetic (λ {value})").first).to_be_visible(timeout=60_000)
+            latencies.append(time.perf_counter() - t0)
+            _settled(page)
+        timings["lambda_update_s"] = latencies
+        page.get_by_role("button", name="Run sweep").click()
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=180_000)
+        _settled(page)
+        page.get_by_role("button", name="Compute task-vector landscape").click()
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=300_000)
+        _settled(page)
+        charts = _charts(page)
+        assert len(charts) == 3 and all(c["points"] > 0 for c in charts)
+        page.screenshot(path=str(shots / "same_init.png"), full_page=True)
+
+        _open(page, "Export", "Same-init merge")
+        with page.expect_download(timeout=180_000) as download:
+            page.get_by_role("button", name="Everything as one zip").click()
+        with zipfile.ZipFile(download.value.path()) as z:
+            names = set(z.namelist())
+            assert {"same-init/manifest.json", "same-init/task0.safetensors", "same-init/task2.safetensors",
+                    "same-init/reproduce.sh", "tables/same-init_metrics.csv", "figures/cg_residual.html",
+                    "figures/task_vector_landscape.html"} <= names, sorted(names)
+            assert b"mudsc merge-same --manifest manifest.json" in z.read("same-init/reproduce.sh")
+        page.screenshot(path=str(shots / "same_init_export.png"), full_page=True)
+    (shots / "timings_same_init.json").write_text(json.dumps(timings))
+    print("same-init timings", timings)

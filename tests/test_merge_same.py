@@ -204,3 +204,45 @@ def test_alignment_that_merges_within_a_parent_is_refused():
 
     with pytest.raises(ConfigError, match="not a one-to-one matching"):
         aligned_state_dicts([model.state_dict()] * 2, graph, {space.name: Zipped()})
+
+
+@pytest.mark.parametrize("method", ["mats", "ties", "permute+regmean"])
+def test_manifest_reproduces_the_merge_bit_for_bit(zoo, tmp_path, capsys, method):
+    _, base, paths = zoo
+    if "+" in method:  # align-then-fuse: the parents themselves, no base
+        argv = ["--device", "cpu", "merge-same", "--models", *map(str, paths), "--method", method, "--dataset",
+                "digits", "--stats-examples", "64", "--cg-iterations", "10", "--align-images", "250",
+                "--out", str(tmp_path / "first"), "--json"]
+        assert main(argv) == 0
+        out = tmp_path / "first"
+    else:
+        rc, out = _merge(zoo, tmp_path, method, "--density", "0.3", "--reset-images", "300")
+        assert rc == 0
+    first = json.loads(capsys.readouterr().out)
+    again = tmp_path / "again"
+    assert main(["--device", "cpu", "merge-same", "--manifest", str(out / "manifest.json"), "--out", str(again),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["task_acc"] == first["task_acc"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    for o in manifest["outputs"]:
+        assert (again / o["path"]).read_bytes() == (out / o["path"]).read_bytes()
+    redone = json.loads((again / "manifest.json").read_text())
+    assert redone["config"] == manifest["config"] and redone["session"] == manifest["session"]
+
+
+def test_manifest_with_a_changed_input_is_refused(zoo, tmp_path, capsys):
+    _, base, paths = zoo
+    rc, out = _merge(zoo, tmp_path, "average")
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["inputs"]["models"][0]["sha256"] = "0" * 64
+    (tmp_path / "edited.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["--device", "cpu", "merge-same", "--manifest", str(tmp_path / "edited.json"), "--out",
+                 str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "changed since the manifest was written" in err and "Traceback" not in err
+    (tmp_path / "plain.json").write_text("{}")
+    assert main(["--device", "cpu", "merge-same", "--manifest", str(tmp_path / "plain.json"), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "not a mudsc merge-same manifest" in capsys.readouterr().err

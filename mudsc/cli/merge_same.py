@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("merge-same", help="merge task models fine-tuned from one base (or align, then fuse)")
     p.add_argument("--base", help="the checkpoint the task models were fine-tuned from (not for ALIGN+FUSE)")
-    p.add_argument("--models", nargs="+", required=True, help="task model checkpoints (.safetensors)")
-    p.add_argument("--method", required=True,
+    p.add_argument("--models", nargs="+", help="task model checkpoints (.safetensors)")
+    p.add_argument("--manifest", help="reproduce the merge a merge-same manifest.json describes (bit for bit on CPU)")
+    p.add_argument("--method",
                    help="average, task-arithmetic, ties, fisher, regmean, mats, multitask, or ALIGN+FUSE "
                         "(permute|rebasin|mudsc-align + average|fisher|regmean|mats)")
     p.add_argument("--stats", nargs="+", help="statistics files written by `mudsc stats`, one per model "
@@ -82,6 +83,10 @@ def _merge_same(args: argparse.Namespace) -> int:
     from mudsc.sameinit.session import SameInitSession
     from mudsc.sameinit.subspace import INITS
 
+    if args.manifest:
+        return _reproduce(args)
+    if not args.models or not args.method:
+        raise ConfigError("give --models and --method (or --manifest FILE to reproduce a merge)")
     method = args.method
     plain = names("same-init") + ("multitask",)
     hybrid = method in names("align-then-fuse")
@@ -114,6 +119,19 @@ def _merge_same(args: argparse.Namespace) -> int:
     with StageBars(units, default="example", disable=bars_off(args)) as bars:
         result = session.merge(config, steps=bars)
     session.save(result, args.out)
+    _report(args, method, result)
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from mudsc.sameinit.manifest import read_manifest, reproduce
+
+    result, _ = reproduce(read_manifest(args.manifest), args.out, device=args.device)
+    _report(args, result.method, result)
+    return 0
+
+
+def _report(args: argparse.Namespace, method: str, result) -> None:
     metrics, before = result.metrics, result.before_bn_reset
     if args.json:
         print_json({**result.summary(), "out": str(args.out)})
@@ -123,4 +141,3 @@ def _merge_same(args: argparse.Namespace) -> int:
         bn = f" (before BatchNorm reset {100 * before.per_task:.2f}%)" if before is not None else ""
         print(f"{method}: average {100 * metrics.per_task:.2f}%{bn}, joint {100 * metrics.joint:.2f}%; "
               f"written to {args.out}")
-    return 0

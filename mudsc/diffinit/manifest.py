@@ -85,13 +85,18 @@ def save_merge(result: MergeResult, session: MergeSession, out_dir: str | Path) 
     return manifest
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
+def load_json(path: str | Path) -> tuple[Path, Any]:
+    """``(path, parsed JSON)`` of a manifest file; one line naming the file when it cannot be read."""
     p = Path(path).expanduser()
     try:
-        manifest = json.loads(p.read_text())
+        return p, json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read manifest {p}: {e}") from None
-    if manifest.get("manifest_version") != MANIFEST_VERSION or "config" not in manifest:
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    p, manifest = load_json(path)
+    if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION or "config" not in manifest:
         raise CheckpointError(f"{p} is not a mudsc merge manifest (version {MANIFEST_VERSION})")
     return manifest
 

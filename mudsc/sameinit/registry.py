@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mudsc.methods import get_method
 from mudsc.sameinit.config import SameInitConfig
-from mudsc.sameinit.subspace import initial_point
+from mudsc.sameinit.subspace import diverged, initial_point
 from mudsc.sameinit.taskstats import TaskStats
 
 StateDict = dict[str, Tensor]
@@ -26,12 +26,19 @@ Reader = Callable[[StateDict], Tensor]  # one block of a state dict, float64 on 
 @dataclass(frozen=True)
 class LayerReport:
     """How one group of keys was merged: ``how`` is the method, ``cg``, ``closed-form``, ``average``
-    or ``base``; residual and iterations where a linear system was solved."""
+    or ``base``; residual and iterations where a linear system was solved, and for CG the relative
+    residual before the first step and after each (``history``)."""
 
     keys: tuple[str, ...]
     how: str
     residual: float | None = None
     iterations: int | None = None
+    history: tuple[float, ...] = ()
+
+    @property
+    def diverged(self) -> bool:
+        """Whether this layer's CG ended with a larger residual than it started (or a non-finite one)."""
+        return bool(self.history) and diverged(self.history, self.residual)
 
 
 @dataclass(frozen=True)

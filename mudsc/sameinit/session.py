@@ -117,6 +117,13 @@ class SameInitSession:
             raise ConfigError("statistics of different-init parents do not fit their aligned copies; "
                               "let the session compute them")
         self.data = data
+        self.data_dir: str | None = None  # where `data` was read from (from_paths); the manifest records it
+        # the settings that, with the inputs and a config, fix a merge: ``session`` in the manifest
+        self.options: dict[str, Any] = {
+            "align": align, "align_alpha": float(align_alpha), "align_images": int(align_images),
+            "stats_examples": int(stats_examples), "fisher": fisher, "seed": int(seed), "batch_size": int(batch_size),
+            "eval_images": None if eval_images is None else int(eval_images), "reset_bn": bool(reset_bn),
+            "reset_images": int(reset_images)}
         self.device = default_device(device)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
@@ -177,9 +184,14 @@ class SameInitSession:
             inputs["init"] = _file(init)
         session = cls(base_model, task_models, data, stats=given, init=init_sd, **kwargs)
         session.inputs, session.infos = inputs, infos
+        session.data_dir = None if data_dir is None else str(data_dir)
         return session
 
     # ------------------------------------------------------------------ statistics
+    def missing_parts(self, parts: Collection[str]) -> tuple[str, ...]:
+        """The statistics parts of `parts` not cached yet (none when statistics were given)."""
+        return tuple(p for p in PARTS if p in parts and p not in self._parts)
+
     def statistics(self, parts: Collection[str] = PARTS, *, steps: Steps | None = None) -> list[TaskStats]:
         """One :class:`TaskStats` per task model holding at least `parts` (of ``gram``, ``grad``,
         ``fisher``). Given statistics are returned as they are; otherwise each part is computed once
@@ -296,6 +308,7 @@ class SameInitSession:
         residuals = [r.residual for r in report.layers if r.residual is not None] if report else []
         before = result.before_bn_reset
         out = {"method": result.method, "version": __version__, "dataset": self.data.describe(),
+               "data_dir": self.data_dir, "session": dict(self.options),
                "config": result.config.to_dict(), "inputs": inputs, "metrics": result.summary(),
                "timings": {k: round(v, 4) for k, v in {**self.timings, **result.timings}.items()},
                "bn_reset": {"applied": before is not None, "images": self.reset_images if before else 0},

@@ -19,6 +19,7 @@ towards the initialisation and, like CG, never moves null-space components away 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -42,11 +43,29 @@ class LinearSystem:
 
 @dataclass(frozen=True)
 class Solution:
-    """A solved block, its relative residual ``||b - C x|| / ||b||`` and the CG steps taken."""
+    """A solved block, its relative residual ``||b - C x|| / ||b||`` and the CG steps taken;
+    ``history`` is CG's relative residual before the first step and after each one (empty for
+    closed forms)."""
 
     x: Tensor
     residual: float
     iterations: int
+    history: tuple[float, ...] = ()
+
+    @property
+    def diverged(self) -> bool:
+        """Whether the solve ended worse than it started: see :func:`diverged`."""
+        return diverged(self.history, self.residual)
+
+
+def diverged(history: Sequence[float], residual: float | None = None) -> bool:
+    """Whether a CG run diverged: a non-finite residual, or a last residual above the first. On a
+    positive semi-definite system CG's residual may oscillate but ends below where it began; it grows
+    when the statistics give an indefinite operator (corrupt or foreign statistics files)."""
+    values = [*history, *([] if residual is None else [residual])]
+    if any(not math.isfinite(v) for v in values):
+        return True
+    return len(values) > 1 and values[-1] > values[0] * (1 + 1e-6)  # rounding of an unmoved x is no growth
 
 
 def _check_same(weights: Sequence[Tensor], what: str) -> None:
@@ -156,7 +175,10 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, x0: Tenso
     r = rhs - apply(x)
     p = r.clone()
     rs = torch.vdot(r.flatten(), r.flatten()).real
+    b2 = torch.vdot(rhs.flatten(), rhs.flatten()).real
     stop = (tol * torch.linalg.vector_norm(rhs)) ** 2
+    # CG's recurrence residual, relative to ||rhs|| (one float per step, for the app's residual chart)
+    history = [float((rs / b2).sqrt()) if b2 > 0 else float(rs.sqrt())]
     steps = 0
     while steps < iterations and rs > stop:
         ap = apply(p)
@@ -170,7 +192,8 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, x0: Tenso
         p = r + (rs_new / rs) * p
         rs = rs_new
         steps += 1
-    return Solution(x, _relative_residual(apply, rhs, x), steps)
+        history.append(float((rs / b2).sqrt()) if b2 > 0 else float(rs.sqrt()))
+    return Solution(x, _relative_residual(apply, rhs, x), steps, tuple(history))
 
 
 def damped(system: LinearSystem, x0: Tensor, damping: float) -> LinearSystem:

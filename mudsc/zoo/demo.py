@@ -74,3 +74,4 @@ def demo_pair(*, root: str | os.PathLike | None = None,
             train_parent(dataset=DEMO["dataset"], arch=DEMO["arch"], classes=task, seed=seed, out=path,
                          epochs=DEMO["epochs"], progress=progress, **DEMO["kwargs"])
     return paths
+
