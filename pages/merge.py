@@ -6,11 +6,12 @@ import streamlit as st
 
 from mudsc.data import task_label
 from mudsc.diffinit.config import make_config
-from mudsc.diffinit.sweep import grid, run_sweep
+from mudsc.diffinit.sweep import grid
 from mudsc.errors import MudscError
 from mudsc.methods import METHODS, diff_init_names
 from mudsc.studio.merge_figures import sweep_figure
 from mudsc.studio.summary import config_label
+from mudsc.studio.sweeps import sweep_with_selection
 from pages._state import (
     cached_cut_costs,
     cached_metric_rows,
@@ -160,20 +161,22 @@ for kind, col in (("alpha", alpha_col), ("cut", cut_col)):
         why = f"{method} has no {kind} knob"
         if st.button(label, key=f"{name}_run", disabled=not enabled or running(name) is not None,
                      help=None if enabled else why):
-            start_job(name, lambda progress, cancel, cs=configs: run_sweep(session, cs, progress=progress),
-                      tag=base, wait=False)
+            start_job(name, lambda progress, cancel, cs=configs, k=kind: sweep_with_selection(
+                session, cs, k, progress=progress), tag=base, wait=False)
             st.rerun()
         done = take(name)
         if done is not None:
-            sweeps[kind] = {"base": jobs()[name].tag, "rows": done}
+            sweeps[kind] = {"base": jobs()[name].tag, **done}
         job_status(name, "Alpha sweep" if kind == "alpha" else "Depth sweep")
         if kind in sweeps:
             sweep = sweeps[kind]
             fig = sweep_figure(sweep["rows"], x=kind, current=getattr(config, kind), references=references,
                                x_title="alpha" if kind == "alpha" else "merged up to (cut)",
                                title=f"{sweep['base'].method}: accuracy vs "
-                                     + ("alpha" if kind == "alpha" else "zip depth"), shares=kind == "cut")
+                                     + ("alpha" if kind == "alpha" else "zip depth"), shares=kind == "cut",
+                               selected=sweep["selected"])
             st.plotly_chart(fig, key=f"{name}_chart")
+            st.caption(sweep["note"])
             figures()["Alpha sweep" if kind == "alpha" else "Depth sweep"] = fig
             if sweep["base"] != base:
                 st.caption(f"Computed for {sweep['base'].method}"

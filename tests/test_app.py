@@ -372,6 +372,19 @@ def test_depth_sweep_runs_in_the_background(merge_session):
     assert not at.exception
 
 
+def test_alpha_sweep_marks_the_alpha_chosen_on_training_images(merge_session):
+    at = open_app("merge", session=merge_session, session_key=("selection",))
+    at.button(key="sweep_alpha_run").click().run()
+    wait_jobs(at, "sweep_alpha")
+    sweep = at.session_state["sweeps"]["alpha"]
+    assert sweep["selected"] in [r["alpha"] for r in sweep["rows"]]
+    assert any(c.value == sweep["note"] and "held-out training images" in c.value for c in at.caption)
+    fig = at.session_state["figures"]["Alpha sweep"]
+    assert [s.x0 for s in fig.layout.shapes if s.line.dash == "dash"] == [sweep["selected"]]
+    assert any(s.x0 == at.session_state["config"].alpha and s.line.dash != "dash" for s in fig.layout.shapes)
+    assert not at.exception
+
+
 # ----------------------------------------------------------------------------- Export
 
 def test_export_page_offers_checkpoint_commands_tables_and_figures(merge_session):

@@ -87,3 +87,36 @@ def test_space_rows_and_task_labels(graph):
     assert split == {"body.layer1": "conv1, layer1.0, layer1.1", "body.layer2": "layer2.0, layer2.1",
                      "body.layer3": "layer3.0, layer3.1"}
     assert (task_label((0, 1, 2, 3, 4)), task_label([7, 0, 3]), task_label((5, 6))) == ("0-4", "0,3,7", "5,6")
+
+
+def test_a_deep_vit_drawing_labels_some_cuts_and_names_every_cut_on_hover():
+    """Twelve blocks give 25 cuts (two per block): the drawing writes at most ten names, always the chosen
+    cut's, with no regular label right next to it; every cut names itself on hover."""
+    from mudsc.studio.merge_figures import MAX_CUT_LABELS, shown_labels
+
+    vit = trace(create_model("timm:vit_tiny_patch16_224", classes=(0, 1), num_classes=10, in_chans=1, img_size=8,
+                             patch_size=4, depth=12, num_heads=2, embed_dim=8))
+    names = [c.name for c in vit.cuts]
+    assert len(names) == 25 and "blocks.6.attn" in names
+    fig = network_figure(vit, "blocks.6.attn", costs={"blocks.6.attn": {"params_share": 0.5, "flops_share": 0.5}})
+    drawn = [a.text for a in fig.layout.annotations if a.text in names]
+    assert "blocks.6.attn" in drawn and len(drawn) <= MAX_CUT_LABELS + 1
+    at = names.index("blocks.6.attn")
+    assert all(abs(names.index(n) - at) >= 3 for n in drawn if n != "blocks.6.attn")
+    hover = next(t for t in fig.data if t.type == "scatter")
+    assert [h.split("<br>")[0] for h in hover.hovertext] == names
+    assert "50% of the parameters" in hover.hovertext[at]
+    ticks = [t for t in fig.layout.xaxis.ticktext if t]
+    assert len(ticks) <= 2 * MAX_CUT_LABELS + 1 < len(vit.spaces) and ticks[-1] == "head"
+    assert shown_labels(["a", "b"], "b") == {"a", "b"}
+
+
+def test_sweep_figure_marks_the_choice_made_on_training_images():
+    rows = [{"alpha": a / 10, "joint_acc": 0.5, "per_task_acc": 0.7} for a in range(11)]
+    fig = sweep_figure(rows, x="alpha", current=0.5, x_title="alpha", selected=0.7)
+    dashed = [s for s in fig.layout.shapes if s.line.dash == "dash"]
+    assert [s.x0 for s in dashed] == [0.7]
+    assert any(a.text == "chosen on training images" for a in fig.layout.annotations)
+    cuts = [{"cut": c, "joint_acc": 0.5, "per_task_acc": 0.6} for c in ("layer1", "layer2", "full")]
+    fig = sweep_figure(cuts, x="cut", current="full", x_title="cut", selected="layer1")
+    assert [s.x0 for s in fig.layout.shapes if s.line.dash == "dash"] == [0]

@@ -72,6 +72,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--method", default="mudsc-zip", help=argparse.SUPPRESS)
     s.add_argument("--cut", default="full", help=argparse.SUPPRESS)
     _add_merge_options(s)
+    s.add_argument("--select-on", choices=("train",),
+                   help="choose the config (alpha, cut, method) on held-out training images and report the "
+                        "test accuracy at that choice, per pair (the papers' protocol)")
+    s.add_argument("--select-metric", choices=("joint", "per-task"), default="joint")
+    s.add_argument("--select-images", type=int,
+                   help="training images to select on, after those the statistics and BN reset use "
+                        "(default: all of the rest, at most 1,000)")
     s.add_argument("--out", required=True, help="output prefix: writes PREFIX.csv and PREFIX.json")
     s.set_defaults(func=_sweep)
 
@@ -141,6 +148,7 @@ def _cuts(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from mudsc.diffinit.selection import aggregate_selections, select_on_train
     from mudsc.diffinit.sweep import aggregate, grid, run_sweep
     from mudsc.errors import ConfigError
 
@@ -148,7 +156,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if not sets or not all(sets):
         raise ConfigError("give --parents A B or --pairs A1,B1 A2,B2 ...")
     base = _config(args)
-    per_pair = []
+    per_pair, selections = [], []
     for paths in sets:
         session = _session(paths, args)
         cuts = args.cuts
@@ -164,17 +172,30 @@ def _sweep(args: argparse.Namespace) -> int:
             per_pair.append(run_sweep(session, configs, progress=report))
         finally:
             bar.close()
+        if args.select_on:
+            metric = args.select_metric.replace("-", "_") + "_acc"
+            selections.append(select_on_train(session, configs, per_pair[-1], metric=metric,
+                                              images=args.select_images))
     rows = aggregate(per_pair) if len(per_pair) > 1 else per_pair[0]
+    selected = aggregate_selections(selections) if selections else None
     prefix = Path(args.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     with open(prefix.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    prefix.with_suffix(".json").write_text(json.dumps({"pairs": sets, "rows": rows}, indent=1, default=float))
+    report = {"pairs": sets, "rows": rows, **({"selected_on_train": selected} if selected else {})}
+    prefix.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float))
     for r in rows:
         std = f" +- {r['joint_acc_std']:.4f}" if "joint_acc_std" in r else ""
         alpha = "" if r["alpha"] is None else f" alpha={r['alpha']:g}"
         print(f"{r['method']:<12}{alpha:<11} cut={r['cut']:<10} joint {r['joint_acc']:.4f}{std}  "
               f"per-task {r['per_task_acc']:.4f}  params {r['params']:,} ({r['merged_params_share']:.0%} merged)")
+    if selected:
+        std = f" +- {selected['joint_acc_std']:.4f}" if len(selections) > 1 else ""
+        picks = "; ".join(f"{c['method']}" + ("" if c["alpha"] is None else f" alpha={c['alpha']:g}")
+                          + f" cut={c['cut']}" for c in selected["choices"])
+        print(f"selected on {selected['choices'][0]['selection_images']:,} held-out training images by "
+              f"{args.select_metric} accuracy: {picks}; test joint {selected['joint_acc']:.4f}{std}, "
+              f"per-task {selected['per_task_acc']:.4f}")
     return 0

@@ -76,9 +76,9 @@ def head_state(sd: dict[str, Tensor], graph: UnitGraph, cut: str,
     Where the cut's space ends at the cut, its unmerge ``U_i`` folds into the consumers after it (as
     ZipIt! does). Where a residual stream spans the cut (beyond ZipIt!), the later blocks also write
     to the stream, so head i keeps its own tensors and gets ``U_i`` as an explicit unmerge
-    (:data:`~mudsc.models.multihead.UNMERGE`)."""
+    (:data:`~mudsc.models.multihead.UNMERGE`). A cut on fixed channels (no space) needs neither."""
     c = graph.cut(cut)
-    if all(r.param in c.trunk_params for r in graph.space(c.space).producers):
+    if not c.space or all(r.param in c.trunk_params for r in graph.space(c.space).producers):
         return transform_state_dict(sd, graph, maps)
     return {**sd, UNMERGE: maps[c.space][1]}
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from mudsc.data import Dataset, batches, check_tasks, union_classes, union_train
+from mudsc.data import Dataset, Split, batches, check_tasks, union_classes, union_train
 from mudsc.device import default_device
 from mudsc.diffinit.config import MergeConfig
 from mudsc.diffinit.fuse import fuse, head_state, reset_bn_stats_
@@ -237,12 +237,14 @@ class MergeSession:
         return MergeResult(config, model.cpu(), state, solution, spaces, metrics, params, flops, timings)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, model: nn.Module, *, progress: Callable[[int, int], None] | None = None) -> TaskMetrics:
-        """Joint and per-task held-out accuracy of a single- or multi-head model on the parents' tasks;
-        `progress(done_images, total)` after each batch."""
-        logits = predict(model, self.eval, batch_size=self.batch_size, device=self.device, progress=progress)
+    def evaluate(self, model: nn.Module, *, split: Split | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> TaskMetrics:
+        """Joint and per-task accuracy of a single- or multi-head model on the parents' tasks, on the
+        held-out images (or `split`); `progress(done_images, total)` after each batch."""
+        split = self.eval if split is None else split
+        logits = predict(model, split, batch_size=self.batch_size, device=self.device, progress=progress)
         model.cpu()
-        return multitask_metrics(logits, self.eval.y, model.output_classes, self.tasks)
+        return multitask_metrics(logits, split.y, model.output_classes, self.tasks)
 
     def parent_metrics(self) -> list[dict]:
         """Each parent's own-task accuracy, and its joint/per-task accuracy where its head allows."""

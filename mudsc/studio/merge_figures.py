@@ -3,6 +3,7 @@ Figures only; every number comes in as an argument. Vector-safe traces (no WebGL
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import plotly.graph_objects as go
@@ -12,8 +13,9 @@ from mudsc.models.heads import BODY
 from mudsc.studio.summary import cut_positions, split_stream
 from mudsc.unitgraph import UnitGraph
 
-MERGED, KEPT, CUT = "#2b6cb0", "#c4c9d0", "#c53030"
+MERGED, KEPT, CUT, SELECTED = "#2b6cb0", "#c4c9d0", "#c53030", "#2f855a"
 TASK_COLOURS = ("#dd6b20", "#2f855a", "#6b46c1", "#b7791f")
+MAX_CUT_LABELS = 10  # cut names drawn on the network figure before they crowd (ViT: 2 per block)
 
 
 def network_figure(graph: UnitGraph, cut: str, *, costs: dict[str, dict[str, float]] | None = None,
@@ -43,28 +45,41 @@ def network_figure(graph: UnitGraph, cut: str, *, costs: dict[str, dict[str, flo
                          hovertemplate="classifier head<br>" + ("kept per task" if chosen_cut else "merged")
                          + "<extra></extra>"))
     top = max(sizes, default=1) * 1.18
-    for name, x in cut_positions(graph).items():
+    positions = cut_positions(graph)
+    labelled = shown_labels(list(positions), cut)
+    for name, x in positions.items():
         chosen = name == cut
         fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=top, line=dict(color=CUT if chosen else "#718096",
                       width=3 if chosen else 1, dash="solid" if chosen else "dash"))
-        fig.add_annotation(x=x, y=top, text=name, showarrow=False, yanchor="bottom", textangle=-60,
-                           font=dict(color=CUT if chosen else "#4a5568", size=11))
+        if name in labelled:
+            fig.add_annotation(x=x, y=top, text=name, showarrow=False, yanchor="bottom", textangle=-60,
+                               font=dict(color=CUT if chosen else "#4a5568", size=11))
         if chosen:  # what this cut merges: the trunk before it, one head per task after it
             for text, anchor, shift in (("◀ trunk merged", "right", -4),
                                         (f"{tasks} heads, one per task ▶", "left", 4)):
                 fig.add_annotation(x=x, y=top * 0.93, text=text, showarrow=False, xanchor=anchor, xshift=shift,
                                    font=dict(color=CUT, size=11), bgcolor="rgba(255,255,255,0.8)")
+    # every cut, labelled or not, names itself (and what it merges) on hover at the top of its line
+    hover = [name + ("" if costs is None or name not in costs else
+                     f"<br>{costs[name]['params_share']:.0%} of the parameters, {costs[name]['flops_share']:.0%} "
+                     "of the FLOPs merged") for name in positions]
+    fig.add_trace(go.Scatter(x=list(positions.values()), y=[top] * len(positions), mode="markers",
+                             marker=dict(size=9, color=[CUT if n == cut else "#718096" for n in positions],
+                                         symbol="triangle-down"),
+                             hovertext=hover, hovertemplate="cut %{hovertext}<extra></extra>", showlegend=False))
     legend = [(MERGED, "", "merged (shared by all tasks)"), (KEPT, "", "kept per task")]
     for colour, shape, text in legend + ([(MERGED, "/", "stream split at the cut")] if split else []):
         fig.add_trace(go.Bar(x=[None], y=[None], marker_color=colour, name=text,
                              marker_pattern=dict(shape=shape, fgcolor=KEPT, solidity=0.5)))
+    ticks = shown_labels(labels, "head", most=2 * MAX_CUT_LABELS)
     title = f"Unit spaces and cuts (merged up to: {cut})"
     if costs is not None and cut in costs:
         title += (f": {costs[cut]['params_share']:.0%} of the parameters, {costs[cut]['flops_share']:.0%} "
                   "of the FLOPs shared")
     fig.update_layout(
         template="plotly_white", height=360, margin=dict(l=50, r=20, t=110, b=90), bargap=0.25,
-        xaxis=dict(tickmode="array", tickvals=list(range(len(labels))), ticktext=labels, tickangle=-40,
+        xaxis=dict(tickmode="array", tickvals=list(range(len(labels))), tickangle=-40,
+                   ticktext=[lab if lab in ticks else "" for lab in labels],
                    title=None, range=[-1, len(labels)]),
         yaxis=dict(title="units", range=[0, top * 1.12]),
         legend=dict(orientation="h", yanchor="bottom", y=1.22, x=0),
@@ -72,15 +87,28 @@ def network_figure(graph: UnitGraph, cut: str, *, costs: dict[str, dict[str, flo
     return fig
 
 
+def shown_labels(names: list[str], chosen: str | None = None, *, most: int = MAX_CUT_LABELS) -> set[str]:
+    """The names drawn as text: all of them up to `most`; beyond, every k-th (k chosen so that at most
+    `most` remain) and the `chosen` one, dropping the regular labels closer than k to it so they do not
+    overlap (a ViT has two cuts and four unit spaces per block). The rest name themselves on hover."""
+    if len(names) <= most:
+        return set(names)
+    k = math.ceil(len(names) / most)
+    at = names.index(chosen) if chosen in names else None
+    keep = {n for i, n in enumerate(names) if i % k == 0 and (at is None or abs(i - at) >= k)}
+    return keep | ({chosen} if at is not None else set())
+
+
 def sweep_figure(rows: Sequence[dict[str, Any]], *, x: str, current: Any, x_title: str,
                  references: dict[str, float] | None = None, title: str | None = None,
-                 shares: bool = False) -> go.Figure:
+                 shares: bool = False, selected: Any = None) -> go.Figure:
     """Joint and per-task accuracy (in %) along a sweep over `x`, the current setting marked by a
     vertical line, and `references` (e.g. the ensemble, the best parent) as dotted horizontal lines.
     With `shares`, the rows' ``merged_params_share`` and ``merged_flops_share`` on a second axis (ZipIt!'s
     partial-zipping figure: accuracy against what each depth merges).
 
-    Categorical `x` values (cut names) keep the order of `rows`.
+    `selected` (the point chosen on held-out training images, :mod:`mudsc.diffinit.selection`) gets a
+    dashed line beside the current one. Categorical `x` values (cut names) keep the order of `rows`.
     """
     if not rows:
         raise ConfigError("a sweep figure needs at least one row")
@@ -111,6 +139,10 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, x: str, current: Any, x_titl
     if numeric or current in xs:
         fig.add_vline(x=current if numeric else xs.index(current), line=dict(color=CUT, width=2),
                       annotation_text="current", annotation_position="top left")
+    if selected is not None and (numeric or selected in xs):
+        fig.add_vline(x=selected if numeric else xs.index(selected), line=dict(color=SELECTED, width=2, dash="dash"),
+                      annotation_text="chosen on training images", annotation_position="bottom right",
+                      annotation_font_color=SELECTED)
     fig.update_layout(template="plotly_white", height=360, margin=dict(l=60, r=60 if shares else 20, t=80, b=50),
                       xaxis_title=x_title, yaxis=dict(title="held-out accuracy (%)", range=[0, 102]),
                       legend=dict(orientation="h", yanchor="bottom", y=1.04, x=0),

@@ -13,7 +13,10 @@ from mudsc.unitgraph import Cut, UnitGraph
 
 def split_stream(graph: UnitGraph, cut: Cut) -> str | None:
     """The residual stream that `cut` splits (merged before it, one copy per task after it: some of its
-    producers lie past the cut), or None where the cut's space ends at the cut (a stage end)."""
+    producers lie past the cut), or None where the cut's space ends at the cut (a stage end) or the cut
+    carries fixed channels."""
+    if not cut.space:
+        return None
     space = graph.space(cut.space)
     return cut.space if any(r.param not in cut.trunk_params for r in space.producers) else None
 

@@ -14,7 +14,7 @@ from mudsc.unitgraph.fx import ancestors, class_name, fx_graph, is_cut, module_p
 from mudsc.unitgraph.rules import Walker
 from mudsc.unitgraph.spaces import Spaces
 from mudsc.unitgraph.types import Cut, UnitGraph, UnitSpace, validate
-from mudsc.unitgraph.values import Val
+from mudsc.unitgraph.values import Opaque, Val
 
 
 def _common_prefix(paths: list[str]) -> str:
@@ -65,33 +65,39 @@ def assemble(spaces: Spaces, order: dict[str, int]) -> tuple[tuple[UnitSpace, ..
     return out, {f[1]: n for n, f in zip(names, found)}
 
 
-def _points(gm: fx.GraphModule, env: dict, cands: Spaces, roots: dict[int, str]) -> list[tuple[fx.Node, str]]:
-    """Nodes every path passes through whose output is exactly the units of one space, in graph order."""
+def _points(gm: fx.GraphModule, env: dict, cands: Spaces, roots: dict[int, str],
+            ends: dict[fx.Node, list[str]]) -> list[tuple[fx.Node, str | None]]:
+    """Nodes every path passes through, in graph order, with the space whose units are exactly their
+    output; or None for the output of a module (a block) whose channels are fixed or untracked, where
+    the propagation rules cannot follow the stream (e.g. through window attention)."""
     out = []
     for node in gm.graph.nodes:
-        val = env.get(node)
-        if not isinstance(val, Val) or len(val.segs) != 1:
-            continue
-        seg = val.segs[0]
-        name = roots.get(cands.find(seg.cand)) if seg.cand is not None and seg.repeat == 1 else None
-        if name is not None and is_cut(gm.graph, node):
+        val, name = env.get(node), None
+        if isinstance(val, Val) and len(val.segs) == 1:
+            seg = val.segs[0]
+            name = roots.get(cands.find(seg.cand)) if seg.cand is not None and seg.repeat == 1 else None
+        fixed = name is None and node in ends and node.op not in ("placeholder", "output") and (
+            isinstance(val, Opaque) or isinstance(val, Val) and
+            all(s.cand is None or cands.find(s.cand) not in roots for s in val.segs))
+        if (name is not None or fixed) and is_cut(gm.graph, node):
             out.append((node, name))
     return out
 
 
-def _chains(points: list[tuple[fx.Node, str]], gm: fx.GraphModule, spaces: dict[str, UnitSpace],
+def _chains(points: list[tuple[fx.Node, str | None]], gm: fx.GraphModule, spaces: dict[str, UnitSpace],
             sd_keys: set[str]) -> list[list[fx.Node]]:
     """Consecutive points of one space with no layer of another space between them (conv -> bn -> relu,
-    add -> relu -> pool, patch embedding -> class token -> position embedding) are one cut."""
+    add -> relu -> pool, patch embedding -> class token -> position embedding) are one cut; so are
+    consecutive fixed points with no layer between them."""
     nodes = list(gm.graph.nodes)
     pos = {n: i for i, n in enumerate(nodes)}
     others = {name: {r.param for t in spaces.values() for r in (t.refs if t.name != name else t.consumers)}
               for name in spaces}
     chains: list[list[fx.Node]] = []
-    prev: tuple[fx.Node, str] | None = None
+    prev: tuple[fx.Node, str | None] | None = None
     for node, name in points:
         between = node_params(gm, nodes[pos[prev[0]] + 1: pos[node] + 1], sd_keys) if prev else None
-        if prev and prev[1] == name and not between & others[name]:
+        if prev and prev[1] == name and not between & others.get(name, sd_keys):
             chains[-1].append(node)
         else:
             chains.append([node])
@@ -131,34 +137,51 @@ def _cut_names(chain: list[fx.Node], ends: dict[fx.Node, list[str]], gm: fx.Grap
     return [block or chain[0].name]
 
 
+def _layer_after(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether a linear or convolution layer runs after `node`."""
+    nodes = list(gm.graph.nodes)
+    mods = dict(gm.named_modules())
+    return any(n.op == "call_module" and isinstance(mods[n.target], (nn.Linear, nn.modules.conv._ConvNd))
+               for n in nodes[nodes.index(node) + 1:])
+
+
 def find_cuts(spaces: tuple[UnitSpace, ...], roots: dict[int, str], cands: Spaces, gm: fx.GraphModule,
               env: dict, sd_keys: set[str]) -> tuple[Cut, ...]:
     """Every node all paths pass through that carries only the units of one space: after every residual
     block, stage, transformer block or stem. Beyond ZipIt! (which stops only where a space ends, e.g.
     ResNet stage ends), a cut may sit inside a residual stream: the stream's space is split there, merged
-    before the cut and unmerged into each parent's basis for the per-task layers after it."""
+    before the cut and unmerged into each parent's basis for the per-task layers after it. Where the rules
+    leave the stream fixed (no space), a block's output is still a cut (``space`` empty) if it merges
+    some spaces and a layer follows it: the heads read the trunk's fixed channels as they are."""
     ends = _ends(gm)
     by_name = {t.name: t for t in spaces}
     picked = []
-    for chain in _chains(_points(gm, env, cands, roots), gm, by_name, sd_keys):
-        s = by_name[roots[cands.find(env[chain[0]].segs[0].cand)]]
+    for chain in _chains(_points(gm, env, cands, roots, ends), gm, by_name, sd_keys):
+        val = env[chain[0]]
+        s = by_name.get(roots.get(cands.find(val.segs[0].cand))) if isinstance(val, Val) and val.segs[0].cand \
+            is not None else None
         # observe at the chain's last retapped node: where the units are seen before the next layer
-        tap = env[chain[-1]].segs[0].tap
+        tap = env[chain[-1]].segs[0].tap if s is not None else None
         node = next((n for n in chain if tap is not None and n.name == tap.node), chain[-1])
         trunk = node_params(gm, ancestors(node), sd_keys)
         merged = tuple(t.name for t in spaces if t is s or all(r.param in trunk for r in t.producers))
+        if s is None and (not merged or not _layer_after(gm, node) or picked and picked[-1][1] is None
+                          and picked[-1][4] == merged):
+            # a fixed point merging nothing, nothing new (a downsampling's norm: averaged, not aligned),
+            # or with no layer after it (logits) is no depth worth offering
+            continue
         val = env[node]
-        dim = -1 if val.dim == val.ndim - 1 and val.ndim > 2 else val.dim
+        dim = (-1 if val.dim == val.ndim - 1 and val.ndim > 2 else val.dim) if isinstance(val, Val) else 1
         picked.append((_cut_names(chain, ends, gm, sd_keys), s, node, trunk, merged, dim))
-    # names inside one wrapper (a classifier's ``body``) drop it; the wrapper itself names no place
+    # names inside one wrapper (a classifier's ``body``) drop it, unless the wrapper itself ends at a cut
+    # (torchvision Swin's ``features`` is its last stage's end)
+    names = [ns[0] for ns, *_ in picked]
     tops = {n.split(".")[0] for ns, *_ in picked for n in ns}
-    root = tops.pop() + "." if len(tops) == 1 else ""
-    names = []
-    for ns, *_ in picked:
-        n = next((n for n in ns if n.startswith(root)), ns[0])
-        names.append(n.removeprefix(root))
+    if len(tops) == 1 and tops.isdisjoint(names):
+        names = [n.removeprefix(next(iter(tops)) + ".") for n in names]
     names = _unique([n if n != "full" else "full_" for n in names])
-    return tuple(Cut(name=n, space=s.name, node=node.name, trunk_params=trunk, merged_spaces=merged, dim=dim)
+    return tuple(Cut(name=n, space=s.name if s is not None else "", node=node.name, trunk_params=trunk,
+                     merged_spaces=merged, dim=dim)
                  for n, (_, s, node, trunk, merged, dim) in zip(names, picked))
 
 

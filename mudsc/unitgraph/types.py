@@ -74,7 +74,8 @@ class UnitSpace:
 @dataclass(frozen=True)
 class Cut:
     """A partial-zipping point: every input -> output path passes through fx node `node`, whose output
-    holds exactly the units of `space` along dim `dim`."""
+    holds exactly the units of `space` along dim `dim`; or, with `space` empty, channels that stay in the
+    parents' shared basis (a stream the propagation rules fix), which the heads read as they are."""
 
     name: str
     space: str
@@ -200,7 +201,7 @@ def validate(graph: UnitGraph) -> None:
     for c in graph.cuts:
         if c.name == "full":
             raise ConfigError("unit graph: 'full' is reserved and cannot name a cut")
-        unknown = [n for n in (c.space, *c.merged_spaces) if n not in names]
+        unknown = [n for n in ((c.space,) if c.space else ()) + c.merged_spaces if n not in names]
         if unknown:
             raise ConfigError(f"cut {c.name!r}: unknown spaces {unknown}")
 
