@@ -75,12 +75,12 @@ def main() -> None:
     t_train = time.perf_counter() - t0
     common = ["--dataset", "mnist", "--data-dir", args.data_dir, "--arch", "torchvision:resnet18",
               "--classes", "0-4", "5-9", "--mean", str(MEAN), "--std", str(STD), "--img-size", "32"]
-    cuts = json.loads(subprocess.run([sys.executable, "-m", "mudsc", "cuts", "--model", paths[0], *common[:8],
+    cuts = json.loads(subprocess.run([sys.executable, "-m", "mudsc.cli", "cuts", "--model", paths[0], *common[:8],
                                       "--classes", "0-4", "--mean", str(MEAN), "--std", str(STD), "--img-size", "32",
                                       "--json"], check=True, capture_output=True, text=True).stdout)
     names = [c["name"] for c in cuts if c["name"] != "full"]
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mudsc", "sweep", "--parents", *paths, *common, "--methods", "weight-avg",
+    subprocess.run([sys.executable, "-m", "mudsc.cli", "sweep", "--parents", *paths, *common, "--methods", "weight-avg",
                     "permute", "zipit", "mudsc-zip", "ensemble", "--cuts", *names, "--stats-images",
                     str(args.stats_images), "--reset-images", str(args.stats_images), "--eval-images",
                     str(args.eval_images), "--quiet", "--out", str(out / "sweep")], check=True)

@@ -9,12 +9,12 @@ and one epoch.
 import gzip
 import re
 import shlex
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_byom import NET as MODELS  # the README's my_models.py: a model file outside the registry
 
 from mudsc.cli import main
 
@@ -23,16 +23,6 @@ MNIST = Path("/work/shared/data/mnist")
 FILL = {"FILE.safetensors": "A.safetensors", "DIR": "../shared/data/mnist", "A0,B0": "A.safetensors,B.safetensors",
         "A1,B1": "B.safetensors,A.safetensors", "A2,B2": "A.safetensors,B.safetensors"}
 ELLIPSIS = "--classes 0-4 --epochs 1 --out runs/ellipsis.safetensors"
-
-MODELS = textwrap.dedent('''
-    from torch import nn
-
-
-    def make_net(width=8):
-        return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 5))
-''')
-
 
 def command_lines(text: str) -> list[str]:
     """The ``mudsc`` lines of the README's bash blocks, continuations joined and comments dropped."""
