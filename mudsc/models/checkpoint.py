@@ -80,6 +80,13 @@ def unwrap(obj: Any, *, source: str = "checkpoint") -> dict[str, Tensor]:
                           f"{', '.join(map(repr, WRAPPERS))}; found {found}")
 
 
+def key_problems(missing: list[str], unexpected: list[str]) -> str:
+    """``'2 missing keys (e.g. a, b); 1 unexpected keys (e.g. c)'``."""
+    parts = [f"{len(keys)} {what} keys (e.g. {', '.join(keys[:3])})"
+             for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    return "; ".join(parts)
+
+
 def _renamed(sd: dict[str, Tensor], strip: str, add: str) -> dict[str, Tensor]:
     return {add + (k[len(strip):] if k.startswith(strip) else k): v for k, v in sd.items()}
 
@@ -103,15 +110,9 @@ def fit_keys(model: nn.Module, sd: dict[str, Tensor], *, source: str = "checkpoi
                 return cand
             tries.append((len(missing) + len(unexpected), strip, add, missing, unexpected))
     _, strip, add, missing, unexpected = min(tries, key=lambda t: t[0])
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3])}"
-                     f"{', ...' if len(unexpected) > 3 else ''})")
     tried = ", ".join(repr(p) for p in PREFIXES if not p or any(k.startswith(p) for k in sd))
     raise CheckpointError(f"{source} does not fit the model: tried key prefixes {tried} (with and without "
-                          f"{BODY!r}); the closest (removing {strip!r}) leaves {'; '.join(parts)}")
+                          f"{BODY!r}); the closest (removing {strip!r}) leaves {key_problems(missing, unexpected)}")
 
 
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -140,12 +141,7 @@ def check_state_dict(model: nn.Module, sd: dict[str, Tensor], *, source: str = "
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        raise CheckpointError(f"{source} does not fit the model: {'; '.join(parts)}")
+        raise CheckpointError(f"{source} does not fit the model: {key_problems(missing, unexpected)}")
     for k, v in expected.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise ShapeMismatchError(
