@@ -182,30 +182,67 @@ with path_tab:
             st.error(str(e))
 
 with plain_tab:
-    st.write("A plain state dict (from timm or your own training loop) with the architecture that reads it. "
-             "It is saved once as a self-describing checkpoint under `$MUDSC_HOME/parents`.")
+    st.write("Plain weights (from timm or your own training loop) with the architecture that reads them: a "
+             "registry name, or your own network as `path/to/models.py:FUNCTION`, `package.module:FUNCTION`, "
+             "`torchvision:NAME` or `timm:NAME` whose last layer classifies its task. Saved once as a "
+             "self-describing checkpoint under `$MUDSC_HOME/parents`.")
+    st.warning("Naming a model file or module imports it, which runs its code on this machine with the app's "
+               "rights. Only paths on this machine are imported, never uploaded Python.", icon=":material/warning:")
     a, b, c = st.columns(3)
-    arch = a.text_input("Architecture", key="plain_arch", placeholder="timm:resnet18, resnet20, cnn, mlp")
+    arch = a.text_input("Architecture", key="plain_arch",
+                        placeholder="resnet20, timm:resnet18, torchvision:resnet18, ~/code/models.py:make_net")
     options = b.text_input("Options (key=value, space-separated)", key="plain_kwargs",
                            placeholder="width=1 strides=1/1/2")
     classes = c.text_input("Classes it was trained on", key="plain_classes", placeholder="0-4")
     d, e, f = st.columns(3)
-    head = d.selectbox("Head", ["shared", "own"], key="plain_head",
-                       help="shared: frozen class embeddings common to all parents; own: a linear layer")
+    head = d.selectbox("Head", ["shared", "own", "last layer"], key="plain_head",
+                       help="registry architectures: shared (frozen class embeddings common to all parents) or own "
+                            "(a linear layer); last layer: the network's own classifier (always so for your own code)")
     feat_dim = e.number_input("Embedding width", min_value=1, value=64, step=1, key="plain_feat_dim")
     weights = f.text_input("Weights file", key="plain_path", placeholder="/path/to/weights.pt")
-    if st.button("Add parent", key="add_plain", disabled=not (arch.strip() and weights.strip() and classes.strip())):
+    from mudsc.models.external import is_external
+
+    user_net = is_external(arch.strip()) or head == "last layer"
+    with st.expander("Your network's preprocessing and head", expanded=user_net):
+        g, h, i, j = st.columns(4)
+        mean = g.text_input("Normalize mean", key="plain_mean", placeholder="0.485,0.456,0.406",
+                            help="per channel, on pixels in [0, 1]; empty: the data set's own normalisation")
+        std = h.text_input("Normalize std", key="plain_std", placeholder="0.229,0.224,0.225")
+        size = i.number_input("Image size", min_value=0, value=0, step=1, key="plain_img_size",
+                              help="resize the shorter side, then centre-crop a square; 0 keeps the data's size")
+        embeddings = j.text_input("Class embeddings file", key="plain_embeddings", placeholder="text_embed.npy",
+                                  help="[num_classes, d] in .safetensors or .npy: the network emits d-dim embeddings")
+        weights_upload = st.file_uploader("Or upload the weights", type=["safetensors", "pt", "pth"],
+                                          key="plain_upload", max_upload_size=cfg.max_upload_mb)
+    if st.button("Add parent", key="add_plain", disabled=not (arch.strip() and classes.strip()
+                                                            and (weights.strip() or weights_upload))):
         from mudsc.cli.common import parse_kw
         from mudsc.data import load_dataset
-        from mudsc.studio.parent_sources import plain_spec, self_describing
+        from mudsc.studio.coverage import coverage
+        from mudsc.studio.parent_sources import plain_spec, self_describing, store_upload, user_spec
 
         try:
-            spec = plain_spec(arch, classes=classes, data=load_dataset(name, data_dir), head=head,
-                              feat_dim=int(feat_dim), kwargs=parse_kw(options.split()))
-            add_parents([self_describing(weights.strip(), root=cfg.home, spec=spec)])
+            data = load_dataset(name, data_dir)
+            kwargs = parse_kw(options.split())
+            if user_net:
+                spec = user_spec(arch, classes=classes, data=data, kwargs=kwargs, mean=mean, std=std,
+                                 img_size=int(size), class_embeddings=embeddings)
+            else:
+                spec = plain_spec(arch, classes=classes, data=data, head=head, feat_dim=int(feat_dim), kwargs=kwargs)
+            source = weights.strip() or store_upload(weights_upload.name, weights_upload.getvalue(), root=cfg.home,
+                                                     max_bytes=cfg.max_upload_mb * 2**20)
+            path = self_describing(source, root=cfg.home, spec=spec)
+            add_parents([path])
+            added = next(p for p in st.session_state["parents"] if Path(p.path).name == Path(path).name)
+            st.session_state["plain_coverage"] = (added.name, *coverage(added.model))
             st.rerun()
         except MudscError as e:
             st.error(str(e))
+    if st.session_state.get("plain_coverage"):
+        cov_name, share, cov_rows = st.session_state["plain_coverage"]
+        st.markdown(f"**Unit-space coverage of {cov_name}**: {share:.0%} of its parameter tensors lie in a unit "
+                    "space a merge can permute or zip; the rest are only averaged.")
+        st.dataframe(cov_rows, hide_index=True, key="coverage_table", height=260)
 
 with family_tab:
     render_family_tab()

@@ -29,11 +29,61 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--data-dir", help="data directory or file (default for mnist and cifar: $MUDSC_DATA)")
 
 
+ARCH_HELP = ("architecture of plain state dicts: path/to/models.py:FUNCTION or package.module:FUNCTION (your "
+             "code, called with the --kw options; importing it RUNS it, so name only code you trust), "
+             "torchvision:NAME or timm:NAME (--kw pretrained_file=PATH: timm weights from a local file); "
+             "ignored for mudsc checkpoints, which describe themselves")
+
+
+def add_arch_args(p: argparse.ArgumentParser, *, per_parent: bool) -> None:
+    """How to read plain state dicts: the architecture, its options and each parent's preprocessing."""
+    each = " (one for all parents, or one per parent)" if per_parent else ""
+    n = "+" if per_parent else None
+    p.add_argument("--arch", help=ARCH_HELP)
+    p.add_argument("--kw", action="append", metavar="KEY=VALUE", help="architecture option (repeatable)")
+    p.add_argument("--mean", nargs=n, metavar="M[,M,M]", help="the parent's Normalize mean per channel, on pixels "
+                   f"in [0, 1] (torchvision convention){each}; default: the data set's own normalisation")
+    p.add_argument("--std", nargs=n, metavar="S[,S,S]", help=f"the parent's Normalize std per channel{each}")
+    p.add_argument("--img-size", nargs=n, type=int, metavar="N",
+                   help=f"resize the shorter side to N and centre-crop N x N{each}")
+    p.add_argument("--class-embeddings", metavar="FILE", help="[num_classes, d] class embeddings (.safetensors or "
+                   ".npy, e.g. CLIP text embeddings): the network emits d-dim embeddings scored by cosine, and "
+                   "parents share one output space")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--{what} {text!r}: expected numbers separated by commas") from None
+
+
+def plain_specs(args: argparse.Namespace, paths: list[str], data, classes: list[str] | None) -> list[dict | None]:
+    """Per parent, the spec its plain state dict loads with (None for mudsc checkpoints), from
+    :func:`add_arch_args`' options and the parents' tasks `classes`."""
+    from mudsc.data import parse_classes
+    from mudsc.models.external import plain_specs as specs
+
+    def listed(v):
+        return None if v is None else v if isinstance(v, list) else [v]
+
+    per = {k: listed(getattr(args, k.replace("-", "_"), None)) for k in ("mean", "std", "img-size")}
+    for k, v in per.items():
+        if v is not None and len(v) not in (1, len(paths)):
+            raise ConfigError(f"--{k} gives {len(v)} values for {len(paths)} parents; give one, or one per parent")
+    mean = [_floats(v, "mean") for v in per["mean"]] if per["mean"] else None
+    std = [_floats(v, "std") for v in per["std"]] if per["std"] else None
+    tasks = [parse_classes(c, data.num_classes) for c in classes] if classes else None
+    return specs(list(map(str, paths)), data.describe(), arch=args.arch, classes=tasks, kwargs=parse_kw(args.kw),
+                 mean=mean, std=std, img_size=per["img-size"], class_embeddings=args.class_embeddings)
+
+
 def add_model_task_args(p: argparse.ArgumentParser, *, classes_help: str) -> None:
     """One checkpoint, the data set and a task of it (``--classes``, default the model's own)."""
-    p.add_argument("--model", required=True, help="checkpoint (.safetensors)")
+    p.add_argument("--model", required=True, help="checkpoint (.safetensors, or a plain .pt/.pth with --arch)")
     add_data_args(p)
-    p.add_argument("--classes", help=classes_help)
+    p.add_argument("--classes", help=classes_help + "; for a plain state dict, the task its last layer classifies")
+    add_arch_args(p, per_parent=False)
 
 
 def load_model_task(args: argparse.Namespace):
@@ -41,8 +91,9 @@ def load_model_task(args: argparse.Namespace):
     from mudsc.data import load_dataset, parse_classes
     from mudsc.models.checkpoint import load_model
 
-    model, _ = load_model(args.model)
     data = load_dataset(args.dataset, args.data_dir)
+    spec = plain_specs(args, [args.model], data, [args.classes] if args.classes else None)[0]
+    model, _ = load_model(args.model, spec=spec)
     classes = parse_classes(args.classes, data.num_classes) if args.classes else tuple(model.classes)
     return model, data, classes
 

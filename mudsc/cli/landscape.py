@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from mudsc.cli.common import add_data_args, print_json
+from mudsc.cli.common import add_arch_args, add_data_args, plain_specs, print_json
 
 FIGURE_FORMATS = ("html", "png", "svg", "pdf")
 
@@ -18,7 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     planes = {kind.replace("_", "-"): what for kind, what in PLANE_KINDS.items()}
     p = sub.add_parser("landscape", help="per-task loss over a plane through the parents and their merges")
-    p.add_argument("--models", nargs="+", required=True, metavar="PARENT", help="parent checkpoints (.safetensors)")
+    p.add_argument("--models", nargs="+", required=True, metavar="PARENT", help="parent checkpoints (.safetensors, "
+                   "or plain state dicts with --arch and --classes)")
+    p.add_argument("--classes", nargs="+", metavar="TASK", help="plain state dicts: each parent's task, one per parent")
+    add_arch_args(p, per_parent=True)
     p.add_argument("--methods", nargs="+", required=True, metavar="METHOD[@ALPHA]",
                    help=f"merge methods, of {', '.join(names('diff-init'))}; the first gives the basis (its "
                         "parents moved into it); "
@@ -146,8 +149,11 @@ def _landscape(args: argparse.Namespace) -> int:
                           "parents, so the three are collinear; give a second method (or --alpha2)")
 
     t0 = time.perf_counter()
+    from mudsc.data import load_dataset
+
+    specs = plain_specs(args, args.models, load_dataset(args.dataset, args.data_dir), args.classes)
     session = MergeSession.from_paths(args.models, args.dataset, args.data_dir, stats_images=args.stats_images,
-                                      device=args.device)
+                                      device=args.device, specs=specs)
     results = [session.merge(c) for c in configs]
     plan = landscape_plan(session, results[0], plane=kind, others=results[1:], names=names, every_parent=True,
                           seed=args.seed)

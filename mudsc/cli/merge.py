@@ -6,7 +6,16 @@ import csv
 import json
 from pathlib import Path
 
-from mudsc.cli.common import StageBars, add_data_args, add_quiet_arg, bars_off, print_json, progress_bar
+from mudsc.cli.common import (
+    StageBars,
+    add_arch_args,
+    add_data_args,
+    add_quiet_arg,
+    bars_off,
+    plain_specs,
+    print_json,
+    progress_bar,
+)
 
 
 def _add_merge_options(p: argparse.ArgumentParser) -> None:
@@ -30,8 +39,12 @@ def _add_merge_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_session_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--parents", nargs="+", help="parent checkpoints (.safetensors)")
+    p.add_argument("--parents", nargs="+", help="parent checkpoints (.safetensors, or plain .safetensors/.pt/.pth "
+                   "state dicts with --arch and --classes)")
     add_data_args(p, required=False)
+    p.add_argument("--classes", nargs="+", metavar="TASK",
+                   help="plain state dicts: each parent's task (its last layer's classes), one per parent: 0-4 5-9")
+    add_arch_args(p, per_parent=True)
     p.add_argument("--stats-images", type=int, default=1000, help="images for activation statistics")
     p.add_argument("--eval-images", type=int, help="held-out images to evaluate on (default: all)")
     p.add_argument("--batch-size", type=int, default=250)
@@ -58,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = sub.add_parser("cuts", help="list a model's valid cuts for partial zipping, input to output")
     c.add_argument("--model", required=True)
+    add_data_args(c, required=False)
+    c.add_argument("--classes", help="plain state dicts: the task its last layer classifies")
+    add_arch_args(c, per_parent=False)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_cuts)
 
@@ -101,7 +117,14 @@ def _session(paths: list[str], args: argparse.Namespace):
     if not paths or not args.dataset:
         raise ConfigError("give --parents A.safetensors B.safetensors [...] and --dataset (or --manifest)")
     return MergeSession.from_paths(paths, args.dataset, args.data_dir, stats_images=args.stats_images,
-                                   eval_images=args.eval_images, batch_size=args.batch_size, device=args.device)
+                                   eval_images=args.eval_images, batch_size=args.batch_size, device=args.device,
+                                   specs=_specs(paths, args))
+
+
+def _specs(paths: list[str], args: argparse.Namespace) -> list[dict | None]:
+    from mudsc.data import load_dataset
+
+    return plain_specs(args, paths, load_dataset(args.dataset, args.data_dir), getattr(args, "classes", None))
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -132,7 +155,13 @@ def _cuts(args: argparse.Namespace) -> int:
     from mudsc.models.multihead import cut_costs
     from mudsc.unitgraph import trace
 
-    model, info = load_model(args.model)
+    if args.dataset:  # a plain state dict needs the data set's geometry and classes
+        from mudsc.cli.common import load_model_task
+
+        model = load_model_task(args)[0]
+        info = {"spec": model.spec}
+    else:
+        model, info = load_model(args.model)
     graph = trace(model)
     spec = info["spec"]
     costs = cut_costs(model, graph, torch.zeros(1, spec["in_chans"], spec["img_size"], spec["img_size"]))

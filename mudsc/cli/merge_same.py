@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mudsc.cli.common import StageBars, add_data_args, add_quiet_arg, bars_off, print_json
+from mudsc.cli.common import StageBars, add_arch_args, add_data_args, add_quiet_arg, bars_off, plain_specs, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stats", nargs="+", help="statistics files written by `mudsc stats`, one per model "
                                                "(default: computed from --dataset when the method needs them)")
     add_data_args(p, required=False)
+    p.add_argument("--classes", nargs="+", metavar="TASK", help="plain state dicts: each model's task, one per model")
+    add_arch_args(p, per_parent=True)
     p.add_argument("--stats-examples", type=int, default=1000, help="training examples per task for statistics")
     p.add_argument("--fisher", choices=("sampled", "empirical"), default="sampled",
                    help="labels of the Fisher and K-FAC statistics: sampled (true Fisher) or the true labels")
@@ -76,6 +78,18 @@ def _config(args: argparse.Namespace, method: str):
     return SameInitConfig(**opts)
 
 
+def _specs(args: argparse.Namespace) -> list[dict | None] | None:
+    """Specs of plain task models (they need --dataset for the data set's geometry)."""
+    if not args.arch:
+        return None
+    from mudsc.data import load_dataset
+    from mudsc.errors import ConfigError
+
+    if not args.dataset:
+        raise ConfigError("plain state dicts (--arch) need --dataset")
+    return plain_specs(args, args.models, load_dataset(args.dataset, args.data_dir), args.classes)
+
+
 def _merge_same(args: argparse.Namespace) -> int:
     from mudsc.errors import ConfigError, UnknownNameError
     from mudsc.methods import ALIGNERS, FUSERS, get_method, names
@@ -111,7 +125,7 @@ def _merge_same(args: argparse.Namespace) -> int:
         init=None if args.init in (None, *INITS) else args.init, align=preset.get("align"),
         align_alpha=args.align_alpha, align_images=args.align_images, stats_examples=args.stats_examples,
         fisher=args.fisher, seed=args.seed, batch_size=args.batch_size, eval_images=args.eval_images,
-        reset_bn=not args.no_bn_reset, reset_images=args.reset_images, device=args.device)
+        reset_bn=not args.no_bn_reset, reset_images=args.reset_images, device=args.device, specs=_specs(args))
     if config is None:  # default epochs: the task models' own
         epochs = args.epochs or max(int(i.get("epochs", 5)) for i in session.infos)
         config = MultitaskConfig(epochs=epochs, lr=args.lr, seed=args.seed)

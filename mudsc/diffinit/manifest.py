@@ -67,7 +67,7 @@ def save_merge(result: MergeResult, session: MergeSession, out_dir: str | Path) 
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "config": result.config.model_dump(mode="json"),
-        "parents": [{"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for p in session.paths],
+        "parents": [_parent_entry(p, s) for p, s in zip(session.paths, session.specs or [None] * len(session.paths))],
         "data": {**session.data.describe(), "data_dir": session.data_dir},
         "session": {"stats_images": session.stats_images, "eval_images": len(session.eval),
                     "batch_size": session.batch_size},
@@ -83,6 +83,18 @@ def save_merge(result: MergeResult, session: MergeSession, out_dir: str | Path) 
         with atomic_path(out / "manifest.json", size=len(manifest_bytes)) as manifest_tmp:
             manifest_tmp.write_bytes(manifest_bytes)
     return manifest
+
+
+def _parent_entry(path: str, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """A parent file with its sha256 and, for a plain state dict, the spec it loads with: architecture,
+    options, task and preprocessing (a user file's sha256 with it)."""
+    entry: dict[str, Any] = {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}
+    if spec is not None:
+        entry["spec"] = spec
+        code = spec["arch"].rpartition(":")[0]
+        if code.endswith(".py") and Path(code).expanduser().is_file():
+            entry["arch_sha256"] = sha256_file(Path(code).expanduser())
+    return entry
 
 
 def load_json(path: str | Path) -> tuple[Path, Any]:
@@ -108,10 +120,18 @@ def reproduce(manifest: dict[str, Any], out_dir: str | Path, *, device=None) -> 
             raise CheckpointError(f"manifest parent {parent['path']} does not exist")
         if sha256_file(parent["path"]) != parent["sha256"]:
             raise CheckpointError(f"parent {parent['path']} changed since the manifest was written (sha256 differs)")
+        code = parent.get("spec", {}).get("arch", "").rpartition(":")[0]
+        if "arch_sha256" in parent and (not Path(code).expanduser().is_file()
+                                        or sha256_file(Path(code).expanduser()) != parent["arch_sha256"]):
+            raise CheckpointError(f"model code {code} is missing or changed since the manifest was written")
+        embed = parent.get("spec", {}).get("class_embeddings")
+        if embed and sha256_file(embed["path"]) != embed["sha256"]:
+            raise CheckpointError(f"class embeddings {embed['path']} changed since the manifest was written")
     data, sess = manifest["data"], manifest["session"]
     session = MergeSession.from_paths([p["path"] for p in manifest["parents"]],
                                       reload_name(data["name"], data["source"]), data.get("data_dir"), stats_images=sess["stats_images"],
-                                      eval_images=sess["eval_images"], batch_size=sess["batch_size"], device=device)
+                                      eval_images=sess["eval_images"], batch_size=sess["batch_size"], device=device,
+                                      specs=[p.get("spec") for p in manifest["parents"]])
     if session.data.fingerprint != data["sha256"]:
         raise CheckpointError("the data set differs from the one the manifest was made with (sha256 differs)")
     result = session.merge(MergeConfig.model_validate(manifest["config"]))

@@ -122,16 +122,22 @@ class MergeSession:
         self._parent_metrics: list[dict] | None = None  # parents and eval set are fixed: computed once
         self.timings: dict[str, float] = {}
         self.paths: list[str] = []          # set by from_paths; the manifest records them
+        self.specs: list[dict | None] = []  # from_paths: the specs plain state dicts were loaded with
         self.data_dir: str | None = None
 
     @classmethod
-    def from_paths(cls, paths: list[str], dataset: str, data_dir: str | None = None, **kwargs) -> "MergeSession":
-        """A session over checkpoints written by mudsc (``load_model``) and a data set by name."""
+    def from_paths(cls, paths: list[str], dataset: str, data_dir: str | None = None, *,
+                   specs: list[dict | None] | None = None, **kwargs) -> "MergeSession":
+        """A session over checkpoints and a data set by name: mudsc checkpoints describe themselves,
+        plain state dicts load with their entry of `specs` (``mudsc.models.external.plain_specs``)."""
         from mudsc.data import load_dataset
         from mudsc.models.checkpoint import load_model
 
-        models = [load_model(p)[0] for p in paths]
-        session = cls(models, load_dataset(dataset, data_dir), **kwargs)
+        data = load_dataset(dataset, data_dir)
+        specs = list(specs) if specs is not None else [None] * len(paths)
+        models = [load_model(p, spec=s)[0] for p, s in zip(paths, specs)]
+        session = cls(models, data, **kwargs)
+        session.specs = specs
         session.paths = [str(p) for p in paths]
         session.data_dir = data_dir
         return session

@@ -4,7 +4,8 @@ A mudsc checkpoint is a ``.safetensors`` file whose metadata key ``mudsc`` holds
 model spec (architecture, keyword arguments, head, classes, input geometry) and provenance (data
 set and normalisation, seed, measured accuracy, package version), so :func:`load_model` rebuilds the
 exact model from the file alone. Plain state dicts (``.safetensors``, or ``.pt``/``.pth`` through
-``torch.load(weights_only=True)``) load with an explicit spec. Nothing is ever unpickled.
+``torch.load(weights_only=True)``, bare or under a training loop's wrapper key, with DDP's ``module.``
+or Lightning's ``model.`` prefix) load with an explicit spec. Nothing is ever unpickled.
 """
 from __future__ import annotations
 
@@ -20,11 +21,14 @@ from torch import Tensor, nn
 from mudsc import __version__
 from mudsc.atomic import write_bytes
 from mudsc.errors import CheckpointError, ShapeMismatchError
+from mudsc.models.heads import BODY
 from mudsc.models.multihead import UNMERGE, MultiHeadModel, build_multihead
 from mudsc.models.registry import model_from_spec
 from mudsc.unitgraph import trace
 
 META_KEY = "mudsc"
+WRAPPERS = ("state_dict", "model", "model_state_dict")  # where training loops put the weights in a .pt file
+PREFIXES = ("", "module.", "model.", "model.module.", "module.model.", "_orig_mod.", "module._orig_mod.")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -61,14 +65,74 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
             f"cannot read {p} as a plain state dict ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
             "mudsc loads only tensors (weights_only=True), never pickled objects"
         ) from None
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{p} does not hold a state dict of tensors")
-    return dict(obj), {}
+    return unwrap(obj, source=str(p)), {}
+
+
+def unwrap(obj: Any, *, source: str = "checkpoint") -> dict[str, Tensor]:
+    """The state dict inside a loaded ``.pt`` object: the object itself, or under one of
+    :data:`WRAPPERS` as training loops save them (``torch.save({"state_dict": ..., "epoch": ...})``)."""
+    for key in ("", *WRAPPERS):
+        inner = obj.get(key) if key and isinstance(obj, dict) else obj
+        if isinstance(inner, dict) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+            return dict(inner)
+    found = f"a dict with keys {', '.join(map(repr, list(obj)[:6]))}" if isinstance(obj, dict) else type(obj).__name__
+    raise CheckpointError(f"{source} does not hold a state dict of tensors: tried the top level and the wrappers "
+                          f"{', '.join(map(repr, WRAPPERS))}; found {found}")
+
+
+def key_problems(missing: list[str], unexpected: list[str]) -> str:
+    """``'2 missing keys (e.g. a, b); 1 unexpected keys (e.g. c)'``."""
+    parts = [f"{len(keys)} {what} keys (e.g. {', '.join(keys[:3])})"
+             for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    return "; ".join(parts)
+
+
+def _renamed(sd: dict[str, Tensor], strip: str, add: str) -> dict[str, Tensor]:
+    return {add + (k[len(strip):] if k.startswith(strip) else k): v for k, v in sd.items()}
+
+
+def fit_keys(model: nn.Module, sd: dict[str, Tensor], *, source: str = "checkpoint") -> dict[str, Tensor]:
+    """`sd` renamed to `model`'s keys: a training wrapper's prefix (:data:`PREFIXES`) removed and, for a
+    :class:`~mudsc.models.heads.Classifier` loading the user's bare network, ``body.`` added. Buffers
+    the model fixes itself (class embeddings) are taken from it when the file lacks them. Raises,
+    naming what was tried and the missing and unexpected keys of the closest fit, when none fits."""
+    expected = model.state_dict()
+    own = {k: v for k, v in expected.items() if k.endswith("class_embed")}
+    tries = []
+    for strip in PREFIXES:
+        if strip and not any(k.startswith(strip) for k in sd):
+            continue
+        for add in ("", BODY):
+            cand = {**own, **_renamed(sd, strip, add)}
+            missing = [k for k in expected if k not in cand]
+            unexpected = [k for k in cand if k not in expected]
+            if not missing and not unexpected:
+                return cand
+            tries.append((len(missing) + len(unexpected), strip, add, missing, unexpected))
+    _, strip, add, missing, unexpected = min(tries, key=lambda t: t[0])
+    tried = ", ".join(repr(p) for p in PREFIXES if not p or any(k.startswith(p) for k in sd))
+    raise CheckpointError(f"{source} does not fit the model: tried key prefixes {tried} (with and without "
+                          f"{BODY!r}); the closest (removing {strip!r}) leaves {key_problems(missing, unexpected)}")
+
+
+def read_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The mudsc metadata (spec, provenance) of a checkpoint from its header alone; ``{}`` for plain files."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    if p.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"cannot read {p}: not a valid safetensors file ({e})") from None
+    try:
+        return json.loads(meta[META_KEY]) if META_KEY in meta else {}
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{p}: the mudsc metadata is not valid JSON") from None
 
 
 def check_state_dict(model: nn.Module, sd: dict[str, Tensor], *, source: str = "checkpoint") -> None:
@@ -77,12 +141,7 @@ def check_state_dict(model: nn.Module, sd: dict[str, Tensor], *, source: str = "
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        raise CheckpointError(f"{source} does not fit the model: {'; '.join(parts)}")
+        raise CheckpointError(f"{source} does not fit the model: {key_problems(missing, unexpected)}")
     for k, v in expected.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise ShapeMismatchError(
@@ -134,6 +193,8 @@ def load_model(path: str | os.PathLike, *, spec: dict | None = None) -> tuple[nn
     if info.get("kind") == "multihead":
         return load_multihead(sd, info), info
     model = model_from_spec(spec)
+    if not info:  # a plain state dict: the training loop's wrapper prefix and the bare network's keys
+        sd = fit_keys(model, sd, source=str(path))
     check_state_dict(model, sd, source=str(path))
     model.load_state_dict(sd)
     model.eval()

@@ -37,9 +37,12 @@ class SharedHead(nn.Module):
     """[b, d] -> [b, num_classes]: temperature * cos(embedding, class embedding), for all classes."""
 
     def __init__(self, feat_dim: int, num_classes: int, classes: tuple[int, ...], *, seed: int = 0,
-                 temperature: float = 20.0) -> None:
+                 temperature: float = 20.0, embeddings: Tensor | None = None) -> None:
         super().__init__()
-        self.register_buffer("class_embed", class_embeddings(num_classes, feat_dim, seed))
+        # Given embeddings (e.g. CLIP text embeddings of the class names) are compared by cosine, as CLIP does.
+        embed = class_embeddings(num_classes, feat_dim, seed) if embeddings is None else F.normalize(
+            embeddings.detach().float(), dim=-1)
+        self.register_buffer("class_embed", embed)
         self.temperature = float(temperature)
         self.classes = tuple(classes)
         self.output_classes = tuple(range(num_classes))
@@ -61,6 +64,19 @@ class OwnHead(nn.Module):
         return self.fc(z)
 
 
+class TaskHead(nn.Module):
+    """The identity: the body is the user's whole network, its last layer already the classifier over
+    its task's classes (in order)."""
+
+    def __init__(self, classes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.classes = tuple(classes)
+        self.output_classes = tuple(classes)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return z
+
+
 def shares_output_space(models: Sequence[nn.Module]) -> bool:
     """Whether every model's head is the same frozen class embedding, so that one merged model (a
     single head) answers every task."""
@@ -79,10 +95,13 @@ def make_head(kind: str, *, feat_dim: int, classes: tuple[int, ...], num_classes
 
 
 class Classifier(nn.Module):
-    """images -> logits over ``output_classes``: ``head(body(x))``."""
+    """images -> logits over ``output_classes``: ``head(body(pre(x)))``, `pre` the parent's own
+    preprocessing (:mod:`mudsc.models.preprocess`, no state-dict entries) when it has one."""
 
-    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+    def __init__(self, body: nn.Module, head: nn.Module, pre: nn.Module | None = None) -> None:
         super().__init__()
+        if pre is not None:
+            self.pre = pre
         self.body = body
         self.head = head
 
@@ -97,4 +116,6 @@ class Classifier(nn.Module):
         return self.head.output_classes
 
     def forward(self, x: Tensor) -> Tensor:
+        if hasattr(self, "pre"):
+            x = self.pre(x)
         return self.head(self.body(x))

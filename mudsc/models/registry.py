@@ -53,7 +53,8 @@ def create_body(arch: str, *, in_chans: int, img_size: int, feat_dim: int, **kwa
 
 def create_model(arch: str, *, classes: tuple[int, ...], num_classes: int, head: str = "shared",
                  in_chans: int = 1, img_size: int = 28, feat_dim: int = 64,
-                 head_seed: int = 0, temperature: float = 20.0, **kwargs: Any) -> Classifier:
+                 head_seed: int = 0, temperature: float = 20.0, preprocess: dict | None = None,
+                 **kwargs: Any) -> Classifier:
     """A classifier of architecture `arch` for the task `classes` out of `num_classes`.
 
     Args:
@@ -63,27 +64,39 @@ def create_model(arch: str, *, classes: tuple[int, ...], num_classes: int, head:
         head: ``shared`` (frozen orthonormal class embeddings, cosine logits) or ``own`` (linear).
         feat_dim: width of the body's output embedding.
         head_seed: seed of the shared class embedding; parents must agree on it to share outputs.
+        preprocess: options of the model's own input preprocessing (:func:`~mudsc.models.preprocess.preprocess_spec`),
+            e.g. resizing the data set's images to `img_size`.
         kwargs: architecture options (``width``, ``depth``, ``norm``, timm overrides...).
     """
+    from mudsc.models.preprocess import Preprocess
+
     body = create_body(arch, in_chans=in_chans, img_size=img_size, feat_dim=feat_dim, **kwargs)
     model = Classifier(body, make_head(head, feat_dim=feat_dim, classes=tuple(classes),
-                                       num_classes=num_classes, seed=head_seed, temperature=temperature))
+                                       num_classes=num_classes, seed=head_seed, temperature=temperature),
+                       Preprocess(preprocess) if preprocess else None)
     # What rebuilds this exact model; checkpoint.py stores it in the file's metadata.
     model.spec = {
         "arch": arch, "kwargs": dict(kwargs), "head": head, "classes": [int(c) for c in classes],
         "num_classes": int(num_classes), "in_chans": int(in_chans), "img_size": int(img_size),
         "feat_dim": int(feat_dim), "head_seed": int(head_seed), "temperature": float(temperature),
     }
+    if preprocess:
+        model.spec["preprocess"] = dict(preprocess)
     return model
 
 
 def model_from_spec(spec: dict) -> Classifier:
-    """Rebuild a model from the ``spec`` that :func:`create_model` attached to it."""
+    """Rebuild a model from the ``spec`` that :func:`create_model` (or, for the user's own
+    architectures, :func:`mudsc.models.external.external_spec`) attached to it."""
+    if spec.get("source") == "external":
+        from mudsc.models.external import build_external
+
+        return build_external(spec)
     keys = ("arch", "classes", "num_classes")
     missing = [k for k in keys if k not in spec]
     if missing:
         raise ConfigError(f"model spec lacks {missing}")
-    opts = {k: spec[k] for k in ("head", "in_chans", "img_size", "feat_dim", "head_seed", "temperature")
+    opts = {k: spec[k] for k in ("head", "in_chans", "img_size", "feat_dim", "head_seed", "temperature", "preprocess")
             if k in spec}
     return create_model(spec["arch"], classes=tuple(spec["classes"]), num_classes=spec["num_classes"],
                         **opts, **spec.get("kwargs", {}))

@@ -29,7 +29,7 @@ from mudsc.diffinit.session import Steps, stage_steps
 from mudsc.errors import CheckpointError, ConfigError
 from mudsc.evaluate import TaskMetrics, multitask_metrics, predict
 from mudsc.methods import get_method
-from mudsc.models.checkpoint import load_model, read_state_dict, save_model, sha256_file
+from mudsc.models.checkpoint import load_model, read_info, read_state_dict, save_model, sha256_file
 from mudsc.models.heads import body_of, shares_output_space
 from mudsc.sameinit.config import MultitaskConfig, SameInitConfig
 from mudsc.sameinit.hybrid import Alignment, align_parents, average_state_dict
@@ -159,18 +159,21 @@ class SameInitSession:
     @classmethod
     def from_paths(cls, models: Sequence[str | Path], *, base: str | Path | None = None, dataset: str | None = None,
                    data_dir: str | None = None, stats: Sequence[str | Path] | None = None,
-                   init: str | Path | None = None, **kwargs) -> "SameInitSession":
+                   init: str | Path | None = None, specs: Sequence[dict | None] | None = None,
+                   **kwargs) -> "SameInitSession":
         """A session over checkpoints written by mudsc: `stats` are ``mudsc stats`` files (one per
         model), `init` a checkpoint to start CG from, `dataset` by default the one the task models
         record. Checks that each task model was fine-tuned from `base` and each statistics file was
-        computed for its model (where recorded), and keeps every file's sha256 for the manifest."""
-        loaded = [load_model(p) for p in models]
+        computed for its model (where recorded), and keeps every file's sha256 for the manifest. Plain
+        state dicts load with their entry of `specs` (a plain base with the first model's)."""
+        specs = list(specs) if specs is not None else [None] * len(models)
+        loaded = [load_model(p, spec=s) for p, s in zip(models, specs)]
         task_models, infos = [m for m, _ in loaded], [i for _, i in loaded]
         inputs: dict[str, Any] = {"models": [{**_file(p), "task": list(m.classes)}
                                              for p, m in zip(models, task_models)]}
         base_model = None
         if base is not None:
-            base_model, _ = load_model(base)
+            base_model, _ = load_model(base, spec=None if "spec" in read_info(base) else specs[0])
             inputs["base"] = _file(base)
             for p, info in zip(models, infos):
                 recorded = (info.get("base") or {}).get("sha256")

@@ -6,7 +6,6 @@ reproducible from the command line (the manifest names files and their sha256).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -16,7 +15,7 @@ from torch import nn
 
 from mudsc.data import Dataset, parse_classes
 from mudsc.errors import CheckpointError, ConfigError, DataError
-from mudsc.models.checkpoint import META_KEY, load_model, save_model, sha256_file
+from mudsc.models.checkpoint import load_model, read_info, save_model, sha256_file
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
@@ -24,6 +23,9 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
 def store_upload(name: str, data: bytes, *, root: str | os.PathLike, max_bytes: int) -> Path:
     """Write uploaded checkpoint bytes to ``root/uploads/SHA-NAME`` (content-addressed) and return the path."""
     suffix = Path(name).suffix.lower()
+    if suffix == ".py":
+        raise CheckpointError(f"upload {name!r}: uploaded Python is never imported (it would run on this machine); "
+                              "give the model file's path on this machine as the architecture, path.py:FUNCTION")
     if suffix not in CHECKPOINT_SUFFIXES:
         raise CheckpointError(f"upload {name!r}: expected a {', '.join(CHECKPOINT_SUFFIXES)} file")
     if len(data) > max_bytes:
@@ -40,26 +42,6 @@ def store_upload(name: str, data: bytes, *, root: str | os.PathLike, max_bytes: 
     return out
 
 
-def read_info(path: str | os.PathLike) -> dict[str, Any]:
-    """The mudsc metadata (spec, provenance) of a checkpoint from its header alone; ``{}`` for plain files."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    if p.suffix != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"cannot read {p}: not a valid safetensors file ({e})") from None
-    try:
-        return json.loads(meta[META_KEY]) if META_KEY in meta else {}
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{p}: the mudsc metadata is not valid JSON") from None
-
-
 def plain_spec(arch: str, *, classes: str, data: Dataset, head: str = "shared", feat_dim: int = 64,
                kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model spec of a plain state dict: architecture and task given, input geometry from `data`."""
@@ -70,6 +52,28 @@ def plain_spec(arch: str, *, classes: str, data: Dataset, head: str = "shared", 
     return {"arch": arch.strip(), "kwargs": dict(kwargs or {}), "head": head,
             "classes": list(parse_classes(classes, data.num_classes)), "num_classes": data.num_classes,
             "in_chans": data.in_chans, "img_size": data.img_size, "feat_dim": int(feat_dim)}
+
+
+def user_spec(arch: str, *, classes: str, data: Dataset, kwargs: dict[str, Any] | None = None, mean: str = "",
+              std: str = "", img_size: int | None = None, class_embeddings: str = "") -> dict[str, Any]:
+    """The spec of the user's own network (``path.py:FUNCTION``, ``package.module:FUNCTION``,
+    ``torchvision:NAME`` or ``timm:NAME``), its last layer classifying `classes` or emitting embeddings
+    scored against `class_embeddings`; `mean`/`std` are comma-separated per-channel values."""
+    from mudsc.models.external import external_spec
+
+    def floats(text: str, what: str) -> list[float] | None:
+        try:
+            return [float(v) for v in text.replace(" ", "").split(",") if v] or None
+        except ValueError:
+            raise ConfigError(f"{what} {text!r}: expected numbers separated by commas") from None
+
+    if not arch.strip():
+        raise ConfigError("give an architecture: path/to/models.py:FUNCTION, package.module:FUNCTION, "
+                          "torchvision:NAME or timm:NAME")
+    return external_spec(arch, classes=parse_classes(classes, data.num_classes), data=data.describe(),
+                         kwargs=kwargs, mean=floats(mean, "mean"), std=floats(std, "std"),
+                         img_size=int(img_size) if img_size else None,
+                         class_embeddings=class_embeddings.strip() or None)
 
 
 def self_describing(path: str | os.PathLike, *, root: str | os.PathLike, spec: dict[str, Any] | None = None) -> Path:

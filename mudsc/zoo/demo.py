@@ -12,6 +12,7 @@ from mudsc.atomic import file_lock
 from mudsc.data import load_dataset, parse_classes
 from mudsc.models import create_model
 from mudsc.models.checkpoint import load_model, save_model
+from mudsc.models.preprocess import preprocess_spec
 from mudsc.zoo.train import train_model
 
 # The demo: digits, two disjoint 5-class tasks, different seeds. ResNet-20 at width 1 with stage
@@ -40,10 +41,15 @@ def train_parent(*, dataset: str, arch: str, classes: str, seed: int, out: str |
     data = load_dataset(dataset, data_dir)
     task = parse_classes(classes, data.num_classes)
     t0 = time.perf_counter()
+    # --kw img_size=N overrides the data set's size: the model is built for N and resizes its input.
+    img_size = int(arch_kwargs.pop("img_size", data.img_size))
+    pre = None
+    if img_size != data.img_size:
+        pre = preprocess_spec(data_mean=data.mean, data_std=data.std, data_size=(data.img_size,) * 2, img_size=img_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # parameter initialisation is the only use of the global generator
-        model = create_model(arch, classes=task, num_classes=data.num_classes, head=head,
-                             in_chans=data.in_chans, img_size=data.img_size, feat_dim=feat_dim, **arch_kwargs)
+        model = create_model(arch, classes=task, num_classes=data.num_classes, head=head, in_chans=data.in_chans,
+                             img_size=img_size, feat_dim=feat_dim, preprocess=pre, **arch_kwargs)
     acc = train_model(model, data, task, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size,
                       device=device, progress=progress)
     seconds = time.perf_counter() - t0

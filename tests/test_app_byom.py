@@ -1,0 +1,88 @@
+"""The Parents page's "Architecture + weights" tab with the user's own network: it loads, shows its
+unit-space coverage, and every bad input is an error that keeps the state."""
+import textwrap
+
+import pytest
+import streamlit as st
+import torch
+from test_app import open_app, unkeyed_widgets
+
+NET = textwrap.dedent('''
+    from torch import nn
+
+
+    def make_net(width=4):
+        return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 5))
+''')
+
+
+@pytest.fixture
+def user_files(tmp_path):
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    code = tmp_path / "models_app.py"
+    code.write_text(NET)
+    ns: dict = {}
+    exec(NET, ns)
+    sd = ns["make_net"]().state_dict()
+    good = tmp_path / "good.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, good)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({f"net.{k}": v for k, v in sd.items()}, wrong)
+    return {"code": code, "good": good, "wrong": wrong}
+
+
+def _fill(at, arch, weights, classes="0-4", options=""):
+    at.text_input(key="plain_arch").set_value(arch)
+    at.text_input(key="plain_kwargs").set_value(options)
+    at.text_input(key="plain_classes").set_value(classes)
+    at.text_input(key="plain_path").set_value(str(weights)).run()
+    at.button(key="add_plain").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_user_network_loads_and_shows_its_coverage(user_files):
+    at = open_app()
+    _fill(at, f"{user_files['code']}:make_net", user_files["good"])
+    assert not at.error, [e.value for e in at.error]
+    parents = at.session_state["parents"]
+    assert len(parents) == 1 and tuple(parents[0].model.classes) == (0, 1, 2, 3, 4)
+    name, share, rows = at.session_state["plain_coverage"]
+    assert 0 < share < 1 and {r["tensor"] for r in rows} >= {"body.0.weight", "body.5.weight"}
+    assert any(md.value.startswith("**Unit-space coverage") for md in at.markdown)
+    assert any("runs its code" in w.value for w in at.warning)
+    assert unkeyed_widgets(at) == []
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("prefix", "tried key prefixes"),
+    ("shape", "the model expects"),
+    ("missing", "does not exist"),
+    ("function", "has no function 'make_nett'"),
+])
+def test_bad_inputs_are_errors_that_keep_the_state(user_files, case, expect):
+    at = open_app()
+    arch, weights, options = f"{user_files['code']}:make_net", user_files["good"], ""
+    if case == "prefix":
+        weights = user_files["wrong"]
+    elif case == "shape":
+        options = "width=8"
+    elif case == "missing":
+        weights = user_files["good"].with_name("gone.pt")
+    else:
+        arch = f"{user_files['code']}:make_nett"
+    _fill(at, arch, weights, options=options)
+    assert any(expect in e.value for e in at.error), [e.value for e in at.error]
+    assert at.session_state["parents"] == []
+    assert at.text_input(key="plain_arch").value == arch  # the form keeps what was typed
+
+
+def test_uploaded_python_is_refused(user_files):
+    at = open_app()
+    at.text_input(key="plain_arch").set_value(f"{user_files['code']}:make_net")
+    at.text_input(key="plain_classes").set_value("0-4")
+    at.file_uploader(key="plain_upload").upload("evil.py", b"import os\n").run()
+    at.button(key="add_plain").click().run()
+    assert any("uploaded Python is never imported" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.session_state["parents"] == []

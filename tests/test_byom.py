@@ -1,0 +1,266 @@
+"""Bring your own model: an architecture from the user's file, plain checkpoints as training loops
+save them, the user's own heads, tasks and preprocessing, torchvision and offline timm weights."""
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from sklearn.datasets import load_digits
+
+from mudsc.cli import main
+
+NET = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+
+    class Net(nn.Module):
+        def __init__(self, width=8, out=5):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.classifier = nn.Linear(2 * width, out)
+
+        def forward(self, x):
+            return self.classifier(self.features(x))
+
+
+    def make_net(width=8, out=5):
+        return Net(width, out)
+''')
+
+
+def _train_plain(net, classes, seed, steps=80):
+    """A training loop that knows nothing of mudsc: raw digits, its own normalisation (0.5, 0.5)."""
+    d = load_digits()
+    x = (torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0 - 0.5) / 0.5
+    y = torch.tensor(d.target)
+    keep = torch.isin(y, torch.tensor(classes))
+    x, y = x[keep], y[keep] - min(classes)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (64,), generator=g)
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in net.eval().state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def user_parents(tmp_path_factory):
+    """A model file outside the registry and two parents saved as people save them."""
+    import importlib.util
+
+    root = tmp_path_factory.mktemp("byom")
+    code = root / "my_models.py"
+    code.write_text(NET)
+    spec = importlib.util.spec_from_file_location("my_models_test", code)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    a = _train_plain(mod.make_net(), (0, 1, 2, 3, 4), 0)
+    torch.manual_seed(1)
+    b = _train_plain(mod.make_net(), (5, 6, 7, 8, 9), 1)
+    pa, pb = root / "a.pt", root / "b.safetensors"
+    torch.save({"state_dict": a, "epoch": 3}, pa)
+    save_file({f"module.{k}": v.contiguous() for k, v in b.items()}, str(pb))  # as DDP names them
+    return {"code": code, "a": pa, "b": pb, "root": root, "sd": a}
+
+
+def _merge_args(p, *extra):
+    return ["merge", "--parents", str(p["a"]), str(p["b"]), "--dataset", "digits", "--arch",
+            f"{p['code']}:make_net", "--kw", "width=8", "--classes", "0-4", "5-9", "--mean", "0.5", "--std", "0.5",
+            "--stats-images", "250", "--quiet", *extra]
+
+
+def test_user_architecture_merges_from_the_cli_and_the_manifest_reproduces_it(user_parents, tmp_path, capsys):
+    p = user_parents
+    assert main(["cuts", "--model", str(p["a"]), "--dataset", "digits", "--arch", f"{p['code']}:make_net",
+                 "--classes", "0-4", "--json"]) == 0
+    cuts = [r["name"] for r in json.loads(capsys.readouterr().out)]
+    assert cuts[-1] == "full" and len(cuts) >= 2
+    out = tmp_path / "m"
+    assert main(_merge_args(p, "--method", "zipit", "--cut", cuts[0], "--out", str(out), "--json")) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    # the parents learnt their tasks: each is far above chance on its own task
+    assert all(m["own_task_acc"] > 0.5 for m in metrics["parents"]), metrics["parents"]
+    assert 0.2 < metrics["per_task_acc"] <= 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    spec = manifest["parents"][0]["spec"]
+    assert spec["arch"].endswith("my_models.py:make_net") and spec["classes"] == [0, 1, 2, 3, 4]
+    assert spec["input"]["mean"] == [0.5] and spec["input"]["std"] == [0.5]
+    assert "arch_sha256" in manifest["parents"][0]
+    again = tmp_path / "again"
+    assert main(["merge", "--manifest", str(out / "manifest.json"), "--out", str(again), "--quiet"]) == 0
+    assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
+def test_user_parents_evaluate_as_their_training_loop_did(user_parents, capsys):
+    p = user_parents
+    assert main(["eval", "--model", str(p["a"]), "--dataset", "digits", "--arch", f"{p['code']}:make_net",
+                 "--classes", "0-4", "--mean", "0.5", "--std", "0.5", "--json"]) == 0
+    with_norm = json.loads(capsys.readouterr().out)["accuracy"]
+    assert main(["eval", "--model", str(p["a"]), "--dataset", "digits", "--arch", f"{p['code']}:make_net",
+                 "--classes", "0-4", "--json"]) == 0
+    # without its own normalisation the parent sees other inputs: the option is applied
+    assert with_norm > 0.6 and json.loads(capsys.readouterr().out)["accuracy"] != with_norm
+
+
+def test_full_merge_of_own_heads_is_refused_with_the_cuts(user_parents, tmp_path, capsys):
+    assert main(_merge_args(user_parents, "--method", "zipit", "--out", str(tmp_path / "f"))) == 2
+    err = capsys.readouterr().err
+    assert "do not share an output space" in err and "merge up to a cut" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("prefix", "tried key prefixes"),
+    ("shape", "the model expects"),
+    ("missing", "does not exist"),
+    ("function", "has no function 'make_nett'"),
+    ("classes", "one per parent"),
+])
+def test_bad_inputs_are_one_line_errors(user_parents, tmp_path, capsys, case, expect):
+    p = dict(user_parents)
+    args = _merge_args(p, "--method", "zipit", "--cut", "features.2", "--out", str(tmp_path / "x"))
+    if case == "prefix":
+        bad = tmp_path / "bad.pt"
+        torch.save({f"net.{k}": v for k, v in p["sd"].items()}, bad)
+        args[2] = str(bad)
+    elif case == "shape":
+        args[args.index("width=8")] = "width=4"
+    elif case == "missing":
+        args[2] = str(tmp_path / "nothing.pt")
+    elif case == "function":
+        args[args.index("--arch") + 1] = f"{p['code']}:make_nett"
+    else:
+        args.remove("5-9")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert expect in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    if case == "shape":
+        assert "(8, 1, 3, 3)" in err and "(4, 1, 3, 3)" in err
+
+
+def test_missing_keys_are_named(user_parents):
+    from mudsc.data import load_dataset
+    from mudsc.errors import CheckpointError
+    from mudsc.models.checkpoint import fit_keys
+    from mudsc.models.external import build_external, external_spec
+
+    spec = external_spec(f"{user_parents['code']}:make_net", classes=(0, 1, 2, 3, 4),
+                         data=load_dataset("digits").describe())
+    sd = {f"model.{k}": v for k, v in user_parents["sd"].items() if k != "classifier.bias"}
+    with pytest.raises(CheckpointError, match="1 missing keys \\(e.g. body.classifier.bias\\)"):
+        fit_keys(build_external(spec), sd)
+
+
+@pytest.mark.parametrize("wrapper", ["model", "model_state_dict"])
+def test_training_loop_wrappers_and_lightning_prefix_load(user_parents, tmp_path, wrapper):
+    from mudsc.data import load_dataset
+    from mudsc.models.checkpoint import load_model
+    from mudsc.models.external import external_spec
+
+    f = tmp_path / "w.pth"
+    torch.save({wrapper: {f"model.{k}": v for k, v in user_parents["sd"].items()}, "optimizer": {"lr": 0.1}}, f)
+    spec = external_spec(f"{user_parents['code']}:make_net", classes=(0, 1, 2, 3, 4),
+                         data=load_dataset("digits").describe())
+    model, _ = load_model(f, spec=spec)
+    assert torch.equal(model.body.classifier.weight, user_parents["sd"]["classifier.weight"])
+
+
+def test_a_pickled_object_is_refused(tmp_path):
+    from mudsc.errors import CheckpointError
+    from mudsc.models.checkpoint import read_state_dict
+
+    f = tmp_path / "obj.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "cfg": textwrap}, f)  # a module object: code, not data
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        read_state_dict(f)
+
+
+def test_class_embeddings_give_a_shared_output_space(user_parents, tmp_path, capsys):
+    emb = np.random.default_rng(0).standard_normal((10, 5)).astype(np.float32)
+    np.save(tmp_path / "emb.npy", emb)
+    args = _merge_args(user_parents, "--class-embeddings", str(tmp_path / "emb.npy"), "--method", "zipit",
+                       "--out", str(tmp_path / "full"), "--json")
+    assert main(args) == 0  # a full merge: one head answers both tasks
+    m = json.loads(capsys.readouterr().out)
+    assert 0 <= m["joint_acc"] <= 1
+    spec = json.loads((tmp_path / "full" / "manifest.json").read_text())["parents"][1]["spec"]
+    assert spec["head"] == "embeddings" and len(spec["class_embeddings"]["sha256"]) == 64
+
+
+def test_preprocess_matches_torchvision_resize_crop_normalize():
+    from torchvision.transforms import v2
+
+    from mudsc.models.preprocess import Preprocess, preprocess_spec
+
+    pixels = torch.rand(2, 1, 20, 30)
+    dm, ds = [0.4], [0.2]
+    spec = preprocess_spec(data_mean=dm, data_std=ds, data_size=(20, 30), channels=3, mean=[0.485, 0.456, 0.406],
+                           std=[0.229, 0.224, 0.225], img_size=16)
+    ours = Preprocess(spec)((pixels - 0.4) / 0.2)
+    tv = v2.Compose([v2.Grayscale(3), v2.Resize(16, antialias=True), v2.CenterCrop(16),
+                     v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    assert ours.shape == (2, 3, 16, 16)
+    assert torch.allclose(ours, tv(pixels), atol=1e-5)
+
+
+def test_torchvision_model_by_name_with_grey_images():
+    from mudsc.data import load_dataset
+    from mudsc.models.external import build_external, external_spec
+    from mudsc.unitgraph import trace
+
+    spec = external_spec("torchvision:resnet18", classes=(0, 1, 2, 3, 4), data=load_dataset("digits").describe(),
+                         img_size=32)
+    model = build_external(spec)
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 5)
+    assert "layer1" in [c.name for c in trace(model).cuts]
+
+
+def _tiny_timm(name):
+    import timm
+
+    torch.manual_seed(3)
+    return timm.create_model(name, pretrained=False, num_classes=5)
+
+
+def test_timm_weights_file_loads_by_name(tmp_path):
+    from mudsc.models.external import builder
+
+    ref = _tiny_timm("test_vit")
+    f = tmp_path / "test_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(f))
+    net = builder("timm:test_vit")(num_classes=5, pretrained_file=str(f))
+    # timm drops the classifier of a checkpoint whose class count differs from its pretrained config's
+    body = [k for k in ref.state_dict() if not k.startswith("head.")]
+    assert len(body) > 10 and all(torch.equal(ref.state_dict()[k], net.state_dict()[k]) for k in body)
+
+
+def test_timm_weights_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
+    import timm
+
+    from mudsc.errors import ConfigError
+    from mudsc.models.external import builder
+
+    hub = timm.models.get_pretrained_cfg("test_vit").hf_hub_id
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache"):
+        builder("timm:test_vit")(num_classes=5, pretrained=True)
+    ref = _tiny_timm("test_vit")
+    repo = tmp_path / f"models--{hub.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()},
+              str(repo / "snapshots" / "abc123" / "model.safetensors"))
+    net = builder("timm:test_vit")(num_classes=5, pretrained=True)
+    assert torch.equal(net.state_dict()["patch_embed.proj.weight"], ref.state_dict()["patch_embed.proj.weight"])
