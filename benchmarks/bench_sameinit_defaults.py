@@ -127,7 +127,9 @@ def main() -> None:
                 continue  # takes no statistics
             t0 = time.perf_counter()
             r = s_test.merge(SameInitConfig(method=method, **opts))
+            before = r.before_bn_reset.per_task if r.before_bn_reset is not None else None
             rows.append({"method": method, **opts, "stats": args.where, "test": r.metrics.per_task,
+                         "test_before_bn_reset": before,
                          "val": sv.evaluate(r.models).per_task, "seconds": round(time.perf_counter() - t0, 1)})
             print(split, rows[-1], flush=True)
         report["splits"][split] = rows

@@ -95,7 +95,7 @@ try:
     st.session_state["config"] = config
 except MudscError as e:
     st.error(str(e))
-    config = st.session_state.get("config") or make_config()
+    config = st.session_state.get("config") or first_config(session.paths)
 
 costs = cached_cut_costs(key, session)
 shares_slot.caption(f"Merging up to **{config.cut}** shares {costs[config.cut]['params_share']:.1%} of the "
