@@ -20,9 +20,13 @@ def first_config(paths: Sequence[str]) -> MergeConfig:
     return make_config(**DEMO["merge"]) if is_demo(paths) else make_config()
 
 
+def demo_tasks() -> str:
+    """The demo's tasks and seeds as the pages write them: ``classes 0-4 (seed 4) and classes 5-9 (seed 5)``."""
+    return " and ".join(f"classes {t} (seed {s})" for t, s in zip(DEMO["tasks"], DEMO["seeds"]))
+
+
 def demo_note() -> str:
     """What the Merge page says under the demo's numbers."""
-    seeds = " and ".join(f"classes {t} (seed {s})" for t, s in zip(DEMO["tasks"], DEMO["seeds"]))
-    return (f"The demo: one small pair of width-1 ResNet-20s on the 8x8 digits, {seeds}, {DEMO['epochs']} epochs "
-            "each. These numbers come from this one small pair; over five seed pairs of the same recipe they "
+    return (f"The demo: one small pair of width-1 ResNet-20s on the 8x8 digits, {demo_tasks()}, "
+            f"{DEMO['epochs']} epochs each. The accuracies below come from this pair alone; over five seed pairs of the same recipe they "
             "spread by several points (benchmarks/RESULTS.md, the demo over five seed pairs).")
