@@ -28,5 +28,6 @@ def demo_tasks() -> str:
 def demo_note() -> str:
     """What the Merge page says under the demo's numbers."""
     return (f"The demo: one small pair of width-1 ResNet-20s on the 8x8 digits, {demo_tasks()}, "
-            f"{DEMO['epochs']} epochs each. The accuracies below come from this pair alone; over five seed pairs of the same recipe they "
-            "spread by several points (benchmarks/RESULTS.md, the demo over five seed pairs).")
+            f"{DEMO['epochs']} epochs each. The accuracies below come from this pair alone; over five seed "
+            "pairs of the same recipe they spread by several points (benchmarks/RESULTS.md, the demo over five "
+            "seed pairs).")
