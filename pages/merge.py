@@ -9,6 +9,7 @@ from mudsc.diffinit.config import make_config
 from mudsc.diffinit.sweep import grid
 from mudsc.errors import MudscError
 from mudsc.methods import METHODS, diff_init_names
+from mudsc.studio.demo import demo_note, first_config, is_demo
 from mudsc.studio.merge_figures import sweep_figure
 from mudsc.studio.summary import config_label
 from mudsc.studio.sweeps import sweep_with_selection
@@ -34,7 +35,7 @@ graph = session.graph
 cuts = [c.name for c in graph.cuts] + ["full"]
 space_names = [s.name for s in graph.spaces]
 
-config = st.session_state.get("config") or make_config()
+config = st.session_state.get("config") or first_config(session.paths)
 if config.cut not in cuts or any(n not in space_names for n, _ in config.alpha_overrides):
     # a config made for other parents: keep the method and knobs, drop what these parents lack
     config = make_config(**{**config.model_dump(), "cut": "full", "alpha_overrides": ()})
@@ -45,6 +46,8 @@ for widget, value in {"m_method": config.method, "m_alpha": config.alpha, "m_mix
 st.title("Merge")
 st.caption(f"{len(session.parents)} parents on tasks {' and '.join(task_label(t) for t in session.tasks)}; "
            f"accuracies on {len(session.eval):,} held-out images. Every change re-merges from cached statistics.")
+if is_demo(session.paths):
+    st.info(demo_note())
 
 controls, drawing = st.columns([1, 2], gap="large")
 with controls:
@@ -93,7 +96,7 @@ try:
     st.session_state["config"] = config
 except MudscError as e:
     st.error(str(e))
-    config = st.session_state.get("config") or make_config()
+    config = st.session_state.get("config") or first_config(session.paths)
 
 costs = cached_cut_costs(key, session)
 shares_slot.caption(f"Merging up to **{config.cut}** shares {costs[config.cut]['params_share']:.1%} of the "

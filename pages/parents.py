@@ -8,6 +8,7 @@ import streamlit as st
 
 from mudsc.data import NAMED
 from mudsc.errors import MudscError
+from mudsc.studio.demo import demo_tasks
 from mudsc.studio.parents import Parent, describe_parents
 from mudsc.studio.summary import parent_rows, space_rows
 from pages._family import render_family_tab, render_shared_base_hint
@@ -141,8 +142,8 @@ st.subheader("2. Add parents")
 demo_tab, upload_tab, path_tab, plain_tab, family_tab = st.tabs(["Built-in demo", "Upload", "From a path",
                                                                  "Architecture + weights", "Same-init family"])
 with demo_tab:
-    st.write("Two ResNet-20s on the 8x8 digits: classes 0-4 (seed 0) and 5-9 (seed 1), trained on first use "
-             "(about 15 s on two CPU cores), then cached in `$MUDSC_HOME/demo`.")
+    st.write(f"Two ResNet-20s on the 8x8 digits: {demo_tasks()}, trained on first use (about 15 s on two CPU "
+             "cores), then cached in `$MUDSC_HOME/demo`.")
     if st.button("Load the demo parents", key="load_demo", type="primary", disabled=running("demo") is not None):
         start_job("demo", train_demo)
         st.rerun()

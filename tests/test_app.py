@@ -337,9 +337,11 @@ def test_merge_page_remerges_on_alpha_and_cut(merge_session):
 
 
 def test_moving_the_cut_to_a_mid_stage_block_changes_the_metrics_and_parameters(merge_session):
+    from mudsc.diffinit.config import make_config
     from mudsc.models.multihead import cut_costs
 
-    at = open_app("merge", session=merge_session, session_key=("mid-stage",))
+    # from the whole-network merge, not the demo's first (partial) one
+    at = open_app("merge", session=merge_session, session_key=("mid-stage",), config=make_config())
     cuts = at.select_slider(key="m_cut").options
     assert cuts == [c.name for c in merge_session.graph.cuts] + ["full (whole network)"]
     full = table(at, "per-task").iloc[0]
@@ -357,6 +359,30 @@ def test_moving_the_cut_to_a_mid_stage_block_changes_the_metrics_and_parameters(
     assert any(f"Merging up to **layer2.1** shares {share['params_share']:.1%} of the parameters and "
                f"{share['flops_share']:.1%} of the FLOPs" in c.value for c in at.caption)
     assert "merged up to: layer2.1" in at.session_state["figures"]["Unit spaces and cut"].layout.title.text
+
+
+def test_demo_first_screen_shows_a_merge_above_the_best_parent(demo_parents):
+    from mudsc.diffinit.session import MergeSession
+    from mudsc.studio.demo import first_config
+
+    # as the app builds it: 1,000 statistics images, every held-out image
+    session = MergeSession.from_paths([str(p) for p in demo_parents], "digits")
+    at = open_app("merge", session=session, session_key=("demo-first",))
+    result = at.session_state["result"]
+    assert result.config == first_config(session.paths) and result.config.cut != "full"
+    rows = table(at, "per-task")
+    assert rows["model"].iloc[0].startswith("merged") and rows["model"].iloc[-1].startswith("ensemble")
+    assert rows["joint"].iloc[0] > rows["joint"].iloc[1:-1].max()  # the first merge beats the better parent
+    assert any("one small pair" in i.value for i in at.info)
+
+
+def test_other_parents_start_from_the_default_merge(merge_session):
+    from mudsc.diffinit.config import make_config
+    from mudsc.studio.demo import first_config, is_demo
+
+    assert is_demo(merge_session.paths)
+    renamed = [str(Path(p).with_name(f"copy_{Path(p).name}")) for p in merge_session.paths]
+    assert not is_demo(renamed) and first_config(renamed) == make_config()
 
 
 def test_depth_sweep_runs_in_the_background(merge_session):

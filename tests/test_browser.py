@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from mudsc.zoo.demo import DEMO
+
 try:
     from playwright.sync_api import expect
 except ImportError:  # the module-level fixture skips without Playwright
@@ -138,7 +140,9 @@ def test_demo_through_every_page(app_url, tmp_path):
         for _ in range(4):  # 4 steps of 0.05 down
             page.keyboard.press("ArrowLeft")
         t0 = time.perf_counter()
-        expect(page.get_by_text("Merged with mudsc-zip, alpha 0.3, cut full.")).to_be_visible(timeout=180_000)
+        # the demo's first merge is its partial zip (mudsc.zoo.demo.DEMO["merge"])
+        expect(page.get_by_text(f"Merged with mudsc-zip, alpha 0.3, cut {DEMO['merge']['cut']}.")).to_be_visible(
+            timeout=180_000)
         timings["alpha_update_s"] = time.perf_counter() - t0
         _settled(page)
         assert slider.get_attribute("aria-valuetext") == "0.30"
