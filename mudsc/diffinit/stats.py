@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from mudsc.distributed import Launch
 from mudsc.errors import DataError
 from mudsc.unitgraph import UnitGraph, observed
 
@@ -51,14 +52,23 @@ def correlation(sum_x: Tensor, sum_xx: Tensor, n: int, *, eps: float = 1e-7) -> 
 @torch.no_grad()
 def activation_stats(models: list[nn.Module], graph: UnitGraph, images: Tensor, *, batch_size: int = 250,
                      spaces: list[str] | None = None, device=None, sample_units: int = 512,
-                     progress: Callable[[int, int], None] | None = None) -> ActivationStats:
+                     progress: Callable[[int, int], None] | None = None,
+                     launch: Launch | None = None) -> ActivationStats:
     """One pass of `images` [n, c, h, w] through every parent, accumulating the moments of `spaces`
-    (default: all). `progress(done_images, total_images)` after each batch."""
+    (default: all). `progress(done_images, total_images)` after each batch.
+
+    In a torchrun job (`launch`) each rank takes its run of whole batches
+    (:meth:`~mudsc.distributed.Launch.batch_block`) and the float64 moment sums are summed over the
+    ranks before the correlations: every rank returns one process's statistics, to rounding. The
+    activation samples are the first ones of this rank's images (rank 0: those of one process)."""
     from mudsc.device import default_device
 
     device = default_device(device)
     if len(images) == 0:
         raise DataError("activation statistics need at least one image")
+    n_images = len(images)
+    if launch is not None:
+        images = images[launch.batch_block(n_images, batch_size)]
     names = [s.name for s in graph.spaces] if spaces is None else list(spaces)
     watched = [observed(m.to(device).eval(), graph) for m in models]
     sums: dict[str, Tensor] = {}
@@ -88,8 +98,11 @@ def activation_stats(models: list[nn.Module], graph: UnitGraph, images: Tensor, 
                 kept[name] += take.shape[1]
         if progress is not None:
             progress(min(start + batch_size, total), total)
+    if launch is not None and launch.distributed:
+        launch.sum_([sums[n] for n in names] + [prods[n] for n in names], "the sum of the activation statistics")
+        counts = dict(zip(names, launch.sum_counts([counts[n] for n in names], "the sum of the sample counts")))
     corr, mean, std = {}, {}, {}
     for name in names:
         c, m, s = correlation(sums[name], prods[name], counts[name])
         corr[name], mean[name], std[name] = c.float().cpu(), m.float().cpu(), s.float().cpu()
-    return ActivationStats(corr, mean, std, {n: torch.cat(v, 1) for n, v in samples.items()}, total, counts)
+    return ActivationStats(corr, mean, std, {n: torch.cat(v, 1) for n, v in samples.items()}, n_images, counts)
