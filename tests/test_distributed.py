@@ -311,3 +311,49 @@ def test_ranks_given_different_inputs_are_refused(tmp_path, same_init_family, ca
     err = capfd.readouterr().err
     assert "the ranks were given different checkpoints and data: rank(s) 1 differ from rank 0" in err
     assert not list(tmp_path.glob("node*/s.safetensors"))
+
+
+# ---------------------------------------------------------------------------- the studio's torchrun jobs
+def test_sweep_and_landscape_jobs_parse_back_and_land(tiny_parents, tmp_path, monkeypatch):
+    import json
+    import shlex
+
+    from landscape.result import LandscapeResult
+    from mudsc.cli import build_parser
+    from mudsc.cli.command_lines import landscape_job, sweep_job, torchrun_command
+    from mudsc.cli.merge import _config
+    from mudsc.diffinit.config import make_config
+    from mudsc.diffinit.session import MergeSession
+    from mudsc.studio.torchrun import landed_landscape, landed_plan, landed_sweep
+
+    monkeypatch.setenv("MUDSC_HOME", str(tmp_path))
+    session = MergeSession.from_paths(tiny_parents, "digits", stats_images=250)
+    config = make_config(method="mudsc-zip", alpha=0.3, zip_a=0.4)
+    job = sweep_job(session, config, alphas=[0.0, 0.5], nproc=3)
+    argv = shlex.split(job.command)
+    assert argv[:4] == ["torchrun", "--nproc-per-node=3", "-m", "mudsc"]
+    args = build_parser().parse_args(argv[4:])
+    assert args.alphas == [0.0, 0.5] and args.methods == ["mudsc-zip"] and args.parents == tiny_parents
+    assert _config(args).model_copy(update={"alpha": 0.3}) == config  # every knob but the swept one
+    assert args.out + ".json" == str(job.result) and landed_sweep(job.result) is None
+    job.result.parent.mkdir(parents=True)
+    job.result.write_text(json.dumps({"pairs": [tiny_parents], "rows": [{"method": "mudsc-zip", "alpha": 0.0}]}))
+    assert landed_sweep(job.result) == [{"method": "mudsc-zip", "alpha": 0.0}]
+
+    ls = landscape_job(session, config, others=["zipit"], plane="pca", resolution=41, bn="exact", per_task=100,
+                       nproc=2)
+    args = build_parser().parse_args(shlex.split(ls.command)[4:])
+    assert (args.methods, args.plane, args.grid, args.alpha, args.out) == (["mudsc-zip", "zipit"], "pca", 41, 0.3,
+                                                                           str(ls.result))
+    assert landed_landscape(ls.result) is None
+    res = LandscapeResult.empty([0.0, 1.0], [0.0, 1.0], ["t0"], ["m"], ["merge"], [[0.0, 0.0]], [0.0], bn_mode="exact",
+                                settings={"groups": {"m": "m"}, "segments": [["m", "m"]]})
+    res.save(ls.result)
+    assert landed_landscape(ls.result) is None  # not whole yet
+    res.update(np.arange(4), {"task_loss": np.ones((4, 1)), "task_acc": np.ones((4, 1)), "joint_loss": np.ones(4),
+                              "joint_acc": np.ones(4)})
+    res.save(ls.result)
+    landed = landed_landscape(ls.result)
+    assert landed is not None and landed_plan(landed).groups == {"m": "m"}
+    with pytest.raises(ValueError, match="expected a mudsc command"):
+        torchrun_command("python x.py", nproc=2)
