@@ -73,6 +73,11 @@ def _env(home: Path) -> dict[str, str]:
             "MUDSC_HOME": str(home), "MUDSC_DEVICE": "cpu"}
 
 
+def _errors(proc: subprocess.CompletedProcess) -> str:
+    """The mudsc error lines of a run (torchrun's own summary follows them on stderr)."""
+    return "\n".join(line for line in proc.stderr.splitlines() if "mudsc: error" in line) or proc.stderr[-2000:]
+
+
 def _torchrun(args: list[str], home: Path, cwd: Path) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node 2 -m mudsc ARGS`` (torch.distributed.run, localhost)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}",
@@ -183,10 +188,10 @@ def test_stats_command_under_torchrun(tmp_path, same_init_family):
     common = ["stats", "--model", str(tasks[0]), "--dataset", "digits", "--examples", "96", "--batch-size", "16",
               "--parts", "gram", "fisher", "--quiet"]
     two = _torchrun([*common, "--out", "two.safetensors"], tmp_path / "home", tmp_path)
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, _errors(two)
     assert two.stdout.count("two.safetensors") == 1  # rank 0 alone prints
     one = _one([*common, "--out", "one.safetensors"], tmp_path / "home", tmp_path)
-    assert one.returncode == 0, one.stderr[-2000:]
+    assert one.returncode == 0, _errors(one)
     from mudsc.sameinit.taskstats import load_stats
 
     a, b = load_stats(tmp_path / "two.safetensors"), load_stats(tmp_path / "one.safetensors")
@@ -206,16 +211,16 @@ def test_sweep_under_torchrun_writes_one_process_csv(tmp_path, tiny_parents):
     common = ["sweep", "--parents", *tiny_parents, "--dataset", "digits", "--stats-images", "250",
               "--methods", "zipit", "permute", "--alphas", "0.3", "0.7", "--quiet"]
     two = _torchrun([*common, "--out", "two"], tmp_path / "home", tmp_path)
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, _errors(two)
     one = _one([*common, "--out", "one"], tmp_path / "home", tmp_path)
-    assert one.returncode == 0, one.stderr[-2000:]
+    assert one.returncode == 0, _errors(one)
     assert len(_rows(tmp_path / "one.csv")) >= 2
     assert _rows(tmp_path / "two.csv") == _rows(tmp_path / "one.csv")
     assert two.stdout.count("joint") == one.stdout.count("joint")  # printed once, by rank 0
 
 
 # ---------------------------------------------------------------------------- landscape
-LANDSCAPE = ["--grid", "5", "--eval-images", "30", "--calib-images", "64", "--stats-images", "250",
+LANDSCAPE = ["--grid", "5", "--eval-images", "30", "--calib-images", "64", "--stats-images", "500",
              "--reset-images", "250", "--path-steps", "0", "--dataset", "digits", "--methods", "permute", "rebasin",
              "--plane", "three-point", "--bn", "exact", "--json"]
 
@@ -226,9 +231,9 @@ def test_landscape_under_torchrun_equals_one_process(tmp_path, demo_parents):
 
     args = ["landscape", "--models", *map(str, demo_parents), *LANDSCAPE]
     two = _torchrun([*args, "--out", "two.npz"], tmp_path / "home2", tmp_path)
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, _errors(two)
     one = _one([*args, "--out", "one.npz", "--no-cache"], tmp_path / "home1", tmp_path)
-    assert one.returncode == 0, one.stderr[-2000:]
+    assert one.returncode == 0, _errors(one)
     a, b = LandscapeResult.load(tmp_path / "two.npz"), LandscapeResult.load(tmp_path / "one.npz")
     assert a.complete and b.complete
     # The loop evaluates each point alone (conv net on CPU): the same numbers, whichever rank.

@@ -36,13 +36,21 @@ def launched(args: argparse.Namespace) -> Iterator[None]:
             yield
 
 
+def launch_of(args: argparse.Namespace):
+    """The command's :class:`~mudsc.distributed.Launch` (one process where no :func:`launched` set it)."""
+    from mudsc.distributed import Launch
+
+    return getattr(args, "launch", None) or Launch()
+
+
 def check_inputs(args: argparse.Namespace, paths: list[str], data_fingerprint: str) -> None:
     """Under torchrun: refuse a job whose ranks read different checkpoint files or data."""
-    if args.launch.distributed:
+    launch = launch_of(args)
+    if launch.distributed:
         from mudsc.distributed import digest
         from mudsc.models.checkpoint import sha256_file
 
-        args.launch.check_same("checkpoints and data", digest([sha256_file(p) for p in paths], data_fingerprint))
+        launch.check_same("checkpoints and data", digest([sha256_file(p) for p in paths], data_fingerprint))
 
 
 def rank_prefix(args: argparse.Namespace) -> str:

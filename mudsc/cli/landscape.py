@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from mudsc.cli.common import add_data_args, check_inputs, print_json
+from mudsc.cli.common import add_data_args, check_inputs, launch_of, print_json
 
 FIGURE_FORMATS = ("html", "png", "svg", "pdf")
 
@@ -146,7 +146,7 @@ def _landscape(args: argparse.Namespace) -> int:
                           "parents, so the three are collinear; give a second method (or --alpha2)")
 
     t0 = time.perf_counter()
-    launch = args.launch  # under torchrun: statistics, BN resets and grid points sharded over the ranks
+    launch = launch_of(args)  # under torchrun: statistics, BN resets and grid points sharded over the ranks
     session = MergeSession.from_paths(args.models, args.dataset, args.data_dir, stats_images=args.stats_images,
                                       device=args.device, launch=launch)
     check_inputs(args, args.models, session.data.fingerprint)

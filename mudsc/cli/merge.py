@@ -12,6 +12,7 @@ from mudsc.cli.common import (
     add_quiet_arg,
     bars_off,
     check_inputs,
+    launch_of,
     print_json,
     progress_bar,
 )
@@ -102,7 +103,7 @@ def _session(paths: list[str], args: argparse.Namespace, *, shard_stats: bool = 
         raise ConfigError("give --parents A.safetensors B.safetensors [...] and --dataset (or --manifest)")
     session = MergeSession.from_paths(paths, args.dataset, args.data_dir, stats_images=args.stats_images,
                                       eval_images=args.eval_images, batch_size=args.batch_size, device=args.device,
-                                      launch=args.launch if shard_stats else None)
+                                      launch=launch_of(args) if shard_stats else None)
     check_inputs(args, paths, session.data.fingerprint)
     return session
 
@@ -111,7 +112,7 @@ def _merge(args: argparse.Namespace) -> int:
     from mudsc.diffinit.manifest import read_manifest, reproduce, save_merge
 
     if args.manifest:
-        result, manifest = reproduce(read_manifest(args.manifest), args.out, device=args.device, launch=args.launch)
+        result, manifest = reproduce(read_manifest(args.manifest), args.out, device=args.device, launch=launch_of(args))
     else:
         session = _session(args.parents, args)
         units = {"statistics": "img", "sweeps": "sweep", "BN reset": "img", "evaluation": "img"}
@@ -158,7 +159,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if not sets or not all(sets):
         raise ConfigError("give --parents A B or --pairs A1,B1 A2,B2 ...")
     base = _config(args)
-    launch = args.launch
+    launch = launch_of(args)
     per_pair = []
     for paths in sets:
         # every rank merges its share of the configurations, each from the whole statistics pass

@@ -8,6 +8,7 @@ from mudsc.cli.common import (
     add_quiet_arg,
     bars_off,
     check_inputs,
+    launch_of,
     load_model_task,
     print_json,
     progress_bar,
@@ -43,6 +44,7 @@ def _stats(args: argparse.Namespace) -> int:
     from mudsc.sameinit.taskstats import compute_stats, save_stats
 
     model, data, classes = load_model_task(args)
+    launch = launch_of(args)
     check_inputs(args, [args.model], data.fingerprint)
     split = (data.train if args.split == "train" else data.eval).subset(classes)
     g = torch.Generator().manual_seed(args.seed)
@@ -51,14 +53,14 @@ def _stats(args: argparse.Namespace) -> int:
     try:
         stats = compute_stats(model, batches(split, args.batch_size, shuffle=True, generator=g),
                               examples=args.examples, fisher=args.fisher, generator=g, device=args.device,
-                              parts=args.parts, progress=update, launch=args.launch)
+                              parts=args.parts, progress=update, launch=launch)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
     meta = {"model": str(args.model), "model_sha256": sha256_file(args.model), "dataset": data.name,
             "dataset_sha256": data.fingerprint, "classes": ",".join(map(str, classes)), "split": args.split,
-            "seed": str(args.seed), "world_size": str(args.launch.world)}
-    if args.launch.main:
+            "seed": str(args.seed), "world_size": str(launch.world)}
+    if launch.main:
         save_stats(stats, args.out, meta)
     tensors = {part: len(getattr(stats, part)) for part in args.parts}
     rec = {"path": args.out, "count": stats.count, "tensors": tensors, "fisher": stats.fisher_kind,
