@@ -4,7 +4,9 @@ The key is sha256 over the bytes of every model tensor, the evaluation data's fi
 plane and grid specifications and every setting that changes the numbers (never Python's
 ``hash``, which for tensors is their identity). Partial results are stored under the same key after
 every chunk, each write atomic, so an interrupted or killed job resumes where it stopped. One writer
-per key at a time, across processes (:meth:`LandscapeCache.lock`).
+per key at a time, across processes (:meth:`LandscapeCache.lock`); in a torchrun job the other ranks
+keep their finished points in part files beside the entry (:meth:`LandscapeCache.part_path`), which
+the next writer of the key absorbs.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Callable, ContextManager, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -83,3 +86,26 @@ class LandscapeCache:
     def save(self, key: str, result: LandscapeResult) -> Path:
         result.fingerprint = key
         return result.save(self.path(key))
+
+    def part_path(self, key: str, rank: int) -> Path:
+        """Where rank `rank` of a torchrun job keeps the grid points it finished."""
+        return self.dir / f"{key}.part{rank}.npz"
+
+    def absorb_parts(self, key: str, result: LandscapeResult) -> int:
+        """Copy the finished points of every readable part file of `key` into `result`, save it as the
+        entry, delete the parts; returns the points gained. Call while holding :meth:`lock`."""
+        parts = sorted(self.dir.glob(f"{key}.part*.npz"))
+        before = int(result.done.sum())
+        for p in parts:
+            try:
+                part = LandscapeResult.load(p)
+            except CheckpointError:
+                continue
+            if part.fingerprint == key and part.done.shape == result.done.shape:
+                idx = np.flatnonzero(part.done & ~result.done)
+                result.update(idx, part.points(idx))
+        if parts:
+            self.save(key, result)
+            for p in parts:
+                p.unlink(missing_ok=True)
+        return int(result.done.sum()) - before

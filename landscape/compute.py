@@ -27,6 +27,7 @@ from landscape.grid import (
     progressive_order,
 )
 from landscape.result import LandscapeResult
+from mudsc.distributed import Launch, RankFailedError
 from mudsc.errors import ConfigError, UnknownNameError
 
 StateDict = Mapping[str, Tensor]
@@ -105,7 +106,7 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
                       on_update: Callable[[LandscapeResult], None] | None = None,
                       roles: Mapping[str, str] | None = None, names: Sequence[str] | None = None,
                       stats_from: str | None = None, method: str = "auto",
-                      autocast: bool | None = None) -> LandscapeResult:
+                      autocast: bool | None = None, launch: Launch | None = None) -> LandscapeResult:
     """Per-task and joint loss/accuracy over a plane through `models` (all in one basis).
 
     Args:
@@ -127,6 +128,10 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
         method: ``auto`` (see :func:`landscape.grid.evaluate_coords`), ``vmap`` (falls back to the
             loop if the model is not vmappable) or ``loop``.
         autocast: bf16 autocast (default: where the hardware runs bf16 natively).
+        launch: a torchrun job (:class:`mudsc.distributed.Launch`): every rank evaluates every
+            world-th missing point, keeps them in its part file of the cache, and rank 0 gathers
+            them into the result it returns and caches (other ranks return only their own points).
+            Every rank must be given the same inputs (checked through the cache key).
     """
     if not models:
         raise ConfigError("compute_landscape needs at least one model")
@@ -157,13 +162,18 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
     role_list = [(roles or {}).get(lab, "model") for lab in labels]
 
     stop = _should_stop(should_stop)
+    sharded = launch is not None and launch.distributed
+    main = not sharded or launch.main
+    if sharded:
+        launch.check_same("landscape inputs (models, data, plane, grid)", key)
     # One writer per entry across processes: a second one waits for the first, then resumes from its
     # saved points (or returns its finished result). Stopped while waiting: the saved points, read-only.
-    with cache.lock(key, should_stop=stop) if cache is not None else contextlib.nullcontext(False) as writer:
-        result = cache.load(key) if cache is not None else None
+    # In a torchrun job rank 0 is the writer; the others keep their points in part files.
+    with cache.lock(key, should_stop=stop) if cache is not None and main else contextlib.nullcontext(False) as writer:
+        result = cache.load(key) if cache is not None and main else None
         if result is not None:  # labels are not part of the key: a cached run shows today's
             result.model_roles, result.task_names = role_list, eval_set.task_names
-        if result is not None and result.complete:
+        if result is not None and result.complete and not sharded:
             if progress is not None:
                 progress(result.done.size, result.done.size)
             return result
@@ -173,7 +183,7 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
         method = check_method(method, evaluator)
         # Before any grid array is allocated: a grid that cannot fit is refused with the size it needs.
         evaluator.check_memory(len(xs) * len(ys), method=method, chunk_size=chunk_size, grid_shape=(len(ys), len(xs)))
-        if result is None:
+        if result is None and main:
             settings = {**spec, "plane_info": plane.describe(), "eval_set": eval_set.info,
                         "axis_units": "parameter-space L2 distance"}
             settings.pop("template")
@@ -181,19 +191,33 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
             result = LandscapeResult.empty(xs.numpy(), ys.numpy(), eval_set.task_names, labels,
                                            role_list, coords.numpy(), [d for _, d in placed], bn_mode=bn_mode,
                                            settings=settings, fingerprint=key)
+        if writer:  # the points the ranks of a killed torchrun job finished
+            cache.absorb_parts(key, result)
+        if sharded:  # every rank starts from rank 0's entry, so all agree on the missing points
+            result = launch.broadcast(result, "the start of the grid")
+        if result.complete:
+            if progress is not None:
+                progress(result.done.size, result.done.size)
+            return result
         total = result.done.size
-        for i, lab in enumerate(labels):
-            if torch.isnan(torch.as_tensor(result.model_joint_loss[i])):
-                result.set_model_metrics(i, evaluator.means(evaluator.state_sums(models[lab])))
+        if main:
+            for i, lab in enumerate(labels):
+                if torch.isnan(torch.as_tensor(result.model_joint_loss[i])):
+                    result.set_model_metrics(i, evaluator.means(evaluator.state_sums(models[lab])))
         order = progressive_order(len(ys), len(xs))
         todo = order[~torch.as_tensor(result.done.reshape(-1))[order]]
         already = total - len(todo)
+        if sharded:  # every world-th point of the coarse-first order: each rank sees the coarse grid early
+            todo = todo[launch.rank::launch.world]
         grid_coords = torch.as_tensor(result.coords)
 
         def on_chunk(idx: Tensor, means: dict) -> None:
             result.update(todo[idx].numpy(), means)
-            if writer:
+            if writer and not sharded:
                 cache.save(key, result)
+            elif cache is not None and sharded:
+                result.fingerprint = key
+                result.save(cache.part_path(key, launch.rank))
             if on_update is not None:
                 on_update(result)
 
@@ -204,7 +228,20 @@ def compute_landscape(template: nn.Module, models: Mapping[str, StateDict], plan
         _, used = evaluate_coords(evaluator, grid_coords[todo], method=method, chunk_size=chunk_size, progress=prog,
                                   should_stop=stop, on_chunk=on_chunk)
         result.settings["method"] = used
+        if sharded:
+            mine = todo.numpy()[result.done.reshape(-1)[todo.numpy()]]
+            try:
+                shares = launch.gather((mine, result.points(mine)), "the gather of the grid points")
+            except RankFailedError as e:
+                where = f" in {cache.dir}" if cache is not None else ""
+                raise RankFailedError(f"{e}; each rank's finished grid points stay in the cache{where}: rerun the "
+                                      "same command (any number of ranks) to compute only the missing ones") from None
+            if not main:
+                return result
+            for idx, means in shares[1:]:
+                result.update(idx, means)
         if writer:
             cache.save(key, result)
+            if sharded:
+                cache.absorb_parts(key, result)  # all in the entry now: the parts go
         return result
-

@@ -73,6 +73,12 @@ class LandscapeResult:
         self.joint_acc[iy, ix] = np.asarray(means["joint_acc"])
         self.done[iy, ix] = True
 
+    def points(self, flat_idx: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """The metrics of grid points given by flat indices, as :meth:`update` takes them."""
+        iy, ix = np.divmod(np.asarray(flat_idx, dtype=np.int64), len(self.xs))
+        return {"task_loss": self.task_loss[:, iy, ix].T, "task_acc": self.task_acc[:, iy, ix].T,
+                "joint_loss": self.joint_loss[iy, ix], "joint_acc": self.joint_acc[iy, ix]}
+
     def set_model_metrics(self, i: int, means: dict) -> None:
         self.model_task_loss[i] = np.asarray(means["task_loss"])
         self.model_task_acc[i] = np.asarray(means["task_acc"])

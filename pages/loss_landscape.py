@@ -11,9 +11,11 @@ from landscape import GridSpec, compute_landscape, make_eval_set
 from landscape.compute import PLANE_KINDS
 from landscape.figure import landscape_figure
 from landscape.frames import landscape_plan, merge_label
+from mudsc.cli.command_lines import landscape_job
 from mudsc.diffinit.rebase import is_permutation
 from mudsc.methods import names
 from mudsc.studio import figures
+from mudsc.studio.torchrun import BIG_GRID, landed_landscape, landed_plan
 from pages._state import job_status, jobs, session_key, start_job, take
 from pages._views import require_merge, show
 
@@ -130,6 +132,16 @@ def _draw(res, plan, *, key: str) -> None:
              "joint accuracy": round(float(res.model_joint_acc[i]), 3)} for i, lab in enumerate(res.model_labels)]
     st.dataframe(rows, hide_index=True)
 
+
+job = landscape_job(session, result.config, others=others, plane=plane, resolution=resolution, bn=bn, per_task=per_task)
+if job is not None and resolution >= BIG_GRID:
+    with st.expander("A big grid: run it as a torchrun job (one rank per GPU or core)"):
+        st.code(job.command, language="bash")
+        landed = landed_landscape(job.result)
+        if landed is None:
+            st.caption(f"This page opens its result when it lands in {job.result}.")
+        else:
+            _draw(landed, landed_plan(landed), key="ls_tr")
 
 view = st.session_state.get("landscape")
 if view is None or view["tag"] != tag or JOB not in jobs():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from mudsc.cli.command_lines import sweep_job
 from mudsc.data import task_label
 from mudsc.diffinit.config import make_config
 from mudsc.diffinit.sweep import grid
@@ -13,6 +14,7 @@ from mudsc.studio.demo import demo_note, first_config, is_demo
 from mudsc.studio.merge_figures import sweep_figure
 from mudsc.studio.summary import config_label
 from mudsc.studio.sweeps import sweep_with_selection
+from mudsc.studio.torchrun import BIG_SWEEP, landed_sweep
 from pages._state import (
     cached_cut_costs,
     cached_metric_rows,
@@ -171,6 +173,14 @@ for kind, col in (("alpha", alpha_col), ("cut", cut_col)):
         if done is not None:
             sweeps[kind] = {"base": jobs()[name].tag, **done}
         job_status(name, "Alpha sweep" if kind == "alpha" else "Depth sweep")
+        values = {"alphas": ALPHAS} if kind == "alpha" else {"cuts": cuts}
+        job = sweep_job(session, config, **values) if enabled else None
+        if job is not None and len(configs) >= BIG_SWEEP:
+            with st.expander("Or run it as a torchrun job"):
+                st.code(job.command, language="bash")
+                st.caption(f"Its rows are shown here when they land in {job.result}.")
+            if kind not in sweeps and (landed := landed_sweep(job.result)) is not None:
+                sweeps[kind] = {"base": base, "rows": landed}
         if kind in sweeps:
             sweep = sweeps[kind]
             fig = sweep_figure(sweep["rows"], x=kind, current=getattr(config, kind), references=references,

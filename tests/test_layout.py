@@ -14,7 +14,8 @@ PACKAGES = ("mudsc", "landscape", "pages")
 APP_PACKAGES = ("streamlit", "plotly", "kaleido", "umap")
 
 # What each room may import from the project (besides itself and mudsc's leaf modules).
-LEAVES = {"mudsc", "mudsc.errors", "mudsc.atomic", "mudsc.device", "mudsc.data", "mudsc.evaluate", "mudsc.methods"}
+LEAVES = {"mudsc", "mudsc.errors", "mudsc.atomic", "mudsc.device", "mudsc.data", "mudsc.evaluate", "mudsc.methods",
+          "mudsc.distributed"}
 ROOMS = {
     "mudsc.unitgraph": set(),
     "mudsc.models": {"mudsc.unitgraph"},

@@ -7,6 +7,7 @@ import sys
 
 # One explicit list; each module adds its sub-commands with register(subparsers).
 from mudsc.cli import evaluate, landscape, merge, merge_same, spaces, stats, zoo
+from mudsc.cli.common import launched, rank_prefix
 from mudsc.errors import MudscError
 
 COMMANDS = (zoo, evaluate, merge, merge_same, stats, landscape, spaces)
@@ -25,9 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with launched(args):  # under torchrun: this rank of the job
+            return int(args.func(args) or 0)
     except MudscError as e:
-        print(f"mudsc: error: {e}", file=sys.stderr)
+        print(f"mudsc: error: {rank_prefix(args)}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mudsc: interrupted", file=sys.stderr)

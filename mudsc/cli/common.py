@@ -2,11 +2,61 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from mudsc.errors import ConfigError
+
+
+@contextlib.contextmanager
+def launched(args: argparse.Namespace) -> Iterator[None]:
+    """Run a command as this process's part of its launch (``args.launch``, see :mod:`mudsc.distributed`).
+
+    Under torchrun every rank must have been given the same command line (refused otherwise), takes
+    its local device, and only rank 0 prints to stdout and draws progress bars.
+    """
+    from mudsc.distributed import digest, launch_from_env
+
+    with launch_from_env(args.device) as launch:
+        args.launch = launch
+        if not launch.distributed:
+            yield
+            return
+        line = {k: v for k, v in vars(args).items() if k not in ("func", "launch")}
+        launch.check_same("command lines", digest(line))
+        args.device = str(launch.device(args.device))
+        if launch.main:
+            yield
+            return
+        args.quiet = True
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            yield
+
+
+def launch_of(args: argparse.Namespace):
+    """The command's :class:`~mudsc.distributed.Launch` (one process where no :func:`launched` set it)."""
+    from mudsc.distributed import Launch
+
+    return getattr(args, "launch", None) or Launch()
+
+
+def check_inputs(args: argparse.Namespace, paths: list[str], data_fingerprint: str) -> None:
+    """Under torchrun: refuse a job whose ranks read different checkpoint files or data."""
+    launch = launch_of(args)
+    if launch.distributed:
+        from mudsc.distributed import digest
+        from mudsc.models.checkpoint import sha256_file
+
+        launch.check_same("checkpoints and data", digest([sha256_file(p) for p in paths], data_fingerprint))
+
+
+def rank_prefix(args: argparse.Namespace) -> str:
+    """``'rank 1 of 4: '`` for an error of a torchrun job's rank, else nothing."""
+    launch = getattr(args, "launch", None)
+    return f"rank {launch.rank} of {launch.world}: " if launch is not None and launch.distributed else ""
 
 
 def parse_kw(items: list[str] | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from mudsc.cli.common import add_arch_args, add_data_args, plain_specs, print_json
+from mudsc.cli.common import add_arch_args, add_data_args, check_inputs, launch_of, plain_specs, print_json
 
 FIGURE_FORMATS = ("html", "png", "svg", "pdf")
 
@@ -151,9 +151,11 @@ def _landscape(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     from mudsc.data import load_dataset
 
+    launch = launch_of(args)  # under torchrun: statistics, BN resets and grid points sharded over the ranks
     specs = plain_specs(args, args.models, load_dataset(args.dataset, args.data_dir), args.classes)
     session = MergeSession.from_paths(args.models, args.dataset, args.data_dir, stats_images=args.stats_images,
-                                      device=args.device, specs=specs)
+                                      device=args.device, specs=specs, launch=launch)
+    check_inputs(args, args.models, session.data.fingerprint)
     results = [session.merge(c) for c in configs]
     plan = landscape_plan(session, results[0], plane=kind, others=results[1:], names=names, every_parent=True,
                           seed=args.seed)
@@ -167,9 +169,12 @@ def _landscape(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = compute_landscape(template, plan.models, plan.plane, ev, grid=grid, bn_mode=args.bn,
                                chunk_size=args.chunk_size, use_cache=not args.no_cache, roles=plan.roles,
-                               stats_from=names[0], names=coord_names, progress=_progress_printer(),
-                               method=args.method, autocast=autocast)
+                               stats_from=names[0], names=coord_names,
+                               progress=_progress_printer() if launch.main else None,
+                               method=args.method, autocast=autocast, launch=launch)
     t_grid = time.perf_counter() - t0
+    if not launch.main:  # rank 0 evaluates the paths and writes the files
+        return 0
 
     t0 = time.perf_counter()
     barriers = {}

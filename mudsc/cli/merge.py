@@ -12,6 +12,8 @@ from mudsc.cli.common import (
     add_data_args,
     add_quiet_arg,
     bars_off,
+    check_inputs,
+    launch_of,
     plain_specs,
     print_json,
     progress_bar,
@@ -110,15 +112,18 @@ def _config(args: argparse.Namespace):
                        reset_images=args.reset_images, stats_positions=args.stats_positions)
 
 
-def _session(paths: list[str], args: argparse.Namespace):
+def _session(paths: list[str], args: argparse.Namespace, *, shard_stats: bool = True):
+    """The session of `paths`; under torchrun (`shard_stats`) its statistics and BN resets are sharded."""
     from mudsc.diffinit.session import MergeSession
     from mudsc.errors import ConfigError
 
     if not paths or not args.dataset:
         raise ConfigError("give --parents A.safetensors B.safetensors [...] and --dataset (or --manifest)")
-    return MergeSession.from_paths(paths, args.dataset, args.data_dir, stats_images=args.stats_images,
-                                   eval_images=args.eval_images, batch_size=args.batch_size, device=args.device,
-                                   specs=_specs(paths, args))
+    session = MergeSession.from_paths(paths, args.dataset, args.data_dir, stats_images=args.stats_images,
+                                      eval_images=args.eval_images, batch_size=args.batch_size, device=args.device,
+                                      specs=_specs(paths, args), launch=launch_of(args) if shard_stats else None)
+    check_inputs(args, paths, session.data.fingerprint)
+    return session
 
 
 def _specs(paths: list[str], args: argparse.Namespace) -> list[dict | None]:
@@ -131,7 +136,7 @@ def _merge(args: argparse.Namespace) -> int:
     from mudsc.diffinit.manifest import read_manifest, reproduce, save_merge
 
     if args.manifest:
-        result, manifest = reproduce(read_manifest(args.manifest), args.out, device=args.device)
+        result, manifest = reproduce(read_manifest(args.manifest), args.out, device=args.device, launch=launch_of(args))
     else:
         session = _session(args.parents, args)
         units = {"statistics": "img", "sweeps": "sweep", "BN reset": "img", "evaluation": "img"}
@@ -185,26 +190,34 @@ def _sweep(args: argparse.Namespace) -> int:
     if not sets or not all(sets):
         raise ConfigError("give --parents A B or --pairs A1,B1 A2,B2 ...")
     base = _config(args)
+    launch = launch_of(args)
     per_pair, selections = [], []
     for paths in sets:
-        session = _session(paths, args)
+        # every rank merges its share of the configurations, each from the whole statistics pass
+        session = _session(paths, args, shard_stats=False)
         cuts = args.cuts
         if cuts == ["all"]:
             cuts = [c.name for c in session.graph.cuts] + ["full"]
-        configs = grid(base, methods=args.methods, alphas=args.alphas, cuts=cuts)
+        every = grid(base, methods=args.methods, alphas=args.alphas, cuts=cuts)
+        configs = launch.share(every)
         bar, update = progress_bar("configurations", unit="config", disable=bars_off(args))
 
         def report(desc: str, fraction: float) -> None:  # before each config: name the one running
             bar.set_postfix_str(desc, refresh=False)
             update(round(fraction * len(configs)), len(configs))
         try:
-            per_pair.append(run_sweep(session, configs, progress=report))
+            rows = run_sweep(session, configs, progress=report)
         finally:
             bar.close()
-        if args.select_on:
-            metric = args.select_metric.replace("-", "_") + "_acc"
-            selections.append(select_on_train(session, configs, per_pair[-1], metric=metric,
-                                              images=args.select_images))
+        shares = launch.gather(rows, "the gather of the sweep's rows")
+        if launch.main:
+            per_pair.append(launch.unshare(shares))
+            if args.select_on:  # on rank 0, over every configuration: the choice is one process's
+                metric = args.select_metric.replace("-", "_") + "_acc"
+                selections.append(select_on_train(session, every, per_pair[-1], metric=metric,
+                                                  images=args.select_images))
+    if not launch.main:
+        return 0
     rows = aggregate(per_pair) if len(per_pair) > 1 else per_pair[0]
     selected = aggregate_selections(selections) if selections else None
     prefix = Path(args.out)

@@ -3,7 +3,16 @@ from __future__ import annotations
 
 import argparse
 
-from mudsc.cli.common import add_model_task_args, add_quiet_arg, bars_off, load_model_task, print_json, progress_bar
+from mudsc.cli.common import (
+    add_model_task_args,
+    add_quiet_arg,
+    bars_off,
+    check_inputs,
+    launch_of,
+    load_model_task,
+    print_json,
+    progress_bar,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +44,8 @@ def _stats(args: argparse.Namespace) -> int:
     from mudsc.sameinit.taskstats import compute_stats, save_stats
 
     model, data, classes = load_model_task(args)
+    launch = launch_of(args)
+    check_inputs(args, [args.model], data.fingerprint)
     split = (data.train if args.split == "train" else data.eval).subset(classes)
     g = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -42,14 +53,15 @@ def _stats(args: argparse.Namespace) -> int:
     try:
         stats = compute_stats(model, batches(split, args.batch_size, shuffle=True, generator=g),
                               examples=args.examples, fisher=args.fisher, generator=g, device=args.device,
-                              parts=args.parts, progress=update)
+                              parts=args.parts, progress=update, launch=launch)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
     meta = {"model": str(args.model), "model_sha256": sha256_file(args.model), "dataset": data.name,
             "dataset_sha256": data.fingerprint, "classes": ",".join(map(str, classes)), "split": args.split,
-            "seed": str(args.seed)}
-    save_stats(stats, args.out, meta)
+            "seed": str(args.seed), "world_size": str(launch.world)}
+    if launch.main:
+        save_stats(stats, args.out, meta)
     tensors = {part: len(getattr(stats, part)) for part in args.parts}
     rec = {"path": args.out, "count": stats.count, "tensors": tensors, "fisher": stats.fisher_kind,
            "seconds": round(seconds, 2)}

@@ -12,6 +12,7 @@ from typing import Iterable, Protocol
 import torch
 from torch import Tensor, nn
 
+from mudsc.distributed import Launch
 from mudsc.errors import CheckpointError, ConfigError, DataError, ShapeMismatchError
 from mudsc.models.multihead import UNMERGE
 from mudsc.unitgraph import UnitGraph, check_params
@@ -117,13 +118,16 @@ def fuse(sds: list[dict[str, Tensor]], graph: UnitGraph, matches: dict[str, Matc
     return out
 
 
-def reset_bn_stats_(model: nn.Module, batches: Iterable[Tensor], *, device: str | torch.device | None = None
-                    ) -> nn.Module:
+def reset_bn_stats_(model: nn.Module, batches: Iterable[Tensor], *, device: str | torch.device | None = None,
+                    launch: Launch | None = None) -> nn.Module:
     """Recompute every BatchNorm's running statistics as plain averages over `batches` (one pass,
     no grad), the reset ZipIt! and MuDSC apply to parents and merges (from REPAIR, Jordan et al.,
     2023). Only BatchNorm layers run in train mode, so dropout does not perturb the statistics; the
     model ends in eval mode with its momenta restored. Items of `batches` may be ``(x, y)`` pairs.
-    With `device`, the model moves there first; inputs follow the model's device."""
+    With `device`, the model moves there first; inputs follow the model's device.
+
+    In a torchrun job (`launch`) batch ``i`` is rank ``i mod world``'s, and the per-rank averages are
+    pooled, weighted by their batch counts, into one process's averages (to float32 rounding)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return model.eval()
@@ -140,7 +144,7 @@ def reset_bn_stats_(model: nn.Module, batches: Iterable[Tensor], *, device: str 
     seen = 0
     try:
         with torch.no_grad():
-            for x in batches:
+            for x in (batches if launch is None else launch.strided(batches)):
                 x = x[0] if isinstance(x, (tuple, list)) else x
                 model(x.to(dev, p.dtype) if p is not None and x.is_floating_point() else x.to(dev))
                 seen += 1
@@ -148,6 +152,22 @@ def reset_bn_stats_(model: nn.Module, batches: Iterable[Tensor], *, device: str 
         for m, mom in zip(bns, momenta):
             m.momentum = mom
         model.eval()
+    if launch is not None and launch.distributed:
+        seen = _pool_bn_stats_(bns, seen, launch)
     if not seen:
         raise DataError("reset_bn_stats_: no batches to recompute BatchNorm statistics from")
     return model
+
+
+def _pool_bn_stats_(bns: list[nn.modules.batchnorm._BatchNorm], seen: int, launch: Launch) -> int:
+    """Every rank's plain averages over its `seen` batches -> the average over all ranks' batches."""
+    stats = [b for m in bns for b in (m.running_mean, m.running_var) if b is not None]
+    sums = [b.double() * seen for b in stats]
+    total = launch.sum_counts([seen], "the count of BatchNorm batches")[0]
+    launch.sum_(sums, "the sum of the BatchNorm statistics")
+    for b, s in zip(stats, sums):
+        b.copy_(s / max(total, 1))
+    for m in bns:
+        if m.num_batches_tracked is not None:
+            m.num_batches_tracked.fill_(total)
+    return total

@@ -19,6 +19,7 @@ from mudsc.atomic import atomic_path
 from mudsc.data import reload_name
 from mudsc.diffinit.config import MergeConfig
 from mudsc.diffinit.session import MergeResult, MergeSession
+from mudsc.distributed import Launch
 from mudsc.errors import CheckpointError, ConfigError
 from mudsc.models.checkpoint import META_KEY, safetensors_bytes, sha256_file
 
@@ -48,6 +49,7 @@ def save_merge(result: MergeResult, session: MergeSession, out_dir: str | Path) 
 
     Both files are written in full under temporary names before either is renamed into place, so a
     failed write (a full disk raises :class:`~mudsc.errors.DiskFullError`) leaves an earlier export as it was.
+    In a torchrun job (``session.launch``) only rank 0 writes; the manifest records the world size.
     """
     if result.config.method == "ensemble":
         raise ConfigError("the ensemble is an upper bound, not a merged model; nothing to export")
@@ -73,11 +75,14 @@ def save_merge(result: MergeResult, session: MergeSession, out_dir: str | Path) 
                     "batch_size": session.batch_size},
         "versions": {"mudsc": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "device": str(session.device),
+        "world_size": session.launch.world if session.launch is not None else 1,
         "metrics": result_summary(result, session),
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "transforms": result.transforms(),
     }
     manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True, default=float).encode()
+    if session.launch is not None and not session.launch.main:
+        return manifest
     with atomic_path(out / "model.safetensors", size=len(model_bytes)) as model_tmp:
         model_tmp.write_bytes(model_bytes)
         with atomic_path(out / "manifest.json", size=len(manifest_bytes)) as manifest_tmp:
@@ -113,8 +118,10 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def reproduce(manifest: dict[str, Any], out_dir: str | Path, *, device=None) -> tuple[MergeResult, dict]:
-    """Redo the merge a manifest describes (parents checked against their sha256) and export it."""
+def reproduce(manifest: dict[str, Any], out_dir: str | Path, *, device=None,
+              launch: Launch | None = None) -> tuple[MergeResult, dict]:
+    """Redo the merge a manifest describes (parents checked against their sha256) and export it;
+    `launch` shards its statistics over a torchrun job's ranks."""
     for parent in manifest["parents"]:
         if not Path(parent["path"]).is_file():
             raise CheckpointError(f"manifest parent {parent['path']} does not exist")
@@ -131,7 +138,7 @@ def reproduce(manifest: dict[str, Any], out_dir: str | Path, *, device=None) -> 
     session = MergeSession.from_paths([p["path"] for p in manifest["parents"]],
                                       reload_name(data["name"], data["source"]), data.get("data_dir"), stats_images=sess["stats_images"],
                                       eval_images=sess["eval_images"], batch_size=sess["batch_size"], device=device,
-                                      specs=[p.get("spec") for p in manifest["parents"]])
+                                      specs=[p.get("spec") for p in manifest["parents"]], launch=launch)
     if session.data.fingerprint != data["sha256"]:
         raise CheckpointError("the data set differs from the one the manifest was made with (sha256 differs)")
     result = session.merge(MergeConfig.model_validate(manifest["config"]))

@@ -17,6 +17,7 @@ from mudsc.diffinit.fuse import fuse, head_state, reset_bn_stats_
 from mudsc.diffinit.memory import check_merge_memory, merge_memory
 from mudsc.diffinit.solve import Solution, solve
 from mudsc.diffinit.stats import ActivationStats, activation_stats
+from mudsc.distributed import Launch
 from mudsc.errors import ConfigError, DataError
 from mudsc.evaluate import TaskMetrics, count_flops, multitask_metrics, predict
 from mudsc.models.heads import shares_output_space
@@ -92,10 +93,13 @@ class MergeSession:
         stats_images: images for activation statistics (default 1,000).
         eval_images: held-out images for evaluation (default: all of them).
         batch_size: images per forward pass.
+        launch: a torchrun job (:class:`mudsc.distributed.Launch`): the statistics pass and the
+            BatchNorm resets are sharded over its ranks (every rank merges the same configs).
     """
 
     def __init__(self, parents: list[nn.Module], data: Dataset, *, stats_images: int = 1000,
-                 eval_images: int | None = None, batch_size: int = 250, device=None) -> None:
+                 eval_images: int | None = None, batch_size: int = 250, device=None,
+                 launch: Launch | None = None) -> None:
         _check_parents(parents)
         self.parents = [p.eval() for p in parents]
         self.tasks = [tuple(p.classes) for p in parents]
@@ -103,6 +107,7 @@ class MergeSession:
             check_tasks(self.tasks)
         self.data = data
         self.device = default_device(device)
+        self.launch = launch
         self.batch_size = int(batch_size)
         if stats_images < self.batch_size:
             raise ConfigError(f"--stats-images {stats_images} is fewer than one batch ({self.batch_size} images); "
@@ -159,7 +164,8 @@ class MergeSession:
                     steps("statistics", done, total)
             self._act[key] = activation_stats(self.parents, self.graph, self.train.x[: self.stats_images],
                                               batch_size=self.batch_size, device=self.device, positions=positions,
-                                              seed=key[1], progress=cb if progress or steps else None)
+                                              seed=key[1], progress=cb if progress or steps else None,
+                                              launch=self.launch)
             self.timings["stats"] = time.perf_counter() - t0
         return self._act[key]
 
@@ -225,7 +231,8 @@ class MergeSession:
             if progress:
                 progress("BatchNorm reset", 0.0)
             reset_bn_stats_(model, batches(self.train.head(config.reset_images), self.batch_size,
-                                           progress=stage_steps(steps, "BN reset")), device=self.device)
+                                           progress=stage_steps(steps, "BN reset")), device=self.device,
+                            launch=self.launch)
             timings["bn_reset"] = time.perf_counter() - t0
             state = _refresh(state, model, config.cut != "full")
         result = self._finish(config, model, state, solution, spaces, timings, progress, steps)

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from mudsc.distributed import Launch
 from mudsc.errors import DataError
 from mudsc.unitgraph import UnitGraph, observed
 
@@ -100,12 +101,13 @@ def add_products_(acc: Tensor, rows: list[Tensor], *, chunk_size: int = CHUNK) -
 @torch.no_grad()
 def accumulate_moments(models: list[nn.Module], graph: UnitGraph, images: Tensor, *, batch_size: int = 250,
                        spaces: list[str] | None = None, device=None, sample_units: int = 512,
-                       positions: int | None = None, seed: int = 0, chunk_size: int = CHUNK,
+                       positions: int | None = None, seed: int = 0, offset: int = 0, chunk_size: int = CHUNK,
                        progress: Callable[[int, int], None] | None = None) -> MomentSums:
     """One pass of `images` [n, c, h, w] through every parent, summing the moments of `spaces` (default:
     all). `positions` keeps that many spatial positions per image and tap (None: all); the draw of
-    the batch starting at image s uses a generator seeded with (seed, s), so it does not depend on
-    which other batches a pass takes. `progress(done_images, total_images)` after each batch."""
+    the batch starting at image s uses a generator seeded with (seed, offset + s), `offset` being the
+    index of ``images[0]`` in the whole pass, so it does not depend on which other batches a pass (or
+    a rank of a torchrun job) takes. `progress(done_images, total_images)` after each batch."""
     from mudsc.device import default_device
 
     device = default_device(device)
@@ -124,7 +126,7 @@ def accumulate_moments(models: list[nn.Module], graph: UnitGraph, images: Tensor
     for start in range(0, total, batch_size):
         x = images[start:start + batch_size].to(device)
         per_parent = [w(x)[1] for w in watched]
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + start) if positions is not None else None
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + offset + start) if positions is not None else None
         for name in names:
             space = graph.space(name)
             index = []
@@ -166,8 +168,22 @@ def finalise(m: MomentSums) -> ActivationStats:
 def activation_stats(models: list[nn.Module], graph: UnitGraph, images: Tensor, *, batch_size: int = 250,
                      spaces: list[str] | None = None, device=None, sample_units: int = 512,
                      positions: int | None = None, seed: int = 0,
-                     progress: Callable[[int, int], None] | None = None) -> ActivationStats:
-    """:func:`accumulate_moments` then :func:`finalise` (see there for the options)."""
-    return finalise(accumulate_moments(models, graph, images, batch_size=batch_size, spaces=spaces, device=device,
-                                       sample_units=sample_units, positions=positions, seed=seed,
-                                       progress=progress))
+                     progress: Callable[[int, int], None] | None = None,
+                     launch: Launch | None = None) -> ActivationStats:
+    """:func:`accumulate_moments` then :func:`finalise` (see there for the options).
+
+    In a torchrun job (`launch`) each rank takes its run of whole batches
+    (:meth:`~mudsc.distributed.Launch.batch_block`) and the float64 moment sums are summed over the
+    ranks before the correlations: every rank returns one process's statistics, to rounding. The
+    activation samples are the first ones of this rank's images (rank 0: those of one process)."""
+    n_images = len(images)
+    block = launch.batch_block(n_images, batch_size) if launch is not None else slice(0, n_images)
+    m = accumulate_moments(models, graph, images[block], batch_size=batch_size, spaces=spaces, device=device,
+                           sample_units=sample_units, positions=positions, seed=seed, offset=block.start,
+                           progress=progress)
+    if launch is not None and launch.distributed:
+        names = list(m.sum_x)
+        launch.sum_([m.sum_x[n] for n in names] + [m.sum_xx[n] for n in names], "the sum of the activation statistics")
+        counts = dict(zip(names, launch.sum_counts([m.count[n] for n in names], "the sum of the sample counts")))
+        m = MomentSums(m.sum_x, m.sum_xx, counts, n_images, m.samples)
+    return finalise(m)

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from mudsc.device import default_device
+from mudsc.distributed import Launch
 from mudsc.errors import CheckpointError, ConfigError, DataError
 
 STATS_FORMAT = "mudsc.taskstats/1"
@@ -182,7 +183,8 @@ def _per_example_sq_grads(model: nn.Module, params: dict[str, Tensor], x: Tensor
 def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, examples: int = 1000,
                   fisher: str = "sampled", per_example: str = "vmap", chunk_size: int | None = None,
                   generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                  parts: Collection[str] = PARTS, progress: Callable[[int, int], None] | None = None) -> TaskStats:
+                  parts: Collection[str] = PARTS, progress: Callable[[int, int], None] | None = None,
+                  launch: Launch | None = None) -> TaskStats:
     """Gram, K-FAC factor and diagonal Fisher of `model` over the first `examples` of `batches`.
 
     Args:
@@ -196,6 +198,9 @@ def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
         device: where to compute; default :func:`mudsc.device.default_device`.
         parts: which of ``gram``, ``grad``, ``fisher`` to compute; the others stay empty.
         progress: ``progress(done_examples, examples)`` after each batch.
+        launch: a torchrun job (:class:`mudsc.distributed.Launch`): batch ``i`` is rank ``i mod world``'s;
+            the others only advance `generator` past its label draws, and the float64 sums are
+            summed over the ranks before the means, so every rank returns one process's statistics.
     """
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
@@ -215,13 +220,17 @@ def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
     model.eval().to(dev)
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
     sq = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in params.items()}
-    seen = 0
+    seen = own = 0
     try:
         with _recording(model) as rec:
-            for x, y in batches:
+            for i, (x, y) in enumerate(batches):
                 take = min(len(x), examples - seen)
                 if take <= 0:
                     break
+                if launch is not None and not launch.owns(i):
+                    _skip_draws(gen, take, len(output_classes), fisher)
+                    seen += take
+                    continue
                 x = x[:take].to(dev)
                 target = label_columns(y[:take], tuple(output_classes)).to(dev)
                 rec.active = "gram" in parts or "grad" in parts
@@ -241,10 +250,13 @@ def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
                                                       chunk_size=chunk_size).items():
                         sq[k] += v
                 seen += take
+                own += 1
                 if progress is not None:
                     progress(seen, examples)
     finally:
         model.train(was_training)
+    if launch is not None and launch.distributed:
+        _sum_over_ranks(launch, rec, sq, parts, own)
     if seen == 0:
         raise DataError("statistics: the data yielded no examples")
     return TaskStats(
@@ -254,6 +266,26 @@ def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
         fisher={k: (v / seen).cpu() for k, v in sq.items()} if "fisher" in parts else {},
         bias={k: b for k, b in rec.bias.items() if k in rec.gram},
     )
+
+
+def _skip_draws(gen: torch.Generator, rows: int, classes: int, fisher: str) -> None:
+    """Advance `gen` past the label draws of a batch another rank takes: the same multinomial call on
+    a tensor of the same shape and dtype consumes the same random numbers."""
+    if fisher == "sampled":
+        torch.multinomial(torch.ones(rows, classes, dtype=torch.float64), 1, generator=gen)
+
+
+def _sum_over_ranks(launch: Launch, rec: _Recorder, sq: dict[str, Tensor], parts: Collection[str],
+                    own: int) -> None:
+    """Sum every rank's float64 moment sums and row counts in place (one all_reduce each)."""
+    if launch.sum_counts([own > 0], "the count of ranks with examples")[0] < launch.world:
+        raise ConfigError(f"statistics: some of the {launch.world} ranks got no batch; use more examples, a smaller "
+                          "batch or fewer ranks")
+    grams, grads = sorted(rec.gram), sorted(rec.grad)
+    rec.rows.update(zip(grams, launch.sum_counts([rec.rows[k] for k in grams], "the sum of the row counts")))
+    sums = [rec.gram[k] for k in grams] + [rec.grad[k] for k in grads] + ([sq[k] for k in sorted(sq)]
+                                                                           if "fisher" in parts else [])
+    launch.sum_(sums, "the sum of the statistics")
 
 
 def save_stats(stats: TaskStats, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
