@@ -81,20 +81,23 @@ def main() -> None:
     names = [c["name"] for c in cuts if c["name"] != "full"]
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "mudsc.cli", "sweep", "--parents", *paths, *common, "--methods", "weight-avg",
-                    "permute", "zipit", "mudsc-zip", "ensemble", "--cuts", *names, "--stats-images",
+                    "permute", "zipit", "mudsc-zip", "--cuts", *names, "--stats-images",
                     str(args.stats_images), "--reset-images", str(args.stats_images), "--eval-images",
                     str(args.eval_images), "--quiet", "--out", str(out / "sweep")], check=True)
     t_sweep = time.perf_counter() - t0
+    # the sweep leaves the ensemble out; one merge's metrics carry it and the parents' accuracies
+    one = json.loads(subprocess.run([sys.executable, "-m", "mudsc.cli", "merge", "--parents", *paths, *common,
+                                     "--method", "zipit", "--cut", names[0], "--stats-images", str(args.stats_images),
+                                     "--eval-images", str(args.eval_images), "--quiet", "--json", "--out",
+                                     str(out / "one")], check=True, capture_output=True, text=True).stdout)
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     print(f"\ntrain {t_train:.0f} s ({args.steps} steps x 2 parents), sweep {t_sweep:.0f} s\n")
+    print("parents' own-task accuracy:", ", ".join(f"{p['own_task_acc']:.4f}" for p in one["parents"]))
     print("| method | cut | joint | per-task | params merged |\n|---|---|---|---|---|")
-    seen = set()
+    ens = one["ensemble"]
+    print(f"| ensemble | - | {ens['joint_acc']:.4f} | {ens['per_task_acc']:.4f} | - |")
     for r in rows:
-        key = (r["method"], r["cut"] if r["method"] != "ensemble" else "-")
-        if key in seen:
-            continue
-        seen.add(key)
-        print(f"| {key[0]} | {key[1]} | {r['joint_acc']:.4f} | {r['per_task_acc']:.4f} | "
+        print(f"| {r['method']} | {r['cut']} | {r['joint_acc']:.4f} | {r['per_task_acc']:.4f} | "
               f"{r['merged_params_share']:.0%} |")
 
 

@@ -49,7 +49,7 @@ def test_user_network_loads_and_shows_its_coverage(user_files):
     parents = at.session_state["parents"]
     assert len(parents) == 1 and tuple(parents[0].model.classes) == (0, 1, 2, 3, 4)
     name, share, rows = at.session_state["plain_coverage"]
-    assert 0 < share < 1 and {r["tensor"] for r in rows} >= {"body.0.weight", "body.5.weight"}
+    assert share == 1.0 and all(r["in a unit space"] for r in rows) and {r["tensor"] for r in rows} >= {"body.0.weight", "body.5.weight"}
     assert any(md.value.startswith("**Unit-space coverage") for md in at.markdown)
     assert any("runs its code" in w.value for w in at.warning)
     assert unkeyed_widgets(at) == []
@@ -79,10 +79,12 @@ def test_bad_inputs_are_errors_that_keep_the_state(user_files, case, expect):
 
 
 def test_uploaded_python_is_refused(user_files):
+    from mudsc.errors import CheckpointError
+    from mudsc.studio.parent_sources import store_upload
+
     at = open_app()
-    at.text_input(key="plain_arch").set_value(f"{user_files['code']}:make_net")
-    at.text_input(key="plain_classes").set_value("0-4")
     at.file_uploader(key="plain_upload").upload("evil.py", b"import os\n").run()
-    at.button(key="add_plain").click().run()
-    assert any("uploaded Python is never imported" in e.value for e in at.error), [e.value for e in at.error]
-    assert at.session_state["parents"] == []
+    # the weights uploader takes checkpoints only; the engine refuses Python even if it got through
+    assert any("Invalid file extension: `.py`" in str(e.value) for e in at.exception)
+    with pytest.raises(CheckpointError, match="uploaded Python is never imported"):
+        store_upload("evil.py", b"import os\n", root=user_files["code"].parent, max_bytes=1 << 20)

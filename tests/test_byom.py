@@ -181,7 +181,9 @@ def test_a_pickled_object_is_refused(tmp_path):
     from mudsc.models.checkpoint import read_state_dict
 
     f = tmp_path / "obj.pt"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "cfg": textwrap}, f)  # a module object: code, not data
+    import argparse
+
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "cfg": argparse.Namespace(lr=0.1)}, f)  # an object, not data
     with pytest.raises(CheckpointError, match="weights_only=True"):
         read_state_dict(f)
 

@@ -112,7 +112,7 @@ def plain_specs(args: argparse.Namespace, paths: list[str], data, classes: list[
     """Per parent, the spec its plain state dict loads with (None for mudsc checkpoints), from
     :func:`add_arch_args`' options and the parents' tasks `classes`."""
     from mudsc.data import parse_classes
-    from mudsc.models.external import plain_specs as specs
+    from mudsc.models.plain import plain_specs as specs
 
     def listed(v):
         return None if v is None else v if isinstance(v, list) else [v]
