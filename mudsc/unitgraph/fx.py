@@ -74,7 +74,7 @@ def fx_graph(model: nn.Module, leaves: tuple[str, ...]) -> fx.GraphModule:
             inside = f" inside module {where[0]}" if where else ""
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise ConfigError(f"{type(model).__name__} does not trace with torch.fx{inside}: {type(e).__name__}: "
-                              f"{first}; add that module to leaf_modules or write the unit graph by hand "
+                              f"{first}; add that module to leaf_modules or give a hand-written spec "
                               "(UnitGraph.from_dict; README, 'Models torch.fx cannot trace')") from None
     return fx.GraphModule(model, graph)
 
