@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from mudsc.data import task_label
 from mudsc.errors import CheckpointError
 from mudsc.models.checkpoint import load_model, read_state_dict, sha256_file
 from mudsc.models.heads import body_of
@@ -73,7 +74,7 @@ def check_family(family: Family) -> list[dict]:
                                   f"{dist:.2f} of the base's norm away (fine-tuned models stay within {FAR}), "
                                   "as far as an independent initialisation; merge different-init parents on the "
                                   "Merge page instead")
-        rows.append({"task model": name, "task": ",".join(map(str, model.classes)),
+        rows.append({"task model": name, "task": task_label(model.classes),
                      "base recorded": "yes" if recorded else "no (weights checked)",
                      "distance to base": round(dist, 4)})
     return rows
