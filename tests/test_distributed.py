@@ -236,9 +236,10 @@ def test_landscape_under_torchrun_equals_one_process(tmp_path, demo_parents):
     assert one.returncode == 0, _errors(one)
     a, b = LandscapeResult.load(tmp_path / "two.npz"), LandscapeResult.load(tmp_path / "one.npz")
     assert a.complete and b.complete
-    # The loop evaluates each point alone (conv net on CPU): the same numbers, whichever rank.
+    # The merges' BatchNorm resets pool per-rank float32 averages, so the merged weights (and the plane)
+    # differ at float32 rounding; the grid evaluation itself is bit for bit (see the resume test below).
     for field in ("task_loss", "task_acc", "joint_loss", "model_task_loss", "model_coords"):
-        np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-4, atol=1e-6)
     assert not list((tmp_path / "home2" / "landscape").glob("*.part*.npz"))  # parts absorbed into the entry
 
 
