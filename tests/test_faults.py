@@ -180,6 +180,34 @@ def _pair_session(tmp_path, seeds):
     return make(), make
 
 
+@pytest.mark.timeout(60)
+def test_tracing_a_model_while_another_thread_runs_forward_passes():
+    # fx patches nn.Module for the whole process while it traces; a session's page tracing a cut while
+    # another session's job evaluates a model once made that evaluation fail
+    from mudsc.unitgraph import trace
+
+    busy, stop, errors = _mlp(), threading.Event(), []
+    x = torch.randn(16, 1, 8, 8)
+    expected = busy(x)
+
+    def forwards():
+        try:
+            while not stop.is_set():
+                assert torch.equal(busy(x), expected)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    worker = threading.Thread(target=forwards)
+    worker.start()
+    try:
+        graphs = [trace(_mlp()) for _ in range(30)]
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not errors, errors[:1]
+    assert len({len(g.spaces) for g in graphs}) == 1 and graphs[0].spaces
+
+
 @pytest.mark.timeout(240)
 def test_two_sessions_merging_different_parents_at_once_each_see_only_their_own(tmp_path):
     import streamlit as st

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 
 import torch
 import torch.fx as fx
@@ -19,17 +20,36 @@ def class_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+_TRACE_LOCK = threading.Lock()  # fx patches nn.Module process-wide while it traces: one trace at a time
+
+
 class _Tracer(fx.Tracer):
     """torch.nn modules plus any module whose class (or a base class) is named in `leaves` are leaves;
-    buffers become ``get_attr`` nodes so graphs keep sharing them."""
+    buffers become ``get_attr`` nodes so graphs keep sharing them.
+
+    While fx traces, ``nn.Module.__call__`` and ``__getattr__`` are patched for the whole process, so a
+    forward pass on another thread (another studio session's merge) would be recorded into this trace
+    and fail. Module calls and attributes from other threads pass straight through instead.
+    """
 
     def __init__(self, leaves: frozenset[str]) -> None:
         super().__init__()
         self.leaves = leaves
         self.proxy_buffer_attributes = True
+        self.thread = threading.get_ident()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return super().is_leaf_module(m, qualname) or any(class_name(c) in self.leaves for c in type(m).__mro__)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        if threading.get_ident() != self.thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val, parameter_proxy_cache: dict):
+        if threading.get_ident() != self.thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
 class _Modes:
@@ -51,7 +71,8 @@ def fx_graph(model: nn.Module, leaves: tuple[str, ...]) -> fx.GraphModule:
     """`model` traced in eval mode (train-only branches such as drop-path stay out of the graph)."""
     with _Modes(model):
         try:
-            graph = _Tracer(frozenset(leaves)).trace(model)
+            with _TRACE_LOCK:
+                graph = _Tracer(frozenset(leaves)).trace(model)
         except Exception as e:  # fx raises many kinds on untraceable code
             raise ConfigError(f"{type(model).__name__} does not trace with torch.fx ({type(e).__name__}: {e}); "
                               "add its blocks to leaf_modules or give a hand-written spec (UnitGraph.from_dict)"
