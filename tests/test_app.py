@@ -496,7 +496,7 @@ def test_server_health():
 # ----------------------------------------------------------------------------- load and faults on the Merge page
 
 def _progress_texts(at: AppTest) -> list[str]:
-    return [p.proto.progress.text for p in at.get("progress")]
+    return [p.proto.text for p in at.get("progress")]
 
 
 def test_a_merge_waits_in_line_for_the_servers_job_slot_and_says_so(merge_session):
