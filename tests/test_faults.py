@@ -531,3 +531,17 @@ def test_out_of_memory_in_a_job_is_one_clear_line_and_the_next_job_runs(error):
     if str(error):
         assert "Tried to allocate 2.00 GiB" in job.error
     assert Job("next", lambda p, c: 42).start().wait(10).result == 42
+
+
+@pytest.mark.timeout(120)
+def test_a_merge_session_keeps_only_its_newest_merges_within_its_memory_budget(tmp_path, monkeypatch):
+    import mudsc.diffinit.session as session_mod
+    from mudsc.diffinit.config import make_config
+
+    session, _ = _pair_session(tmp_path, (5, 6))
+    first = session.merge(make_config(method="zipit"))
+    monkeypatch.setattr(session_mod, "RESULTS_BYTES", 2 * session_mod._nbytes(first))  # room for two merges
+    configs = [make_config(method="mudsc-zip", alpha=a) for a in (0.2, 0.4, 0.6)]
+    results = [session.merge(c) for c in configs]
+    assert session.cached(make_config(method="zipit")) is None and session.cached(configs[0]) is None
+    assert session.cached(configs[1]) is results[1] and session.cached(configs[2]) is results[2]

@@ -12,7 +12,7 @@ from mudsc.diffinit.config import MergeConfig
 from mudsc.diffinit.session import MergeResult, MergeSession, Steps
 
 Progress = Callable[[str, float], None]
-AHEAD_MAX_S = 1.0  # merge ahead only where one merge takes at most this long (small pairs)
+AHEAD_MAX_S = 5.0  # merge ahead only where one merge takes at most this long (small pairs; two busy cores)
 
 
 def stage_progress(progress: Progress) -> Steps:
