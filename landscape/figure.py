@@ -11,6 +11,7 @@ CI machine) png/svg/pdf are drawn with matplotlib instead, and :func:`write_figu
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from plotly.subplots import make_subplots
 
 from landscape.barrier import PathResult
 from landscape.result import LandscapeResult
+from mudsc.atomic import write_bytes
 from mudsc.errors import ConfigError
-from mudsc.studio.figure_export import STATIC_FORMATS, static_image
+from mudsc.studio.figure_export import STATIC_FORMATS, figure_html, static_image
 
 SYMBOLS = {"parent": ("circle", "o"), "merge": ("star", "*"), "model": ("diamond", "D")}
 # Parents of one group in turn (parent 0', parent 1', ...), so A' and B' differ at a glance.
@@ -338,16 +340,15 @@ def write_figure(result: LandscapeResult, stem: str | Path, *, formats: Sequence
     stem.parent.mkdir(parents=True, exist_ok=True)
     fig = landscape_figure(result, overlap_threshold=overlap_threshold, vmax=vmax, title=title, groups=groups,
                            segments=segments)
-    paths = {}
-    fig.write_html(stem.with_name(stem.name + ".html"), include_plotlyjs=True)
-    paths["html"] = stem.with_name(stem.name + ".html")
+    # each file is rendered in full, then written atomically: a full disk or a killed process leaves no
+    # half image under the final name (and DiskFullError is not mistaken for a missing renderer)
+    files = {"html": figure_html(fig)}
     static = [f for f in formats if f in STATIC_FORMATS]
     engine = "none"
     if static:
         try:
             for f in static:
-                paths[f] = stem.with_name(f"{stem.name}.{f}")
-                paths[f].write_bytes(static_image(fig, f, scale=1.0))  # one kept browser for all formats
+                files[f] = static_image(fig, f, scale=1.0)  # one kept browser for all formats
             engine = "kaleido"
         except Exception as e:  # kaleido raises its own types (no Chrome, timeouts); any of them means: fall back
             import matplotlib.pyplot as plt
@@ -355,8 +356,10 @@ def write_figure(result: LandscapeResult, stem: str | Path, *, formats: Sequence
             mfig = _matplotlib_landscape(result, overlap_threshold=overlap_threshold, vmax=vmax, title=title,
                                          groups=groups, segments=segments)
             for f in static:
-                mfig.savefig(stem.with_name(f"{stem.name}.{f}"), dpi=200)
-                paths[f] = stem.with_name(f"{stem.name}.{f}")
+                buf = io.BytesIO()
+                mfig.savefig(buf, format=f, dpi=200)
+                files[f] = buf.getvalue()
             plt.close(mfig)
             engine = f"matplotlib (kaleido unavailable: {type(e).__name__})"
+    paths = {f: write_bytes(stem.with_name(f"{stem.name}.{f}"), data) for f, data in files.items()}
     return WrittenFigure(paths, engine)

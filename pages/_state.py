@@ -11,7 +11,9 @@ Canonical state lives in ``st.session_state`` under plain keys, never in widget 
 - ``landscape``: ``{"tag": (session_key, MergeConfig), "holder": {"plan", "partial"}, "result"}``, the
   Landscape page's latest job (``jobs()["landscape"]``), what it plans and what it has computed
 - ``figures``: ``{title: plotly Figure}``, every figure a page draws, for the Export page
-- ``jobs``: ``{name: Tracked}``, long work (a :class:`mudsc.jobs.Job`) that survives reruns
+- ``jobs``: ``{name: Tracked}``, long work (a :class:`mudsc.studio.jobs.Job`) that survives reruns; all
+  sessions' jobs share the server's job slots (``$MUDSC_MAX_JOBS``), and a session's jobs are cancelled
+  and its heavy keys dropped when the session ends (:class:`SessionHold`)
 
 Cached resources are keyed by content fingerprints (file sha256, MergeConfig), never by tensors.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +30,8 @@ import streamlit as st
 
 from mudsc.diffinit.config import MergeConfig
 from mudsc.diffinit.session import MergeResult, MergeSession
-from mudsc.studio.jobs import Job
+from mudsc.studio.figure_export import RETRY_AFTER_S
+from mudsc.studio.jobs import Job, heavy_slots
 from mudsc.studio.parents import Parent, load_parent
 
 POLL_SECONDS = 1.0  # polls rerun on the thread the jobs share the GIL with: not more often
@@ -43,6 +47,7 @@ class AppSettings:
     eval_images: int | None = None  # held-out images per evaluation, None: all ($MUDSC_EVAL_IMAGES)
     batch_size: int = 250
     inline_wait_s: float = 2.0      # a job that finishes this fast shows its result in the same run
+    merge_ahead: int = 4            # alpha steps each side merged ahead on small pairs ($MUDSC_MERGE_AHEAD; 0: off)
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -51,7 +56,8 @@ class AppSettings:
         env = os.environ
         return cls(home=home(), max_upload_mb=int(env.get("MUDSC_MAX_UPLOAD_MB", 200)),
                    stats_images=int(env.get("MUDSC_STATS_IMAGES", 1000)),
-                   eval_images=int(env["MUDSC_EVAL_IMAGES"]) if env.get("MUDSC_EVAL_IMAGES") else None)
+                   eval_images=int(env["MUDSC_EVAL_IMAGES"]) if env.get("MUDSC_EVAL_IMAGES") else None,
+                   merge_ahead=int(env.get("MUDSC_MERGE_AHEAD", 4)))
 
 
 def settings() -> AppSettings:
@@ -93,12 +99,20 @@ def cached_session(files: tuple[tuple[str, str], ...], dataset: str, data_dir: s
                                    eval_images=eval_images, batch_size=batch_size)
 
 
-@st.cache_data(show_spinner="Evaluating parents and ensemble", max_entries=64)
+@st.cache_data(show_spinner="Evaluating parents and ensemble", max_entries=16)
+def cached_reference_rows(session_key: tuple, _session: MergeSession) -> list[dict]:
+    """The parents' and the ensemble's rows of the metrics table: fixed per session, computed once."""
+    from mudsc.studio.summary import reference_rows
+
+    return reference_rows(_session)
+
+
 def cached_metric_rows(session_key: tuple, config: MergeConfig, _session: MergeSession,
                        _result: MergeResult) -> list[dict]:
-    from mudsc.studio.summary import metric_rows
+    """The metrics table of a merge: its own row next to the cached rows of the parents and the ensemble."""
+    from mudsc.studio.summary import merged_row
 
-    return metric_rows(_result, _session)
+    return [merged_row(_result, _session), *cached_reference_rows(session_key, _session)]
 
 
 @st.cache_resource(show_spinner="Writing the merged checkpoint", max_entries=16)
@@ -130,8 +144,10 @@ def cached_network_figure(session_key: tuple, cut: str, _session: MergeSession):
                           tasks=len(_session.tasks))
 
 
-@st.cache_resource(show_spinner="Checking static image export", max_entries=1)
+@st.cache_resource(show_spinner="Checking static image export", max_entries=1, ttl=RETRY_AFTER_S)
 def static_export_works() -> bool:
+    """Whether kaleido renders here, asked again after RETRY_AFTER_S: a renderer that failed (or
+    appeared) is noticed within a minute, and a working one costs one tiny render a minute."""
     from mudsc.studio.figure_export import static_export_works as probe
 
     return probe()
@@ -151,7 +167,7 @@ def drop_session() -> None:
     """Forget the session and everything computed from it (the parents changed)."""
     for key in ("session", "session_key", "result", "sweeps", "landscape", "figures"):
         st.session_state.pop(key, None)
-    for name in ("stats", "merge", "sweep_alpha", "sweep_cut", "landscape"):
+    for name in ("stats", "merge", "ahead", "sweep_alpha", "sweep_cut", "landscape", "umap"):
         t = jobs().pop(name, None)
         if t is not None:
             t.job.cancel()
@@ -182,21 +198,66 @@ class Tracked:
     taken: bool = False
 
 
+# what a session holds that is worth freeing when it ends: its jobs' and merges' results and figures
+HEAVY_KEYS = ("jobs", "result", "sweeps", "landscape", "figures")
+
+
+class SessionHold:
+    """Handle on one browser session's state, released by Streamlit when the session ends.
+
+    Streamlit calls session-scoped resources' ``on_release`` when their session disconnects; then the
+    session's running jobs are cancelled (their slots go to other sessions) and its results are dropped,
+    rather than waiting for the session store to expire them.
+    """
+
+    def __init__(self, state: Any) -> None:
+        self.state = state  # the session's SafeSessionState: safe to use from the server thread
+
+    def release(self) -> None:
+        for t in list(self.state["jobs"].values()) if "jobs" in self.state else ():
+            t.job.cancel()
+        for key in HEAVY_KEYS:
+            if key in self.state:
+                del self.state[key]
+
+
+@st.cache_resource(scope="session", on_release=SessionHold.release, show_spinner=False)
+def session_hold() -> SessionHold:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    return SessionHold(get_script_run_ctx().session_state)
+
+
 def jobs() -> dict[str, Tracked]:
+    session_hold()  # registers the release of this session's jobs at its end
     return st.session_state.setdefault("jobs", {})
 
 
-def start_job(name: str, work: Callable, *, tag: Any = None, wait: bool = True) -> Job:
-    """Run `work(progress, cancel_event)` as job `name` (cancelling a running one of that name); wait up
-    to ``inline_wait_s`` so quick work shows its result in this very run."""
+def start_job(name: str, work: Callable, *, tag: Any = None, wait: bool = True, background: bool = False) -> Job:
+    """Run `work(progress, cancel_event)` as job `name` (cancelling a running one of that name) once one
+    of the server's job slots is free; wait up to ``inline_wait_s`` so quick work shows its result in
+    this very run. A `background` job (work ahead of need) lets every other job go first."""
     old = jobs().get(name)
     if old is not None and old.job.running:
         old.job.cancel()
-    job = Job(name, work).start()
+    job = Job(name, work, slots=heavy_slots(), background=background).start()
     jobs()[name] = Tracked(job, tag)
     if wait:
-        job.wait(settings().inline_wait_s)
+        deadline = time.monotonic() + settings().inline_wait_s
+        while job.running and time.monotonic() < deadline and not _rerun_requested():
+            job.wait(0.02)
     return job
+
+
+def _rerun_requested() -> bool:
+    """Whether the browser already asked for another run (say, the slider moved on): a widget inside a
+    fragment does not interrupt the fragment's run, so an inline wait stops itself and that run shows
+    the newer request. Streamlit has no public call for this; its script-request state is read
+    defensively and, should that change, inline waits merely run their full length again."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    state = getattr(getattr(get_script_run_ctx(suppress_warning=True), "script_requests", None), "_state", None)
+    return getattr(state, "name", None) in ("RERUN", "STOP")
 
 
 def running(name: str) -> Tracked | None:
@@ -238,7 +299,7 @@ def _poll(name: str, label: str, during: Callable[[], None] | None) -> None:
         st.rerun()  # the whole page picks up the result
     job = t.job
     bar, stop = st.columns([5, 1], vertical_alignment="center")
-    bar.progress(job.fraction, text=f"{label}: {job.message or 'starting'}")
+    bar.progress(job.fraction, text=f"{label}: {job.describe()}")
     stop.button("Cancel", key=f"cancel_{name}", on_click=job.cancel)
     if during is not None:
         during()

@@ -6,6 +6,7 @@ import torch
 
 from mudsc.errors import MudscError
 from mudsc.studio import figures, umap_view, views
+from pages._state import job_status, running, start_job, take
 from pages._views import memo, require_merge, show
 
 st.title("Similarity")
@@ -71,11 +72,22 @@ with_merge = result.config.cut == "full"
 cloud = memo(result, "cloud", lambda: views.unit_cloud(session, result, space, with_merge=with_merge), space)
 n_neighbors = st.slider("UMAP neighbours", 5, 50, 15, key="umap_neighbors",
                         help="Larger values keep more of the global structure")
-ready = umap_view.cached(cloud.features, seed=0, n_neighbors=n_neighbors)
-if ready or st.button("Compute the UMAP", key="umap_go",
-                      help="The first UMAP in a server process compiles numba code (about 15 s)"):
-    with st.spinner("UMAP of the units"):
-        coords = umap_view.embed(cloud.features, seed=0, n_neighbors=n_neighbors)
+params = {"seed": 0, "n_neighbors": n_neighbors}
+tag = (result.config, space, n_neighbors)
+if umap_view.cached(cloud.features, **params):
+    coords = umap_view.embed(cloud.features, **params)
+else:
+    # off the page's thread: the first UMAP in a server compiles numba code (about 15 s); a job shows it
+    # going, leaves the other pages usable and waits its turn for the server's job slot
+    if st.button("Compute the UMAP", key="umap_go", disabled=running("umap") is not None,
+                 help="The first UMAP in a server process compiles numba code (about 15 s)"):
+        features = cloud.features
+        start_job("umap", lambda progress, cancel: umap_view.embed_reporting(features, progress, **params),
+                  tag=tag)
+    coords = take("umap", tag=tag)
+    if coords is None:
+        job_status("umap", "UMAP")
+if coords is not None:
     show(figures.umap_figure(coords, cloud, space=space), f"UMAP of units {space}", key="sim_umap")
     n_units = int(np.sum(cloud.owner >= 0))
     st.caption(f"{n_units} units of {len(view.sizes)} parents" + (f" and the merged model's {int(np.sum(cloud.owner < 0))}"
@@ -84,5 +96,5 @@ if ready or st.button("Compute the UMAP", key="umap_go",
                f"{n_neighbors} neighbours, seed 0). Lines join each unit to the merged unit it became"
                + ("" if with_merge else " (here: the units of one cluster, since a partial merge has no single merged model)")
                + ". Axes have no units; only neighbourhoods are meaningful.")
-else:
+elif running("umap") is None:
     st.caption("Not computed yet for these units and settings; results are cached on disk.")

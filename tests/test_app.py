@@ -53,6 +53,7 @@ def small_settings(**changes):
 
     base = AppSettings.from_env()
     return AppSettings(**{**base.__dict__, "stats_images": 250, "eval_images": 200, "inline_wait_s": 30.0,
+                          "merge_ahead": 0,
                           **changes})
 
 
@@ -529,3 +530,82 @@ def test_server_health():
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# ----------------------------------------------------------------------------- load and faults on the Merge page
+
+def _progress_texts(at: AppTest) -> list[str]:
+    return [p.proto.text for p in at.get("progress")]
+
+
+def test_a_merge_waits_in_line_for_the_servers_job_slot_and_says_so(merge_session):
+    import threading
+
+    from mudsc.diffinit.config import make_config
+    from mudsc.studio.jobs import Job, heavy_slots
+
+    release = threading.Event()
+    other = Job("other session's landscape", lambda p, c: release.wait(60), slots=heavy_slots()).start()
+    try:
+        while other.status != "running":
+            time.sleep(0.01)
+        at = open_app(config=make_config(alpha=0.35))
+        at.session_state["settings"] = small_settings(inline_wait_s=0.2)
+        at.session_state["session"] = merge_session
+        at.session_state["session_key"] = ("queued",)
+        at.switch_page("pages/merge.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert "Merging: queued: 1st in line" in _progress_texts(at)
+        assert "result" not in at.session_state
+    finally:
+        release.set()
+    wait_jobs(at, "merge")
+    assert at.session_state["result"].config.alpha == 0.35 and not _progress_texts(at)
+
+
+def test_a_merge_refused_for_memory_shows_the_size_and_keeps_the_session(demo_parents):
+    from mudsc.diffinit.session import MergeSession
+    from mudsc.errors import ResourceError
+
+    session = MergeSession.from_paths([str(p) for p in demo_parents], "digits", stats_images=250, eval_images=200)
+
+    def refuse(config, progress=None, *, steps=None):
+        raise ResourceError("merging needs about 31.5 GiB of memory (statistics 29.0 GiB), 7.8 GiB are free")
+
+    session.merge = refuse
+    at = open_app("merge", session=session, session_key=("refused",))
+    assert any("Merging failed: merging needs about 31.5 GiB" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.session_state["session"] is session and "result" not in at.session_state
+    at.slider(key="m_alpha").set_value(0.2).run()  # the page still answers
+    assert not at.exception and any("31.5 GiB" in e.value for e in at.error)
+
+
+def test_a_session_that_ends_has_its_jobs_cancelled_and_its_results_dropped(merge_session):
+    from mudsc.diffinit.config import make_config
+    from pages._state import HEAVY_KEYS
+
+    at = open_app("merge", session=merge_session, session_key=("ending",), config=make_config(zip_a=0.15))
+    assert at.session_state["result"] is not None
+    at.button(key="sweep_alpha_run").click().run()  # a background sweep, then the browser goes away
+    sweep = at.session_state["jobs"]["sweep_alpha"].job
+    assert sweep.running
+    st.cache_resource.clear()  # what Streamlit does to a session's resources when it disconnects
+    assert sweep.wait(30).status == "cancelled"
+    assert not any(k in at.session_state for k in HEAVY_KEYS)
+    assert at.session_state["session"] is merge_session  # light state stays, should the browser come back
+
+
+def test_alpha_neighbours_are_merged_ahead_so_a_step_finds_its_merge_ready(merge_session):
+    at = open_app("merge", session=merge_session, session_key=("ahead",))
+    at.session_state["settings"] = small_settings(merge_ahead=2)
+    at.slider(key="m_alpha").set_value(0.65).run()
+    wait_jobs(at, "ahead")
+    assert at.session_state["jobs"]["ahead"].job.status == "done"
+    held = {round(c.alpha, 2) for c in merge_session._results if c.method == "mudsc-zip" and c.cut == "full"
+            and not c.alpha_overrides}
+    assert {0.55, 0.6, 0.7, 0.75} <= held
+    before = at.session_state["result"]
+    at.slider(key="m_alpha").set_value(0.6).run()
+    assert "merge" not in at.session_state["jobs"] or at.session_state["jobs"]["merge"].tag != \
+        at.session_state["config"]  # no merge job: the result was there
+    assert at.session_state["result"].config.alpha == 0.6 and at.session_state["result"] is not before

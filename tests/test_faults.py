@@ -2,7 +2,8 @@
 SIGKILL, a full disk, a damaged cache entry, a job out of memory. Each case is bounded in time and
 stays on this machine (subprocesses only, no network).
 
-Two browser sessions merging at once (the issue's case 2) belong to the app and are not here yet.
+Two studio sessions merging different parents at once (case 2) run as two AppTests in two threads
+against one process, so they share its Streamlit caches and its job slots as two browsers would.
 """
 import asyncio
 import errno
@@ -24,6 +25,7 @@ import landscape.compute as compute_mod
 import mudsc.studio.figure_export as fe
 from landscape import LandscapeResult
 from landscape.cache import LandscapeCache
+from landscape.figure import write_figure
 from mudsc.atomic import write_bytes
 from mudsc.errors import ConfigError, DiskFullError, ResourceError, out_of_memory
 from mudsc.models import create_model
@@ -124,6 +126,25 @@ def test_a_restart_recovers_and_a_bad_figure_does_not_kill_the_browser(monkeypat
     assert fe.static_image(fig, "svg", timeout=0.5) == b"image" and fake_browser.opened == 2  # same browser
 
 
+@pytest.mark.timeout(30)
+def test_static_export_is_asked_again_after_a_while_and_recovers(monkeypatch, fake_browser):
+    broken = [True]
+
+    async def render(k, fig, opts):
+        if broken[0]:
+            raise RuntimeError("the renderer crashed")
+        return b"<svg/>"
+
+    monkeypatch.setattr(fe, "_render", render)
+    monkeypatch.setattr(fe, "RETRY_AFTER_S", 0.5)
+    assert not fe.static_export_works() and fake_browser.opened == 2  # crashed, restarted once, crashed again
+    broken[0] = False
+    assert not fe.static_export_works() and fake_browser.opened == 2  # known dead for RETRY_AFTER_S: no new try
+    time.sleep(0.6)
+    assert fe.static_export_works() and fake_browser.opened == 3      # then tried afresh: it works again
+    assert fe.static_image(go.Figure(), "svg") == b"<svg/>" and fake_browser.opened == 3
+
+
 @pytest.mark.timeout(60)
 def test_no_browser_or_a_silent_one_is_reported_promptly(monkeypatch, fresh_browser, tmp_path):
     pytest.importorskip("kaleido")
@@ -142,6 +163,104 @@ def test_no_browser_or_a_silent_one_is_reported_promptly(monkeypatch, fresh_brow
     assert not fe.static_export_works() and time.monotonic() - t0 < 12
     left = subprocess.run(["pgrep", "-f", "sleep 3599.25"], capture_output=True, text=True).stdout.split()
     assert not left  # the silent browsers were killed, not abandoned
+
+
+# ----------------------------------------------------------------------------- 2. two studio sessions at once
+
+
+def _pair_session(tmp_path, seeds):
+    from mudsc.diffinit.session import MergeSession
+
+    paths = []
+    for task, seed in zip(TASKS, seeds):
+        torch.manual_seed(seed)
+        m = create_model("mlp", classes=task, num_classes=10, in_chans=1, img_size=8, width=8)
+        paths.append(str(save_model(m, tmp_path / f"p{seed}.safetensors", seed=seed)))
+    make = lambda: MergeSession.from_paths(paths, "digits", stats_images=64, eval_images=64, batch_size=64)  # noqa: E731
+    return make(), make
+
+
+@pytest.mark.timeout(60)
+def test_tracing_a_model_while_another_thread_runs_forward_passes():
+    # fx patches nn.Module for the whole process while it traces; a session's page tracing a cut while
+    # another session's job evaluates a model once made that evaluation fail
+    from mudsc.unitgraph import trace
+
+    busy, stop, errors = _mlp(), threading.Event(), []
+    x = torch.randn(16, 1, 8, 8)
+    expected = busy(x)
+
+    def forwards():
+        try:
+            while not stop.is_set():
+                assert torch.equal(busy(x), expected)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    worker = threading.Thread(target=forwards)
+    worker.start()
+    try:
+        graphs = [trace(_mlp()) for _ in range(30)]
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not errors, errors[:1]
+    assert len({len(g.spaces) for g in graphs}) == 1 and graphs[0].spaces
+
+
+@pytest.mark.timeout(240)
+def test_two_sessions_merging_different_parents_at_once_each_see_only_their_own(tmp_path):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from mudsc.diffinit.config import make_config
+    from mudsc.studio.summary import metric_rows
+    from pages._state import AppSettings
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    config = make_config(method="mudsc-zip", alpha=0.4)
+    pairs = [_pair_session(tmp_path, seeds) for seeds in ((1, 2), (3, 4))]
+    apps = []
+    for i, (session, _) in enumerate(pairs):
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+        at.session_state["settings"] = AppSettings(home=tmp_path / "home", inline_wait_s=60.0, merge_ahead=0)
+        at.session_state["session"] = session
+        at.session_state["session_key"] = (f"pair {i}",)
+        at.session_state["config"] = config
+        at.run()
+        at.switch_page("pages/merge.py")
+        apps.append(at)
+    errors: list = []
+
+    def merge_page(at):
+        try:
+            at.run()
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=merge_page, args=(at,)) for at in apps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors and not any(t.is_alive() for t in threads)
+    tables = []
+    for at, (session, fresh) in zip(apps, pairs):
+        assert not at.exception, [e.value for e in at.exception]
+        result = at.session_state["result"]
+        assert result.config == config and at.session_state["session"] is session
+        alone = fresh().merge(config)  # the same pair merged by itself, in a session of its own
+        assert result.state_dict.keys() == alone.state_dict.keys()
+        assert all(torch.equal(result.state_dict[k], alone.state_dict[k]) for k in alone.state_dict)
+        shown = next(d.value for d in at.dataframe if "per-task" in d.value.columns)
+        expected = metric_rows(alone, fresh())
+        assert shown["joint"].tolist() == pytest.approx([r["joint"] for r in expected])
+        tables.append(shown)
+    assert tables[0]["joint"].tolist() != tables[1]["joint"].tolist()  # the two pairs really differ
+    a, b = (at.session_state for at in apps)
+    assert a["jobs"] is not b["jobs"] and a["figures"] is not b["figures"]
+    assert a["jobs"]["merge"].job is not b["jobs"]["merge"].job
 
 
 # ----------------------------------------------------------------------------- landscapes in other processes
@@ -302,7 +421,8 @@ def test_full_disk_gives_one_line_and_keeps_the_saved_files(tmp_path, monkeypatc
     (npz,) = entry.glob("*.npz")
     blob = tmp_path / "blob.bin"
     write_bytes(blob, b"old")
-    before = {p: p.read_bytes() for p in (ckpt, npz, blob)}
+    html = write_figure(first, tmp_path / "fig", formats=("html",)).paths["html"]
+    before = {p: p.read_bytes() for p in (ckpt, npz, blob, html)}
     with monkeypatch.context() as m:
         if where == "rename":
             m.setattr(os, "replace", _enospc)
@@ -319,6 +439,9 @@ def test_full_disk_gives_one_line_and_keeps_the_saved_files(tmp_path, monkeypatc
         with pytest.raises(DiskFullError) as e:
             LandscapeCache(entry).save(first.fingerprint, first)
         _assert_disk_full(e, npz)
+        with pytest.raises(DiskFullError) as e:
+            write_figure(first, tmp_path / "fig", formats=("html",), title="another title")
+        _assert_disk_full(e, html)
     assert {p: p.read_bytes() for p in before} == before
     assert load_model(ckpt)[1]["seed"] == 0
 
@@ -408,3 +531,17 @@ def test_out_of_memory_in_a_job_is_one_clear_line_and_the_next_job_runs(error):
     if str(error):
         assert "Tried to allocate 2.00 GiB" in job.error
     assert Job("next", lambda p, c: 42).start().wait(10).result == 42
+
+
+@pytest.mark.timeout(120)
+def test_a_merge_session_keeps_only_its_newest_merges_within_its_memory_budget(tmp_path, monkeypatch):
+    import mudsc.diffinit.session as session_mod
+    from mudsc.diffinit.config import make_config
+
+    session, _ = _pair_session(tmp_path, (5, 6))
+    first = session.merge(make_config(method="zipit"))
+    monkeypatch.setattr(session_mod, "RESULTS_BYTES", 2 * session_mod._nbytes(first))  # room for two merges
+    configs = [make_config(method="mudsc-zip", alpha=a) for a in (0.2, 0.4, 0.6)]
+    results = [session.merge(c) for c in configs]
+    assert session.cached(make_config(method="zipit")) is None and session.cached(configs[0]) is None
+    assert session.cached(configs[1]) is results[1] and session.cached(configs[2]) is results[2]

@@ -38,3 +38,68 @@ def test_job_cancel_stops_at_next_progress():
     job.cancel()
     job.wait(5)
     assert job.status == "cancelled" and job.result is None
+
+
+def _blocker(release):
+    def work(progress, cancel):
+        progress("holding the slot", 0.5)
+        release.wait(10)
+        return "held"
+    return work
+
+
+def test_slots_cap_concurrent_jobs_and_queue_the_rest_in_order():
+    import threading
+
+    from mudsc.studio.jobs import Slots
+
+    slots, release = Slots(1), threading.Event()
+    first = Job("first", _blocker(release), slots=slots).start()
+    while first.status != "running":
+        time.sleep(0.01)
+    second = Job("second", lambda p, c: "second", slots=slots).start()
+    third = Job("third", lambda p, c: "third", slots=slots).start()
+    while third.position != 2:
+        time.sleep(0.01)
+    assert second.position == 1 and second.status == "queued" and second.result is None
+    assert second.describe() == "queued: 1st in line" and third.describe() == "queued: 2nd in line"
+    third.cancel()  # leaving the line lets the others move up
+    third.wait(5)
+    assert third.status == "cancelled" and third.result is None
+    release.set()
+    assert first.wait(5).result == "held" and second.wait(5).result == "second"
+
+
+def test_a_background_job_hands_its_slot_to_foreground_work_at_its_next_progress():
+    import threading
+
+    from mudsc.studio.jobs import Slots
+
+    slots, order, go = Slots(1), [], threading.Event()
+
+    def ahead(progress, cancel):
+        for i in range(200):
+            progress(f"step {i}", i / 200)
+            order.append("background")
+            go.set()
+            time.sleep(0.005)
+
+    background = Job("ahead", ahead, slots=slots, background=True).start()
+    go.wait(5)
+    foreground = Job("merge", lambda p, c: order.append("foreground"), slots=slots).start().wait(5)
+    assert foreground.status == "done" and background.running  # it ran while the background job was mid-way
+    background.wait(10)
+    assert background.status == "done" and order.count("background") == 200
+    i = order.index("foreground")
+    assert 0 < i < len(order) - 1
+
+
+def test_ordinals_and_a_bad_slot_count():
+    import pytest
+
+    from mudsc.studio.jobs import Slots, ordinal
+
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st", "111th"]
+    with pytest.raises(ConfigError, match="at least 1"):
+        Slots(0)

@@ -70,7 +70,7 @@ def test_app_lists_the_registry_and_enables_each_methods_knobs(demo_parents):
     session = MergeSession.from_paths([str(p) for p in demo_parents], "digits", stats_images=250, eval_images=200)
     at = AppTest.from_file(str(REPO / "pages" / "merge.py"), default_timeout=120)
     # each run waits for its merge: no merge thread outlives the test
-    at.session_state["settings"] = AppSettings(**{**AppSettings.from_env().__dict__, "inline_wait_s": 120.0})
+    at.session_state["settings"] = AppSettings(**{**AppSettings.from_env().__dict__, "inline_wait_s": 120.0, "merge_ahead": 0})
     at.session_state["session"] = session
     at.session_state["session_key"] = ("test_methods",)
     at.run()

@@ -59,7 +59,10 @@ def test_similarity_page(session):
     at.radio(key="sim_choice").set_value("weight").run()
     at.selectbox(key="sim_space").set_value(result.spaces[-1]).run()
     assert not at.exception
-    at.button(key="umap_go").click().run()
+    at.button(key="umap_go").click().run()  # a background job: the first UMAP compiles numba code
+    assert not at.exception
+    at.session_state["jobs"]["umap"].job.wait(120)
+    at.run()
     assert not at.exception
     assert _charts(at) == 4
     assert {"similarity scatter " + result.spaces[-1], "matching agreement per unit space"} <= set(

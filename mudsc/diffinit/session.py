@@ -26,6 +26,7 @@ from mudsc.unitgraph import UnitGraph, trace
 
 Progress = Callable[[str, float], None]  # (stage description, fraction done): the studio's jobs
 Steps = Callable[[str, int, int], None]  # (stage, done, total): the CLI's bars
+RESULTS_BYTES = 1 << 30  # merges a session keeps for re-use: the most recent ones within this many bytes
 
 
 def stage_steps(steps: Steps | None, stage: str) -> Callable[[int, int], None] | None:
@@ -186,7 +187,7 @@ class MergeSession:
         if config.method == "ensemble":
             model = Ensemble([copy.deepcopy(p) for p in self.parents]).eval()
             result = self._finish(config, model, {}, None, [], timings, progress, steps)
-            self._results[config] = result
+            self._remember(config, result)
             return result
         if config.cut == "full" and not shares_output_space(self.parents):
             cuts = ", ".join(c.name for c in self.graph.cuts) or "(none)"
@@ -236,8 +237,23 @@ class MergeSession:
             timings["bn_reset"] = time.perf_counter() - t0
             state = _refresh(state, model, config.cut != "full")
         result = self._finish(config, model, state, solution, spaces, timings, progress, steps)
-        self._results[config] = result
+        self._remember(config, result)
         return result
+
+    def cached(self, config: MergeConfig) -> MergeResult | None:
+        """The merge for `config` if this session still holds it, else None (no work either way)."""
+        return self._results.get(config)
+
+    def _remember(self, config: MergeConfig, result: MergeResult) -> None:
+        """Keep `result`; forget the oldest merges beyond RESULTS_BYTES (a sweep or a scrubbed slider would
+        otherwise hold every merge it ever made). The newest is always kept."""
+        self._results[config] = result
+        total = 0
+        for c in reversed(list(self._results)):
+            r = self._results.get(c)
+            total += 0 if r is None else _nbytes(r)
+            if total > RESULTS_BYTES and c != config:
+                self._results.pop(c, None)
 
     def _finish(self, config, model, state, solution, spaces, timings, progress, steps) -> MergeResult:
         t0 = time.perf_counter()
@@ -279,6 +295,12 @@ class MergeSession:
 def _stats_key(config: MergeConfig) -> tuple[int | None, int]:
     """The statistics a merge with `config` uses, as :meth:`MergeSession.activation_stats` keys them."""
     return config.stats_positions, config.seed if config.stats_positions is not None else 0
+
+
+def _nbytes(result: MergeResult) -> int:
+    """Bytes a merge holds: its model's tensors and the checkpoint tensors."""
+    tensors = [*result.model.state_dict().values(), *result.state_dict.values()]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _refresh(state: dict[str, Tensor], model: nn.Module, multihead: bool) -> dict[str, Tensor]:

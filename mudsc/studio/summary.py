@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from mudsc.data import task_label
-from mudsc.diffinit.manifest import result_summary
 from mudsc.diffinit.session import MergeResult, MergeSession
 from mudsc.evaluate import count_flops
 from mudsc.unitgraph import Cut, UnitGraph
@@ -58,27 +57,38 @@ def config_label(result: MergeResult) -> str:
 
 
 def metric_rows(result: MergeResult, session: MergeSession) -> list[dict[str, Any]]:
-    """The merge, each parent and the ensemble: joint, per-task and each task's accuracy, size, cost.
+    """The merge, each parent and the ensemble: joint, per-task and each task's accuracy, size, cost."""
+    return [merged_row(result, session), *reference_rows(session)]
+
+
+def merged_row(result: MergeResult, session: MergeSession) -> dict[str, Any]:
+    """The merge's row of :func:`metric_rows`: the only one that changes with the merge config."""
+    labels = [f"task {task_label(t)}" for t in session.tasks]
+    m = result.metrics
+    return {"model": f"merged ({config_label(result)})", "joint": m.joint, "per-task": m.per_task,
+            **dict(zip(labels, m.tasks)), "parameters": result.params, "FLOPs": result.flops}
+
+
+def reference_rows(session: MergeSession) -> list[dict[str, Any]]:
+    """Each parent and the ensemble, the rows of :func:`metric_rows` a session fixes once.
 
     Parents whose head covers only their own classes have no joint accuracy (``None``) and report
     only their own task.
     """
-    summary = result_summary(result, session)
+    from mudsc.diffinit.config import make_config
+
     labels = [f"task {task_label(t)}" for t in session.tasks]
     x = session.eval.x[:1]
-    rows = [{"model": f"merged ({config_label(result)})", "joint": summary["joint_acc"],
-             "per-task": summary["per_task_acc"], **dict(zip(labels, summary["task_acc"])),
-             "parameters": summary["params"], "FLOPs": summary["flops"]}]
-    for i, (p, m) in enumerate(zip(session.parents, summary["parents"])):
+    rows = []
+    for i, (p, m) in enumerate(zip(session.parents, session.parent_metrics())):
         accs = m["task_acc"] or [m["own_task_acc"] if j == i else None for j in range(len(labels))]
         rows.append({"model": f"parent {i} ({task_label(m['task'])})", "joint": m["joint_acc"],
                      "per-task": m["per_task_acc"], **dict(zip(labels, accs)),
                      "parameters": sum(t.numel() for t in p.parameters()), "FLOPs": count_flops(p, x)})
-    ens = summary["ensemble"]
-    rows.append({"model": "ensemble (all parents)", "joint": ens["joint_acc"], "per-task": ens["per_task_acc"],
-                 **dict(zip(labels, ens["task_acc"])), "parameters": ens["params"], "FLOPs": ens["flops"]})
+    ens = session.merge(make_config(method="ensemble"))
+    rows.append({"model": "ensemble (all parents)", "joint": ens.metrics.joint, "per-task": ens.metrics.per_task,
+                 **dict(zip(labels, ens.metrics.tasks)), "parameters": ens.params, "FLOPs": ens.flops})
     return rows
-
 
 
 def parent_rows(session: MergeSession) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -87,6 +88,19 @@ def embed(features: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min_dis
     return out
 
 
+_compiled: list[bool] = []  # set after the first fit in this process: numba has compiled UMAP's kernels
+
+
+def embed_reporting(features: np.ndarray, progress: Callable[[str, float], None], **kwargs) -> np.ndarray:
+    """:func:`embed` for a background job: says what it does first, since the first UMAP in a process
+    spends about 15 s compiling numba code before it embeds anything."""
+    progress(f"embedding {len(features)} units" if _compiled else f"compiling UMAP's numba code, then embedding "
+             f"{len(features)} units (the first UMAP in this server takes about 15 s)", 0.1)
+    out = embed(features, **kwargs)
+    progress("done", 1.0)
+    return out
+
+
 def _fit(x: np.ndarray, seed: int, k: int, min_dist: float, metric: str) -> np.ndarray:
     rng = np.random.default_rng(seed)
     flat = x.std(axis=1) == 0
@@ -100,7 +114,9 @@ def _fit(x: np.ndarray, seed: int, k: int, min_dist: float, metric: str) -> np.n
         warnings.filterwarnings("ignore", message=".*n_neighbors is larger than the dataset.*")
         reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, metric=metric,
                             random_state=int(seed), init="spectral" if len(x) > k + 1 else "random")
-        return reducer.fit_transform(x).astype(np.float64)
+        out = reducer.fit_transform(x).astype(np.float64)
+    _compiled.append(True)
+    return out
 
 
 def cached(features: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,

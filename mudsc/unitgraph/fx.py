@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 
 import torch
 import torch.fx as fx
@@ -20,16 +21,25 @@ def class_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+_TRACE_LOCK = threading.Lock()  # fx patches nn.Module process-wide while it traces: one trace at a time
+
+
 class _Tracer(fx.Tracer):
     """torch.nn modules plus any module whose class (or a base class) is named in `leaves` are leaves,
     except those :mod:`mudsc.unitgraph.inline` writes out; buffers become ``get_attr`` nodes so graphs
-    keep sharing them."""
+    keep sharing them.
+
+    While fx traces, ``nn.Module.__call__`` and ``__getattr__`` are patched for the whole process, so a
+    forward pass on another thread (another studio session's merge) would be recorded into this trace
+    and fail. Module calls and attributes from other threads pass straight through instead.
+    """
 
     def __init__(self, leaves: frozenset[str]) -> None:
         super().__init__()
         self.leaves = leaves
         self.proxy_buffer_attributes = True
         self.inlining: nn.Module | None = None  # a module traced through its written-out forward
+        self.thread = threading.get_ident()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if m is self.inlining:
@@ -37,6 +47,8 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname) or any(class_name(c) in self.leaves for c in type(m).__mro__)
 
     def call_module(self, m: nn.Module, forward, args: tuple, kwargs: dict):
+        if threading.get_ident() != self.thread:
+            return forward(*args, **kwargs)
         written = written_out(self, m, args, kwargs)
         if written is None:
             return super().call_module(m, forward, args, kwargs)
@@ -45,6 +57,11 @@ class _Tracer(fx.Tracer):
             return super().call_module(m, written, args, kwargs)
         finally:
             self.inlining = outer
+
+    def getattr(self, attr: str, attr_val, parameter_proxy_cache: dict):
+        if threading.get_ident() != self.thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
 class _Modes:
@@ -67,7 +84,8 @@ def fx_graph(model: nn.Module, leaves: tuple[str, ...]) -> fx.GraphModule:
     tracer = _Tracer(frozenset(leaves))
     with _Modes(model):
         try:
-            graph = tracer.trace(model)
+            with _TRACE_LOCK:
+                graph = tracer.trace(model)
         except Exception as e:  # fx raises many kinds on untraceable code
             where = [f"{path or '(top)'} ({getattr(kind, '__name__', kind)})"
                      for path, kind in list(tracer.module_stack.values())[-1:]]
