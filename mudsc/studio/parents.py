@@ -26,13 +26,14 @@ class Parent:
 
 
 def load_parent(path: str, *, dataset: str, data_dir: str | None = None) -> Parent:
-    """Load a checkpoint and measure its accuracy on its own task and on the complement."""
+    """Load a checkpoint and measure its accuracy on its own task and, when its outputs cover them, on
+    the other classes (a network whose last layer is its own task's classifier cannot score those)."""
     model, info = load_model(path)
     data = load_dataset(dataset, data_dir)
     own = tuple(model.classes)
     rest = tuple(c for c in range(data.num_classes) if c not in own)
     accs = {_key(own): accuracy(model, data.eval, own)}
-    if rest:
+    if rest and set(rest) <= set(model.output_classes):
         accs[_key(rest)] = accuracy(model, data.eval, rest)
     return Parent(str(path), model, info, dataset, data_dir, accs)
 
