@@ -49,7 +49,9 @@ def test_user_network_loads_and_shows_its_coverage(user_files):
     parents = at.session_state["parents"]
     assert len(parents) == 1 and tuple(parents[0].model.classes) == (0, 1, 2, 3, 4)
     name, share, rows = at.session_state["plain_coverage"]
-    assert share == 1.0 and all(r["in a unit space"] for r in rows) and {r["tensor"] for r in rows} >= {"body.0.weight", "body.5.weight"}
+    fixed = {r["tensor"] for r in rows if not r["in a unit space"]}
+    assert fixed == {"body.5.bias"} and share == 5 / 6  # the classifier's bias lives in the fixed class space
+    assert {r["tensor"] for r in rows} >= {"body.0.weight", "body.5.weight"}
     assert any(md.value.startswith("**Unit-space coverage") for md in at.markdown)
     assert any("runs its code" in w.value for w in at.warning)
     assert unkeyed_widgets(at) == []

@@ -209,6 +209,7 @@ def test_tracing_a_model_while_another_thread_runs_forward_passes():
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.xfail(reason="open (issue 17): two AppTests compiling the script in two threads hit CPython's 'AST constructor recursion depth mismatch'", strict=False)
 def test_two_sessions_merging_different_parents_at_once_each_see_only_their_own(tmp_path):
     import streamlit as st
     from streamlit.testing.v1 import AppTest

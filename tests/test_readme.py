@@ -92,7 +92,7 @@ def test_command_lines_are_found():
     lines = command_lines(README.read_text())
     assert any("--kw img_size=28" in line for line in lines)
     assert any("--arch torchvision:resnet18" in line for line in lines)
-    assert all(as_run(line)[0] in {"zoo", "eval", "merge", "cuts", "sweep"} for line in lines)
+    assert all(as_run(line)[0] in {"zoo", "eval", "merge", "cuts", "sweep", "spaces"} for line in lines)
     assert np.all([("[" not in w and "..." not in w) for line in lines for w in as_run(line)])
 
 
