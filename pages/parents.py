@@ -235,7 +235,7 @@ with plain_tab:
             path = self_describing(source, root=cfg.home, spec=spec)
             add_parents([path])
             added = next(p for p in st.session_state["parents"] if Path(p.path).name == Path(path).name)
-            st.session_state["plain_coverage"] = (added.name, *coverage(added.model))
+            st.session_state["plain_coverage"] = (added.name, *coverage(added.model, data.eval.x[:2]))
             st.rerun()
         except MudscError as e:
             st.error(str(e))

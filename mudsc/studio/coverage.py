@@ -1,28 +1,18 @@
-"""Unit-space coverage of a parent: which parameter tensors a merge can change, and along which axes.
-
-A tensor with an axis in a unit space is permuted or zipped by a merge; one with none (an op the
-unit graph does not know, or a fixed input or output space) is only averaged across the parents.
-"""
+"""Unit-space coverage of a parent as the Parents page shows it: the engine's
+:func:`mudsc.unitgraph.coverage.coverage`, one table row per parameter tensor."""
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
-from mudsc.unitgraph import UnitGraph, trace
+from mudsc.unitgraph.coverage import coverage as unit_coverage
 
 
-def coverage(model: nn.Module, graph: UnitGraph | None = None) -> tuple[float, list[dict]]:
-    """The share of `model`'s parameter tensors with an axis in some unit space, and one row per
-    parameter tensor: its shape and the space of each such axis (or why it stays fixed)."""
-    graph = graph or trace(model)
-    axes: dict[str, dict[int, str]] = {}
-    for space in graph.spaces:
-        for ref in (*space.producers, *space.consumers):
-            axes.setdefault(ref.param, {})[ref.axis] = space.name
-    rows = []
-    for name, p in model.named_parameters():
-        found = axes.get(name, {})
-        rows.append({"tensor": name, "shape": " x ".join(map(str, p.shape)), "in a unit space": bool(found),
-                     "axes": ", ".join(f"{a}: {s}" for a, s in sorted(found.items()))
-                     or "none: only averaged (fixed input/output space or an op outside the unit graph)"})
-    share = sum(r["in a unit space"] for r in rows) / max(len(rows), 1)
-    return share, rows
+def coverage(model: nn.Module, example_input: Tensor) -> tuple[float, list[dict]]:
+    """The share of `model`'s parameter tensors a merge changes, and one row per parameter tensor: its
+    shape and the space of each axis, or why it stays fixed."""
+    cov = unit_coverage(model, example_input)
+    rows = [{"tensor": r.param, "shape": " x ".join(map(str, r.shape)), "in a unit space": r.merged,
+             "axes": ", ".join(f"{a}: {s}" for a, s in enumerate(r.spaces) if s is not None)
+             or f"none: only averaged ({r.reason or 'a fixed input or output space'})"}
+            for r in cov.tensors if r.parameter]
+    return cov.summary["merged_share"], rows
