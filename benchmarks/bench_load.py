@@ -6,7 +6,8 @@ For each N a fresh ``streamlit run app.py`` (``$MUDSC_HOME`` with the trained de
 downloads a browser). Every session loads the demo parents, opens Merge, moves the "ZipIt! a" slider by
 its own number of steps (so no two sessions ask for the same merges), then all sessions at once press
 the alpha slider's left key `--steps` times, each press timed until that session's page shows the new
-merge's caption (polled every animation frame). Errors are exceptions or error boxes on any page and
+merge's caption (polled every animation frame; the demo's first merge, ``DEMO["merge"]``, sets method and
+cut). Errors are exceptions or error boxes on any page and
 steps that never showed; none are allowed. The server's peak memory is its VmHWM (peak resident set)
 from /proc. Prints a markdown table for benchmarks/RESULTS.md.
 """
@@ -27,6 +28,11 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mudsc.zoo.demo import DEMO  # noqa: E402
+
+FIRST = DEMO["merge"]  # what the Merge page shows first on the demo: the captions to wait for
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -66,20 +72,23 @@ async def _prepare(page, url: str, index: int) -> None:
         await page.keyboard.press("ArrowLeft")
         await page.wait_for_timeout(300)
         await _settled(page)
-    await page.wait_for_function(SHOWN_JS, arg="Merged with mudsc-zip, alpha 0.5, cut full.", timeout=120_000)
+    await page.wait_for_function(SHOWN_JS, arg=_caption(FIRST["alpha"]), timeout=120_000)
+
+
+def _caption(alpha: float) -> str:
+    return f"Merged with {FIRST['method']}, alpha {alpha:g}, cut {FIRST['cut']}."
 
 
 async def _steps(page, steps: int) -> tuple[list[float], int]:
     slider = page.get_by_role("slider", name="alpha: weight share of the similarity")
     times, missed = [], 0
     for i in range(steps):
-        alpha = round(0.5 - 0.05 * (i + 1), 2)
+        alpha = round(FIRST["alpha"] - 0.05 * (i + 1), 2)
         await slider.focus()
         t0 = time.perf_counter()
         await page.keyboard.press("ArrowLeft")
         try:
-            await page.wait_for_function(SHOWN_JS, arg=f"Merged with mudsc-zip, alpha {alpha:g}, cut full.",
-                                         polling="raf", timeout=120_000)
+            await page.wait_for_function(SHOWN_JS, arg=_caption(alpha), polling="raf", timeout=120_000)
             times.append(time.perf_counter() - t0)
         except Exception:  # noqa: BLE001 - a step that never shows is counted as an error
             missed += 1
@@ -128,16 +137,19 @@ def main() -> None:
     ap.add_argument("--app-dir", type=Path, default=ROOT, help="the checkout whose app.py is served")
     args = ap.parse_args()
     load = os.getloadavg()[0]
-    rows = []
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, load average at start {load:.1f}, "
+          f"{args.steps} alpha steps per session", flush=True)
+    print("| sessions | alpha step s per session (median / max) | all steps median, max s | errors | "
+          "server peak RSS MiB |")
+    print("|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         if args.home is None:
-            sys.path.insert(0, str(ROOT))
             from mudsc.zoo.demo import demo_pair
 
             demo = demo_pair(root=Path(tmp) / "trained" / "demo")
         else:
             demo = sorted((args.home / "demo").glob("*.safetensors"))
-        for n in args.sessions:
+        for n in args.sessions:  # each row printed as it is measured: a later N cannot lose an earlier one
             home = Path(tmp) / f"home{n}"
             (home / "demo").mkdir(parents=True)
             for p in demo:
@@ -149,17 +161,10 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
-            rows.append((n, results, peak))
-    print(f"{platform.machine()}, {os.cpu_count()} CPUs, load average at start {load:.1f}, "
-          f"{args.steps} alpha steps per session")
-    print("| sessions | alpha step s per session (median / max) | all steps median, max s | errors | "
-          "server peak RSS MiB |")
-    print("|---|---|---|---|---|")
-    for n, results, peak in rows:
-        every = [t for times, _ in results for t in times]
-        per = "; ".join(f"{statistics.median(t):.2f} / {max(t):.2f}" if t else "-" for t, _ in results)
-        print(f"| {n} | {per} | {statistics.median(every):.2f}, {max(every):.2f} | "
-              f"{sum(e for _, e in results)} | {peak:.0f} |")
+            every = [t for times, _ in results for t in times]
+            per = "; ".join(f"{statistics.median(t):.2f} / {max(t):.2f}" if t else "-" for t, _ in results)
+            overall = f"{statistics.median(every):.2f}, {max(every):.2f}" if every else "-"
+            print(f"| {n} | {per} | {overall} | {sum(e for _, e in results)} | {peak:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

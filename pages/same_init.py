@@ -128,9 +128,11 @@ if mats is not None:
     bad = view.diverged_layers(mats)
     if bad:
         worst = next(layer for layer in mats.report.layers if layer.diverged)
-        st.warning(f"CG diverged in {len(bad)} layer(s) ({', '.join(bad)}): the residual of {worst.keys[0]} grew "
-                   f"from {worst.history[0]:.2e} to {worst.residual:.2e}. The statistics give an indefinite "
-                   "system (corrupt or foreign statistics files?); this merge is not trustworthy.")
+        what = (f"met negative curvature after {worst.iterations} step(s)" if worst.indefinite else
+                f"grew from {worst.history[0]:.2e} to {worst.residual:.2e}")
+        st.warning(f"CG diverged in {len(bad)} layer(s) ({', '.join(bad)}): the system of {worst.keys[0]} {what}. "
+                   "The statistics give an indefinite system (corrupt or foreign statistics files?); this merge "
+                   "is not trustworthy.")
     res_rows = view.residual_rows(mats)
     if res_rows:
         fig = residual_figure(res_rows, title=f"CG residual per layer: {view.label(mats.config)}", diverged=bad)

@@ -117,6 +117,22 @@ def test_cg_stops_at_the_iteration_cap_and_starts_at_x0():
     assert few.iterations == 2 and few.residual > many.residual
 
 
+def test_cg_flags_an_indefinite_operator_but_not_a_singular_one():
+    g = torch.Generator().manual_seed(8)
+    ws = _weights(2, 4, 6, g)
+    grads = [_psd(4, g) for _ in ws]
+    x0 = torch.zeros(4, 6, dtype=D)
+    # Grams shifted below zero, as a corrupt statistics file could hold: negative curvature is met
+    shifted = [a - 2 * torch.linalg.eigvalsh(a)[-1] * torch.eye(6, dtype=D) for a in (_psd(6, g) for _ in ws)]
+    bad = solve_cg(kfac_system(ws, shifted, grads), x0, iterations=30, tol=1e-14)
+    assert bad.indefinite and bad.diverged
+    # a singular but semi-definite system ends on rounding-level curvature: not flagged
+    basis = torch.linalg.qr(torch.randn(6, 2, generator=g, dtype=D))[0]
+    low = [basis @ _psd(2, g) @ basis.T for _ in ws]
+    ok = solve_cg(kfac_system(ws, low, grads), x0, iterations=60, tol=0)
+    assert not ok.indefinite and not ok.diverged
+
+
 def test_damping_pulls_towards_the_initialisation():
     g = torch.Generator().manual_seed(7)
     ws = _weights(2, 3, 4, g)

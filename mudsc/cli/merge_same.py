@@ -14,6 +14,7 @@ Parses, then merges through :class:`mudsc.sameinit.session.SameInitSession`, whi
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from mudsc.cli.common import StageBars, add_arch_args, add_data_args, add_quiet_arg, bars_off, plain_specs, print_json
@@ -147,6 +148,10 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, method: str, result) -> None:
     metrics, before = result.metrics, result.before_bn_reset
+    bad = [layer.keys[0] for layer in (result.report.layers if result.report else ()) if layer.diverged]
+    if bad:  # the merge is written, but its numbers should not be trusted
+        print(f"warning: CG diverged in {len(bad)} layer(s) ({', '.join(bad)}): the statistics give an "
+              "indefinite system (corrupt or foreign statistics files?)", file=sys.stderr)
     if args.json:
         print_json({**result.summary(), "out": str(args.out)})
     else:

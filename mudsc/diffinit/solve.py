@@ -55,11 +55,12 @@ def solve_one(sim: Tensor, sizes: tuple[int, ...], *, kind: str, groups: int, co
 def tied_pairing(sims: list[Tensor], sizes: tuple[int, ...], groups: int) -> list[np.ndarray]:
     """Similarities of spaces whose groups are tied (the Q/K and V/proj heads of one attention layer:
     head h's attention weights act on value head h) -> one group assignment per parent i >= 1,
-    maximising the summed group-pair similarity G of all of them (MuDSC group matching, Fig. 2)."""
-    n = sizes[0]
+    maximising the summed group-pair similarity G of all of them (MuDSC group matching, Fig. 2).
+    Tied spaces may differ in size (Swin's relative-position bias has one unit per head)."""
     total = [np.zeros((groups, groups)) for _ in sizes[1:]]
     for sim in sims:
         s = sim.detach().double().cpu().numpy()
+        n = s.shape[0] // len(sizes)
         for i in range(1, len(sizes)):
             total[i - 1] += pair_groups(s[:n, i * n:(i + 1) * n], groups=groups, who="tied groups")[0]
     return [max_assignment(t, who="tied groups") for t in total]

@@ -126,4 +126,4 @@ def mats(job: MergeJob) -> Iterator[Merged]:
         ws = job.weights(get)
         sol = solve_cg(system(job, keys, ws), job.start(get), iterations=cfg.iterations, tol=cfg.tol,
                        damping=cfg.damping)
-        yield _unblock(keys, sol.x), LayerReport(keys, "cg", sol.residual, sol.iterations, sol.history)
+        yield _unblock(keys, sol.x), LayerReport(keys, "cg", sol.residual, sol.iterations, sol.history, sol.indefinite)

@@ -27,18 +27,21 @@ Reader = Callable[[StateDict], Tensor]  # one block of a state dict, float64 on 
 class LayerReport:
     """How one group of keys was merged: ``how`` is the method, ``cg``, ``closed-form``, ``average``
     or ``base``; residual and iterations where a linear system was solved, and for CG the relative
-    residual before the first step and after each (``history``)."""
+    residual before the first step and after each (``history``) and whether it met negative
+    curvature (``indefinite``)."""
 
     keys: tuple[str, ...]
     how: str
     residual: float | None = None
     iterations: int | None = None
     history: tuple[float, ...] = ()
+    indefinite: bool = False
 
     @property
     def diverged(self) -> bool:
-        """Whether this layer's CG ended with a larger residual than it started (or a non-finite one)."""
-        return bool(self.history) and diverged(self.history, self.residual)
+        """Whether this layer's CG met an indefinite operator or ended with a larger residual than it
+        started (or a non-finite one)."""
+        return self.indefinite or (bool(self.history) and diverged(self.history, self.residual))
 
 
 @dataclass(frozen=True)

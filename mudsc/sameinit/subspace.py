@@ -45,17 +45,18 @@ class LinearSystem:
 class Solution:
     """A solved block, its relative residual ``||b - C x|| / ||b||`` and the CG steps taken;
     ``history`` is CG's relative residual before the first step and after each one (empty for
-    closed forms)."""
+    closed forms); ``indefinite`` says CG met a direction of clearly negative curvature and stopped."""
 
     x: Tensor
     residual: float
     iterations: int
     history: tuple[float, ...] = ()
+    indefinite: bool = False
 
     @property
     def diverged(self) -> bool:
-        """Whether the solve ended worse than it started: see :func:`diverged`."""
-        return diverged(self.history, self.residual)
+        """Whether the solve cannot be trusted: an indefinite operator, or see :func:`diverged`."""
+        return self.indefinite or diverged(self.history, self.residual)
 
 
 def diverged(history: Sequence[float], residual: float | None = None) -> bool:
@@ -179,11 +180,15 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, x0: Tenso
     stop = (tol * torch.linalg.vector_norm(rhs)) ** 2
     # CG's recurrence residual, relative to ||rhs|| (one float per step, for the app's residual chart)
     history = [float((rs / b2).sqrt()) if b2 > 0 else float(rs.sqrt())]
-    steps = 0
+    steps, indefinite = 0, False
     while steps < iterations and rs > stop:
         ap = apply(p)
         curvature = torch.vdot(p.flatten(), ap.flatten()).real
-        if curvature <= 0:  # p has left the range of the operator (rounding): nothing more to gain
+        if curvature <= 0:
+            # Zero up to rounding: p has left the operator's range, nothing more to gain. Clearly
+            # negative (beyond |p.Ap| <= |p||Ap| times rounding): the operator is indefinite.
+            bound = torch.linalg.vector_norm(p) * torch.linalg.vector_norm(ap)
+            indefinite = bool(curvature < -1e-8 * bound)
             break
         step = rs / curvature
         x += step * p
@@ -193,7 +198,7 @@ def conjugate_gradient(apply: Callable[[Tensor], Tensor], rhs: Tensor, x0: Tenso
         rs = rs_new
         steps += 1
         history.append(float((rs / b2).sqrt()) if b2 > 0 else float(rs.sqrt()))
-    return Solution(x, _relative_residual(apply, rhs, x), steps, tuple(history))
+    return Solution(x, _relative_residual(apply, rhs, x), steps, tuple(history), indefinite)
 
 
 def damped(system: LinearSystem, x0: Tensor, damping: float) -> LinearSystem:

@@ -24,10 +24,15 @@ def _buffer(tracer: fx.Tracer, proxy: Any) -> torch.Tensor | None:
     node = getattr(proxy, "node", None)
     if node is None or node.op != "get_attr":
         return None
-    try:
-        return tracer.root.get_buffer(node.target)
-    except AttributeError:
-        return None
+    # Through the modules' dicts: while tracing, attribute access on a module answers with proxies.
+    *path, name = str(node.target).split(".")
+    module = tracer.root
+    for part in path:
+        module = module._modules.get(part)
+        if module is None:
+            return None
+    buf = module._buffers.get(name)
+    return buf if isinstance(buf, torch.Tensor) else None
 
 
 def written_out(tracer: fx.Tracer, m: nn.Module, args: tuple, kwargs: dict) -> Callable | None:
