@@ -125,12 +125,30 @@ def test_self_merge_is_the_identity_inside_the_transformer_stack(digits):
     _check_self_merge(vit, ["patch_embed", "blocks.0.attn", "blocks.0", "blocks.1"], ["permute", "zipit"], digits)
 
 
-@pytest.mark.xfail(reason='open (issue 12): the new relative-position bias space (one unit per head) tied to q/k breaks the tied-group solver', strict=False)
 def test_self_merge_is_the_identity_inside_swin_stages(digits):
-    """At cuts on Swin's fixed stream, the merged MLP hidden units and the unmerged heads give the parent
-    back. (ConvNeXt is left out: a permuted self-merge misses the identity already for the full merge.)"""
+    """At cuts on Swin's stream, the merged attention heads (q/k, v and the per-head relative-position
+    bias tied together), MLP hidden units and the unmerged heads give the parent back."""
     swin = _model("timm:swin_tiny_patch4_window7_224", **{**SWIN, "window_size": 2})
     _check_self_merge(swin, ["layers.0.blocks.0", "layers.1.blocks.0"], ["permute"], digits)
+
+
+def test_self_merge_is_the_identity_inside_convnext_stages(digits):
+    """ConvNeXt (channels-last LayerNorm and MLP, layer scale) at cuts after a block, a downsample and
+    a stage. The digits are resized to 32 so that its four downsamplings fit."""
+    from mudsc.models import create_model
+    from mudsc.models.preprocess import preprocess_spec
+
+    torch.manual_seed(0)
+    pre = preprocess_spec(data_mean=digits.mean, data_std=digits.std, data_size=(8, 8), img_size=32)
+    net = create_model("timm:convnext_atto", classes=(0, 1, 2, 3, 4), num_classes=10, in_chans=1, img_size=32,
+                       feat_dim=16, preprocess=pre).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # layer scale starts at 1e-6: random scales and affines make every block count
+        for name, p in net.named_parameters():
+            if name.endswith("gamma") or ("norm" in name and p.ndim == 1):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5 + (0.0 if name.endswith("bias") else 1.0))
+    _check_self_merge(net, ["stages.0.blocks.0", "stages.1.downsample", "stages.2.blocks.2", "stages.2"],
+                      ["permute"], digits)
 
 
 def test_mid_stage_multihead_exports_reloads_and_reproduces(demo_parents, digits, tmp_path):
