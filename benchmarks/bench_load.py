@@ -79,7 +79,7 @@ def _caption(alpha: float) -> str:
     return f"Merged with {FIRST['method']}, alpha {alpha:g}, cut {FIRST['cut']}."
 
 
-async def _steps(page, steps: int) -> tuple[list[float], int]:
+async def _steps(page, steps: int, evidence: Path) -> tuple[list[float], int]:
     slider = page.get_by_role("slider", name="alpha: weight share of the similarity")
     times, missed = [], 0
     for i in range(steps):
@@ -90,13 +90,16 @@ async def _steps(page, steps: int) -> tuple[list[float], int]:
         try:
             await page.wait_for_function(SHOWN_JS, arg=_caption(alpha), polling="raf", timeout=120_000)
             times.append(time.perf_counter() - t0)
-        except Exception:  # noqa: BLE001 - a step that never shows is counted as an error
+            await _settled(page)
+        except Exception:  # noqa: BLE001 - a step that never shows or settles is an error; keep what the page shows
             missed += 1
-        await _settled(page)
+            evidence.mkdir(parents=True, exist_ok=True)
+            (evidence / f"step{i}.txt").write_text(await page.evaluate("() => document.body.innerText"))
+            await page.screenshot(path=str(evidence / f"step{i}.png"), full_page=True)
     return times, missed + await page.evaluate(ERRORS_JS)
 
 
-async def _run(n: int, url: str, steps: int) -> list[tuple[list[float], int]]:
+async def _run(n: int, url: str, steps: int, evidence: Path) -> list[tuple[list[float], int]]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
@@ -105,18 +108,20 @@ async def _run(n: int, url: str, steps: int) -> list[tuple[list[float], int]]:
                  for _ in range(n)]
         for i, page in enumerate(pages):  # one after the other: the demo's statistics are shared
             await _prepare(page, url, i)
-        out = await asyncio.gather(*(_steps(p, steps) for p in pages))  # all sessions at once
+        out = await asyncio.gather(*(_steps(p, steps, evidence / f"n{n}_session{i}")
+                                     for i, p in enumerate(pages)))  # all sessions at once
         await browser.close()
     return list(out)
 
 
-def _server(home: Path, app_dir: Path) -> tuple[subprocess.Popen, str]:
+def _server(home: Path, app_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
+    log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(app_dir / "app.py"), "--server.address", "127.0.0.1",
          "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
-        cwd=app_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=app_dir, stdout=subprocess.DEVNULL, stderr=log.open("w"),
         env={**os.environ, "MUDSC_HOME": str(home), "MUDSC_STATS_IMAGES": "500", "PYTHONPATH": str(app_dir)})
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
@@ -135,6 +140,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="alpha steps each session takes")
     ap.add_argument("--home", type=Path, help="a $MUDSC_HOME whose demo/ holds the trained demo pair")
     ap.add_argument("--app-dir", type=Path, default=ROOT, help="the checkout whose app.py is served")
+    ap.add_argument("--evidence", type=Path, default=Path("bench_load_evidence"),
+                    help="where the server logs and, for a failed step, the page's text and screenshot go")
     args = ap.parse_args()
     load = os.getloadavg()[0]
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, load average at start {load:.1f}, "
@@ -154,9 +161,9 @@ def main() -> None:
             (home / "demo").mkdir(parents=True)
             for p in demo:
                 shutil.copy(p, home / "demo" / Path(p).name)
-            proc, url = _server(home, args.app_dir.resolve())
+            proc, url = _server(home, args.app_dir.resolve(), args.evidence / f"server_n{n}.log")
             try:
-                results = asyncio.run(_run(n, url, args.steps))
+                results = asyncio.run(_run(n, url, args.steps, args.evidence))
                 peak = _peak_rss_mib(proc.pid)
             finally:
                 proc.terminate()

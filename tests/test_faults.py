@@ -557,3 +557,13 @@ def test_a_merge_session_keeps_only_its_newest_merges_within_its_memory_budget(t
     results = [session.merge(c) for c in configs]
     assert session.cached(make_config(method="zipit")) is None and session.cached(configs[0]) is None
     assert session.cached(configs[1]) is results[1] and session.cached(configs[2]) is results[2]
+
+
+def test_the_server_config_keeps_polls_from_starving_jobs():
+    """Every 1-s job poll is a script run; with Streamlit's gc.collect(2) after each, four sessions held
+    the GIL long enough that a 1-s merge did not finish in minutes (benchmarks/RESULTS.md, "Studio under
+    load"). The server runs with the repository's config file: the collection must stay off there."""
+    import tomllib
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["postScriptGC"] is False
