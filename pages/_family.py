@@ -12,7 +12,8 @@ from pathlib import Path
 import streamlit as st
 
 from mudsc.errors import MudscError
-from mudsc.studio.same_init.family import Family, open_session, shared_base
+from mudsc.methods import ALIGNERS, METHODS
+from mudsc.studio.same_init.family import Family, open_aligned, open_session, shared_base
 from pages._state import fingerprint, job_status, running, settings, start_job, take
 
 SAME_INIT_STATE = ("same_session", "family", "family_rows", "same_results", "same_sweeps", "same_multitask",
@@ -116,3 +117,43 @@ def render_shared_base_hint(parents) -> None:
         name, data_dir = st.session_state["data"]
         if use_family(Family(parents[i].path, tuple(p.path for j, p in enumerate(parents) if j != i), name, data_dir)):
             st.switch_page("pages/same_init.py")
+
+
+def render_align_then_fuse(session) -> None:
+    """Different-init parents, aligned once by a one-to-one matching and then fused by a same-init solver
+    (``mudsc-align+mats`` and the other hybrids): the aligned copies open on the Same-init page, their
+    average as the base. The alignment runs as a job; what was loaded stays as it is if it fails."""
+    if not session.paths:  # the hybrids re-read the checkpoints (and their manifest names them)
+        return
+    with st.expander("Align, then fuse with a same-init method (Fisher, RegMean, MaTS)"):
+        st.caption("Each parent is permuted onto the first by a one-to-one matching, which keeps its function; "
+                   "the aligned parents then share a basis, and the same-init solvers fuse them instead of the "
+                   "plain average (`mudsc merge-same --method ALIGN+FUSE`).")
+        left, right = st.columns(2)
+        align = left.selectbox("Alignment", ALIGNERS, index=ALIGNERS.index("mudsc-align"), key="atf_align",
+                               format_func=lambda m: f"{m}: {METHODS[m].help}")
+        alpha = right.slider("alpha of the alignment", 0.0, 1.0, 0.5, 0.05, key="atf_alpha",
+                             disabled=align != "mudsc-align", help="MuDSC's weight share of the similarity")
+        tag = (tuple(session.paths), align, float(alpha))
+        if st.button("Align the parents", key="atf_run", disabled=running("align_family") is not None):
+            name, data_dir = st.session_state["data"]
+            cfg = settings()
+
+            def work(progress, cancel):
+                progress(f"aligning with {align}", 0.0)
+                return open_aligned(session.paths, dataset=name, data_dir=data_dir, align=align, align_alpha=alpha,
+                                    specs=session.specs or None, align_images=cfg.stats_images,
+                                    stats_examples=cfg.stats_images, eval_images=cfg.eval_images,
+                                    reset_images=cfg.stats_images, batch_size=cfg.batch_size)
+            start_job("align_family", work, tag=tag)
+        aligned = take("align_family", tag=tag)
+        if aligned is not None:
+            for key in SAME_INIT_STATE:
+                st.session_state.pop(key, None)
+            st.session_state["same_session"] = aligned
+        job_status("align_family", "Alignment")
+        current = st.session_state.get("same_session")
+        if current is not None and current.alignment is not None:
+            st.success(f"Aligned with {current.options['align']}: the Same-init page fuses these parents.",
+                       icon=":material/check_circle:")
+            st.page_link("pages/same_init.py", label="Fuse them (same-init methods)", icon=":material/arrow_forward:")

@@ -11,7 +11,7 @@ from mudsc.errors import MudscError
 from mudsc.studio.demo import demo_tasks
 from mudsc.studio.parents import Parent, describe_parents
 from mudsc.studio.summary import parent_rows, space_rows
-from pages._family import render_family_tab, render_shared_base_hint
+from pages._family import render_align_then_fuse, render_family_tab, render_shared_base_hint
 from pages._state import (
     cached_parent,
     cached_session,
@@ -287,6 +287,7 @@ st.success(f"Ready: {len(session.parents)} parents, {len(session.graph.spaces)} 
            f"{len(session.graph.cuts)} cuts; statistics from {session.stats_images:,} training images, "
            f"evaluation on {len(session.eval):,} held-out images.", icon=":material/check_circle:")
 st.page_link("pages/merge.py", label="Merge them", icon=":material/arrow_forward:")
+render_align_then_fuse(session)
 acc_col, space_col = st.columns([2, 3])
 with acc_col:
     st.markdown("**Accuracy per task** (held-out, task-aware)")

@@ -23,12 +23,14 @@ PERCENT = "percent"
 session = st.session_state.get("same_session")
 if session is None:
     st.info("No same-init family yet: load a base and its fine-tuned task models (or the demo family) on the "
-            "Parents page, tab Same-init family.")
+            "Parents page, tab Same-init family; or align different-init parents there (align, then fuse).")
     st.page_link("pages/parents.py", label="Go to Parents", icon=":material/arrow_forward:")
     st.stop()
 
 st.title("Same-init merge")
-st.caption(f"{len(session.models)} task models fine-tuned from one base, tasks "
+origin = (f"different-init parents aligned with {session.options['align']} (their aligned average is the base "
+          "row and task arithmetic's base)" if session.alignment is not None else "task models fine-tuned from one base")
+st.caption(f"{len(session.models)} {origin}, tasks "
            f"{', '.join(task_label(t) for t in session.tasks)}; accuracies on {len(session.eval):,} held-out images "
            "(task-aware: each task through its own head). Every knob change re-merges from cached statistics.")
 

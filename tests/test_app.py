@@ -301,6 +301,40 @@ def test_removing_a_parent_cancels_a_running_landscape(demo_parents, monkeypatch
     assert job.wait(30).status == "cancelled"
 
 
+def test_different_init_parents_align_then_fuse_on_the_same_init_page(demo_parents):
+    import json
+
+    from mudsc.cli import main
+    from mudsc.studio.parents import load_parent
+
+    at = open_app(parents=[load_parent(str(p), dataset="digits") for p in demo_parents])
+    if "session" not in at.session_state:
+        wait_jobs(at, "stats")
+    at.selectbox(key="atf_align").set_value("permute")
+    at.button(key="atf_run").click().run()
+    wait_jobs(at, "align_family")
+    same = at.session_state["same_session"]
+    assert same.alignment is not None and same.options["align"] == "permute"
+    assert any("Aligned with permute" in s.value for s in at.success)
+    assert at.session_state["session"] is not None  # the different-init session stays as it was
+
+    at.switch_page("pages/same_init.py").run()
+    assert any("aligned with permute" in c.value for c in at.caption)
+    at.multiselect(key="si_methods").set_value(["regmean"]).run()
+    if "same_stats" in at.session_state["jobs"]:
+        wait_jobs(at, "same_stats")
+    metrics = next(d.value for d in at.dataframe if "mean (task-aware)" in d.value.columns).set_index("model")
+    assert any(m.startswith("regmean") for m in metrics.index) and "base" in metrics.index
+    out = at.session_state["same_export"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["session"]["align"] == "permute" and "base" not in manifest["inputs"]
+    again = out.parent / "again"
+    assert main(["--device", "cpu", "merge-same", "--manifest", str(out / "manifest.json"), "--out", str(again),
+                 "--quiet"]) == 0
+    for o in manifest["outputs"]:
+        assert (again / o["path"]).read_bytes() == (out / o["path"]).read_bytes()
+
+
 # ----------------------------------------------------------------------------- Merge
 
 def test_merge_page_without_session_points_to_parents():

@@ -1,4 +1,5 @@
-"""A same-init family: a base checkpoint and task models fine-tuned from it, checked before merging.
+"""A same-init family: a base checkpoint and task models fine-tuned from it, checked before merging;
+or different-init parents aligned first, whose aligned average then plays the base (align-then-fuse).
 
 Two checks (task arithmetic, TIES, Fisher, RegMean and MaTS all assume them): the task models'
 bodies have the base's keys and shapes, and each was fine-tuned from that base, read from the
@@ -99,3 +100,15 @@ def open_session(family: Family, *, stats_examples: int = 1000, eval_images: int
                                          stats_examples=stats_examples, eval_images=eval_images,
                                          reset_images=reset_images, batch_size=batch_size)
     return session, rows
+
+
+def open_aligned(paths: Sequence[str], *, dataset: str, data_dir: str | None, align: str, align_alpha: float = 0.5,
+                 specs: Sequence[dict | None] | None = None, align_images: int = 1000, stats_examples: int = 1000,
+                 eval_images: int | None = None, reset_images: int = 1000, batch_size: int = 250) -> SameInitSession:
+    """Different-init parents aligned to the first by `align` (one of :data:`mudsc.methods.ALIGNERS`) as
+    a :class:`SameInitSession` whose base is their aligned average: every same-init fuser then merges
+    them, as ``mudsc merge-same --method ALIGN+FUSE`` does."""
+    return SameInitSession.from_paths(list(paths), dataset=dataset, data_dir=data_dir, specs=specs, align=align,
+                                      align_alpha=align_alpha, align_images=align_images,
+                                      stats_examples=stats_examples, eval_images=eval_images,
+                                      reset_images=reset_images, batch_size=batch_size)
