@@ -223,12 +223,12 @@ def test_sweep_under_torchrun_writes_one_process_csv(tmp_path, tiny_parents):
 @pytest.mark.slow
 def test_merge_under_torchrun_writes_one_checkpoint_that_matches_one_process(tmp_path, tiny_parents):
     common = ["merge", "--parents", *tiny_parents, "--dataset", "digits", "--method", "mudsc-zip", "--alpha", "0.5",
-              "--stats-images", "250", "--eval-images", "100", "--reset-images", "250", "--json"]
+              "--stats-images", "500", "--eval-images", "100", "--reset-images", "500", "--json"]  # 2 batches: one per rank
     two = _torchrun([*common, "--out", "two"], tmp_path / "home", tmp_path)
     assert two.returncode == 0, _errors(two)
     one = _one([*common, "--out", "one"], tmp_path / "home", tmp_path)
     assert one.returncode == 0, _errors(one)
-    assert json.loads(two.stdout)["out"] and two.stdout.count('"joint"') == one.stdout.count('"joint"')  # rank 0 only
+    assert json.loads(two.stdout).keys() == json.loads(one.stdout).keys()  # one summary: rank 0 alone prints
     manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert manifest["world_size"] == WORLD and json.loads((tmp_path / "one" / "manifest.json").read_text())["world_size"] == 1
     # the sharded statistics and BN reset differ from one process at float32 rounding only
