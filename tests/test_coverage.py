@@ -7,6 +7,7 @@ import json
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
@@ -126,13 +127,42 @@ def test_sequence_first_attention_with_a_mask_and_weights():
     assert torch.allclose(y, y0, atol=1e-6) and torch.allclose(w, w0, atol=1e-6)
 
 
-def test_rotary_model_reports_a_reason_for_every_fixed_tensor():
+def test_rotary_model_merges_all_but_its_rotated_heads_and_says_why():
+    """EVA-02: a q/k/v bias concatenated from q_bias, a zero k buffer and v_bias, SwiGLU's fused w12
+    chunked in two, rotary embeddings on q and k. The stream, v's projection side and the MLPs merge;
+    q/k stay fixed (a rotation pairs units inside a head) and say so."""
     torch.manual_seed(0)
     model = timm.create_model("eva02_tiny_patch14_224", pretrained=False, img_size=28, depth=2, num_classes=5).eval()
     cov = coverage(model, _batch(28))
     assert cov.summary["max_rel_change"] <= 1e-10
-    assert 0.0 <= cov.summary["merged_share"] <= 1.0
+    assert cov.summary["merged_share"] >= 0.8  # 0 before the fused-bias and chunk rules
+    merged = {r.param for r in cov.tensors if r.merged}
+    assert {"blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.fc1.weight",
+            "blocks.1.mlp.fc2.weight"} <= merged
     assert all(r.reason for r in cov.tensors if not r.merged)
+
+
+class _FusedBias(nn.Module):
+    """A linear whose bias is a parameter next to a buffer: uniform (EVA's zero k bias) or not."""
+
+    def __init__(self, uniform: bool) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 6))
+        self.b = nn.Parameter(torch.randn(4))
+        self.register_buffer("c", torch.zeros(4) if uniform else torch.arange(4.0), persistent=False)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(F.linear(x, self.w, torch.cat((self.b, self.c)))))
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_a_bias_concatenated_with_a_buffer_merges_only_when_the_buffer_is_uniform(uniform):
+    torch.manual_seed(0)
+    cov = coverage(_FusedBias(uniform).eval(), torch.randn(5, 6))
+    assert cov.summary["max_rel_change"] <= 1e-10
+    rows = {r.param: r for r in cov.tensors}
+    assert rows["w"].merged == uniform and rows["b"].merged == uniform
 
 
 def test_untraceable_model_names_the_module_and_the_spec_route():

@@ -25,26 +25,37 @@ class HeadRules:
 
     def split_heads(self, x: Any, src: tuple[int, ...], dst: tuple[int, ...]) -> Any:
         """[.., k*H*D] -> [.., k, H, D] or [.., H, D]: channels split into chunks and heads."""
-        seg = x.segs[0]
-        if len(x.segs) != 1 or seg.repeat != 1 or seg.cand is None or len(self.node.all_input_nodes[0].users) != 1:
+        segs = x.segs
+        if (any(s.repeat != 1 or s.cand is None for s in segs)
+                or len(self.node.all_input_nodes[0].users) != 1):
             return None
         j = next((j for j in range(len(dst)) if math.prod(dst[:j]) == math.prod(src[: x.dim])), None)
         if j is None:
             return None
         for m in (3, 2):
-            if j + m <= len(dst) and math.prod(dst[j:j + m]) == seg.size and all(d > 1 for d in dst[j:j + m]):
+            if j + m <= len(dst) and math.prod(dst[j:j + m]) == x.width and all(d > 1 for d in dst[j:j + m]):
                 break
         else:
             return None
         chunks = dst[j] if m == 3 else 1
-        cands = self.spaces.split(seg.cand, chunks, _LABELS.get(chunks))
+        width = x.width // chunks
+        labels = _LABELS.get(chunks)
+        if len(segs) == 1:
+            seg = segs[0]
+            cands = self.spaces.split(seg.cand, chunks, labels)
+            taps = tuple(Tap(seg.tap.node, seg.tap.dim, seg.tap.start + i * width) if seg.tap else None
+                         for i in range(chunks))
+        elif len(segs) == chunks and all(s.size == width for s in segs):  # one candidate per chunk already
+            cands = [self.spaces.find(s.cand) for s in segs] if all(self.spaces.fresh(s.cand) for s in segs) else None
+            for c, label in zip(cands or (), labels or ()):
+                self.spaces.labels[c] = label
+            taps = tuple(s.tap for s in segs)
+        else:
+            return None
         if cands is None:
             return None
-        width = seg.size // chunks
         for c in cands:
             self.spaces.set_groups(c, dst[j + m - 2])
-        taps = tuple(Tap(seg.tap.node, seg.tap.dim, seg.tap.start + i * width) if seg.tap else None
-                     for i in range(chunks))
         dims = (j, j + 1, j + 2) if m == 3 else (None, j, j + 1)
         return Split(len(dst), dims, cands, taps, dst[j + m - 2])
 

@@ -21,7 +21,7 @@ from mudsc.unitgraph.fx import tap_of
 from mudsc.unitgraph.heads import HeadRules
 from mudsc.unitgraph.spaces import Spaces
 from mudsc.unitgraph.types import AxisRef
-from mudsc.unitgraph.values import OPAQUE, Opaque, Param, Scores, Seg, Split, Val
+from mudsc.unitgraph.values import OPAQUE, Opaque, Param, ParamCat, Scores, Seg, Split, Val
 
 _CONV = (nn.modules.conv._ConvNd,)
 _NORM = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -72,6 +72,7 @@ class Walker(HeadRules):
     """Runs the rules over `gm` (shapes propagated); results land in `self.spaces`."""
 
     def __init__(self, gm: fx.GraphModule, sd_keys: set[str]) -> None:
+        self.gm = gm
         self.gm = gm
         self.mods = dict(gm.named_modules())
         self.sd_keys = sd_keys
@@ -168,6 +169,8 @@ class Walker(HeadRules):
 
     def function(self, name: str, target: Any, args: tuple, kwargs: dict) -> Any:
         x = args[0] if args else None
+        if name == "type_as" and len(args) == 2:
+            args = args[:1]  # the other tensor gives only its dtype: its channels are not read
         if name == "getitem" and isinstance(x, (tuple, list)):
             return x[args[1]] if isinstance(args[1], int) else self.unknown(x)
         tensors = [a for a in _flat((args, kwargs)) if isinstance(a, (Val, Param, Opaque, Split, Scores))]
@@ -211,6 +214,9 @@ class Walker(HeadRules):
             return self.cat(list(args[0]), dim)
         if name == "getitem":
             return self.getitem(x, args[1])
+        if name == "chunk" and isinstance(x, Val):
+            return self.chunk(x, args[1] if len(args) > 1 else kwargs.get("chunks"),
+                              kwargs.get("dim", args[2] if len(args) > 2 else 0))
         if name in ("layer_norm", "group_norm", "batch_norm"):
             return self.functional_norm(name, target, args, kwargs)
         if name == "linear":
@@ -260,13 +266,24 @@ class Walker(HeadRules):
             self.spaces.add_ref(cand, AxisRef(key, axis, "out"))
         return Val(dim, ndim, (Seg(cand, size, 1, tap_of(self.node, dim, ndim, 0)),))
 
-    def linear(self, x: Val | Opaque, weight: str, bias: str | None, out: int) -> Any:
+    def linear(self, x: Val | Opaque, weight: str, bias: str | ParamCat | None, out: int) -> Any:
         shape = _shape(self.node)
         if isinstance(x, Val) and x.dim != x.ndim - 1:
             # mixes a non-channel dim (token mixing): the channels pass through untouched
             return self.retap(x)
         self.consume(x, weight, 1)
-        return self.produce(out, len(shape) - 1, len(shape), [(weight, 0)] + ([(bias, 0)] if bias else []))
+        if not isinstance(bias, ParamCat):
+            return self.produce(out, len(shape) - 1, len(shape), [(weight, 0)] + ([(bias, 0)] if bias else []))
+        # a bias concatenated from parts: one candidate per part, each its run of the weight's rows
+        segs, start = [], 0
+        for key, n in bias.parts:
+            cand = self.spaces.new(n)
+            self.spaces.add_ref(cand, AxisRef(weight, 0, "out", start))
+            if key is not None:
+                self.spaces.add_ref(cand, AxisRef(key, 0, "out"))
+            segs.append(Seg(cand, n, 1, tap_of(self.node, len(shape) - 1, len(shape), start)))
+            start += n
+        return Val(len(shape) - 1, len(shape), tuple(segs))
 
     def conv(self, x: Val | Opaque, m: nn.modules.conv._ConvNd, path: str) -> Any:
         if isinstance(x, Val) and x.dim != 1:
@@ -322,9 +339,9 @@ class Walker(HeadRules):
         x, w = args[0], kwargs.get("weight", args[1] if len(args) > 1 else None)
         b = kwargs.get("bias", args[2] if len(args) > 2 else None)
         if (not isinstance(x, (Val, Opaque)) or not isinstance(w, Param) or w.axes != (0, 1)
-                or not (b is None or (isinstance(b, Param) and b.axes == (0,)))):
+                or not (b is None or isinstance(b, ParamCat) or (isinstance(b, Param) and b.axes == (0,)))):
             return self.unknown(args, kwargs)
-        return self.linear(x, w.key, b.key if b is not None else None, _shape(self.node)[-1])
+        return self.linear(x, w.key, b.key if isinstance(b, Param) else b, _shape(self.node)[-1])
 
     def same(self, x: Val | Opaque, *, retap: bool) -> Any:
         return self.retap(x) if isinstance(x, Val) and retap else x
@@ -504,7 +521,7 @@ class Walker(HeadRules):
         shapes = [_shape(n) for n in self.node.args[0]]
         vals = [p for p in parts if isinstance(p, Val)]
         if not vals:
-            return OPAQUE
+            return (self.param_cat(parts, shapes) if len(shape) == 1 else None) or OPAQUE
         if all(v.dim == dim for v in vals):
             segs = []
             for p, s in zip(parts, shapes):
@@ -512,6 +529,43 @@ class Walker(HeadRules):
             return Val(dim, len(shape), tuple(segs))
         others = [(p, s) for p, s in zip(parts, shapes) if not isinstance(p, Val)]
         return self.unite(vals, others, shape, retap=True)
+
+    def chunk(self, x: Val, chunks: Any, dim: int) -> Any:
+        """A fresh projection output cut along its channels (SwiGLU's fused ``w12``): one candidate per
+        chunk, each its run of the projection's rows; a later ``silu(x1) * x2`` unites them again."""
+        seg = x.segs[0]
+        if (not isinstance(chunks, int) or dim % x.ndim != x.dim or len(x.segs) != 1 or seg.repeat != 1
+                or seg.cand is None):
+            return self.unknown(x)
+        cands = self.spaces.split(seg.cand, chunks, None)
+        if cands is None:
+            return self.unknown(x)
+        width = seg.size // chunks
+        return tuple(Val(x.dim, x.ndim, (Seg(c, width, 1, tap_of(self.node, x.dim, x.ndim, i * width)),))
+                     for i, c in enumerate(cands))
+
+    def param_cat(self, parts: list, shapes: list) -> ParamCat | None:
+        """1-D parameters and constant buffers concatenated (a fused bias), or None for anything else."""
+        out = []
+        for p, n, s in zip(parts, self.node.args[0], shapes):
+            if isinstance(p, Param) and p.axes == (0,):
+                out.append((p.key, s[0]))
+            elif isinstance(p, Opaque) and self._uniform_buffer(n):
+                out.append((None, s[0]))
+            else:
+                return None
+        return ParamCat(tuple(out)) if any(k is not None for k, _ in out) else None
+
+    def _uniform_buffer(self, node: Any) -> bool:
+        """A buffer outside the state dict with the same value everywhere (timm EVA's zero k bias):
+        a permutation of its entries leaves it as it is."""
+        if not isinstance(node, fx.Node) or node.op != "get_attr":
+            return False
+        try:
+            t = self.gm.get_buffer(node.target)
+        except AttributeError:
+            return False
+        return t.ndim == 1 and t.numel() > 0 and bool((t == t[0]).all())
 
     def expand(self, x: Any) -> Any:
         shape = _shape(self.node)

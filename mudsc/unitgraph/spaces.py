@@ -72,7 +72,7 @@ class Spaces:
         already has other members, consumers or offsets."""
         r = self.find(i)
         refs = self.refs[r]
-        if (self.fixed[r] or self.uses[r] or self.marks[r] or self.size[r] % k
+        if (not self.fresh(r) or self.size[r] % k
                 or any(x.role != "out" or x.start or x.repeat != 1 for x in refs)):
             return None
         if k == 1:
@@ -87,6 +87,11 @@ class Spaces:
         self.refs[r] = []
         self.fix(r, "split into chunks")
         return out
+
+    def fresh(self, i: int) -> bool:
+        """Whether set `i` is only produced so far: not fixed, consumed or united with another."""
+        r = self.find(i)
+        return not (self.fixed[r] or self.uses[r] or self.marks[r])
 
     def tie(self, a: int, b: int, node: fx.Node) -> None:
         """Sets `a` and `b` must order their groups alike (q/k and v heads of one attention)."""

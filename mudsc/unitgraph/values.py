@@ -44,6 +44,14 @@ class Param:
     axes: tuple[int | None, ...]
 
 
+@dataclass(frozen=True)
+class ParamCat:
+    """1-D tensors side by side along dim 0, as ``cat`` builds a fused q/k/v bias (timm's EVA):
+    each part a state-dict key, or None for a buffer with one value at every entry, and its length."""
+
+    parts: tuple[tuple[str | None, int], ...]
+
+
 class Opaque:
     """A tensor with no tracked channels (the model input, outputs of unknown ops)."""
 
