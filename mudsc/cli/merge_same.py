@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--density", type=float, help="TIES: fraction of each task vector kept")
     p.add_argument("--regmean-alpha", type=float, help="off-diagonal scaling of Grams and K-FAC factors, in [0, 1]")
     p.add_argument("--objective", choices=OBJECTIVES, help="MaTS objective (default kfac)")
-    p.add_argument("--cg-iterations", type=int, help="MaTS conjugate-gradient steps (default 100)")
+    p.add_argument("--cg-iterations", type=int, help="MaTS conjugate-gradient steps (default 10)")
     p.add_argument("--init", help="CG start and null-space fallback: average, task-arithmetic, base, zeros or a "
                                   "checkpoint FILE (default average)")
     p.add_argument("--damping", type=float, help="pull towards the init, relative to each layer's curvature")
