@@ -103,6 +103,31 @@ def test_user_architecture_merges_from_the_cli_and_the_manifest_reproduces_it(us
     assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
 
 
+def test_plain_parents_align_then_fuse_and_the_merge_same_manifest_reloads_them(user_parents, tmp_path, capsys):
+    p = user_parents
+    out = tmp_path / "fused"
+    args = ["merge-same", "--models", str(p["a"]), str(p["b"]), "--method", "permute+regmean", "--dataset", "digits",
+            "--arch", f"{p['code']}:make_net", "--kw", "width=8", "--classes", "0-4", "5-9", "--mean", "0.5",
+            "--std", "0.5", "--align-images", "250", "--stats-examples", "200", "--reset-images", "250", "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["inputs"]["models"][1]
+    assert entry["spec"]["classes"] == [5, 6, 7, 8, 9] and "arch_sha256" in entry
+    again = tmp_path / "again"
+    assert main(["merge-same", "--manifest", str(out / "manifest.json"), "--out", str(again), "--quiet"]) == 0
+    for o in manifest["outputs"]:
+        assert (again / o["path"]).read_bytes() == (out / o["path"]).read_bytes()
+    # the model code is part of the record: changed code is refused, in one line
+    capsys.readouterr()
+    p["code"].write_text(NET + "\n# edited\n")
+    try:
+        assert main(["merge-same", "--manifest", str(out / "manifest.json"), "--out", str(tmp_path / "x")]) == 2
+    finally:
+        p["code"].write_text(NET)
+    err = capsys.readouterr().err
+    assert "model code" in err and "changed since the manifest was written" in err
+
+
 def test_user_parents_evaluate_as_their_training_loop_did(user_parents, capsys):
     p = user_parents
     assert main(["eval", "--model", str(p["a"]), "--dataset", "digits", "--arch", f"{p['code']}:make_net",

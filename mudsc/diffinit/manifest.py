@@ -21,7 +21,8 @@ from mudsc.diffinit.config import MergeConfig
 from mudsc.diffinit.session import MergeResult, MergeSession
 from mudsc.distributed import Launch
 from mudsc.errors import CheckpointError, ConfigError
-from mudsc.models.checkpoint import META_KEY, safetensors_bytes, sha256_file
+from mudsc.models.checkpoint import META_KEY, safetensors_bytes
+from mudsc.models.plain import check_record, file_record
 
 MANIFEST_VERSION = 1
 
@@ -69,7 +70,7 @@ def save_merge(result: MergeResult, session: MergeSession, out_dir: str | Path) 
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "config": result.config.model_dump(mode="json"),
-        "parents": [_parent_entry(p, s) for p, s in zip(session.paths, session.specs or [None] * len(session.paths))],
+        "parents": [file_record(p, s) for p, s in zip(session.paths, session.specs or [None] * len(session.paths))],
         "data": {**session.data.describe(), "data_dir": session.data_dir},
         "session": {"stats_images": session.stats_images, "eval_images": len(session.eval),
                     "batch_size": session.batch_size},
@@ -88,18 +89,6 @@ def save_merge(result: MergeResult, session: MergeSession, out_dir: str | Path) 
         with atomic_path(out / "manifest.json", size=len(manifest_bytes)) as manifest_tmp:
             manifest_tmp.write_bytes(manifest_bytes)
     return manifest
-
-
-def _parent_entry(path: str, spec: dict[str, Any] | None) -> dict[str, Any]:
-    """A parent file with its sha256 and, for a plain state dict, the spec it loads with: architecture,
-    options, task and preprocessing (a user file's sha256 with it)."""
-    entry: dict[str, Any] = {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}
-    if spec is not None:
-        entry["spec"] = spec
-        code = spec["arch"].rpartition(":")[0]
-        if code.endswith(".py") and Path(code).expanduser().is_file():
-            entry["arch_sha256"] = sha256_file(Path(code).expanduser())
-    return entry
 
 
 def load_json(path: str | Path) -> tuple[Path, Any]:
@@ -123,17 +112,7 @@ def reproduce(manifest: dict[str, Any], out_dir: str | Path, *, device=None,
     """Redo the merge a manifest describes (parents checked against their sha256) and export it;
     `launch` shards its statistics over a torchrun job's ranks."""
     for parent in manifest["parents"]:
-        if not Path(parent["path"]).is_file():
-            raise CheckpointError(f"manifest parent {parent['path']} does not exist")
-        if sha256_file(parent["path"]) != parent["sha256"]:
-            raise CheckpointError(f"parent {parent['path']} changed since the manifest was written (sha256 differs)")
-        code = parent.get("spec", {}).get("arch", "").rpartition(":")[0]
-        if "arch_sha256" in parent and (not Path(code).expanduser().is_file()
-                                        or sha256_file(Path(code).expanduser()) != parent["arch_sha256"]):
-            raise CheckpointError(f"model code {code} is missing or changed since the manifest was written")
-        embed = parent.get("spec", {}).get("class_embeddings")
-        if embed and sha256_file(embed["path"]) != embed["sha256"]:
-            raise CheckpointError(f"class embeddings {embed['path']} changed since the manifest was written")
+        check_record(parent, "parent")
     data, sess = manifest["data"], manifest["session"]
     session = MergeSession.from_paths([p["path"] for p in manifest["parents"]],
                                       reload_name(data["name"], data["source"]), data.get("data_dir"), stats_images=sess["stats_images"],

@@ -2,10 +2,11 @@
 from the command line's (or the app's) architecture, task and preprocessing options."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mudsc.errors import CheckpointError, ConfigError
-from mudsc.models.checkpoint import read_info
+from mudsc.models.checkpoint import read_info, sha256_file
 from mudsc.models.external import external_spec
 
 
@@ -33,3 +34,34 @@ def plain_specs(paths: list[str], data: dict[str, Any], *, arch: str | None, cla
         out.append(external_spec(arch, classes=classes[i], data=data, kwargs=kwargs, mean=pick(mean), std=pick(std),
                                  img_size=pick(img_size), class_embeddings=class_embeddings))
     return out
+
+
+def file_record(path: str | Path, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A manifest's entry for an input checkpoint: its resolved path and sha256 and, for a plain state
+    dict, the spec it loads with (architecture, options, task, preprocessing) and its code's sha256."""
+    entry: dict[str, Any] = {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}
+    if spec is not None:
+        entry["spec"] = spec
+        code = spec["arch"].rpartition(":")[0]
+        if code.endswith(".py") and Path(code).expanduser().is_file():
+            entry["arch_sha256"] = sha256_file(Path(code).expanduser())
+    return entry
+
+
+def check_record(entry: dict[str, Any], what: str) -> str:
+    """The path of a manifest entry written by :func:`file_record`, once the file, its model code and
+    its class embeddings are the ones the manifest was written with."""
+    path = entry["path"]
+    if not Path(path).is_file():
+        raise CheckpointError(f"manifest {what} {path} does not exist")
+    if sha256_file(path) != entry["sha256"]:
+        raise CheckpointError(f"{what} {path} changed since the manifest was written (sha256 differs)")
+    spec = entry.get("spec") or {}
+    code = spec.get("arch", "").rpartition(":")[0]
+    if "arch_sha256" in entry and (not Path(code).expanduser().is_file()
+                                   or sha256_file(Path(code).expanduser()) != entry["arch_sha256"]):
+        raise CheckpointError(f"model code {code} is missing or changed since the manifest was written")
+    embed = spec.get("class_embeddings")
+    if embed and sha256_file(embed["path"]) != embed["sha256"]:
+        raise CheckpointError(f"class embeddings {embed['path']} changed since the manifest was written")
+    return path

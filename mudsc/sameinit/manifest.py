@@ -13,7 +13,7 @@ from typing import Any
 from mudsc.data import reload_name
 from mudsc.diffinit.manifest import load_json
 from mudsc.errors import CheckpointError
-from mudsc.models.checkpoint import sha256_file
+from mudsc.models.plain import check_record
 from mudsc.sameinit.config import MultitaskConfig, SameInitConfig
 from mudsc.sameinit.session import MANIFEST_FORMAT, Config, SameInitResult, SameInitSession
 
@@ -30,15 +30,6 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _checked(entry: dict[str, str], what: str) -> str:
-    path = entry["path"]
-    if not Path(path).is_file():
-        raise CheckpointError(f"manifest {what} {path} does not exist")
-    if sha256_file(path) != entry["sha256"]:
-        raise CheckpointError(f"{what} {path} changed since the manifest was written (sha256 differs)")
-    return path
-
-
 def manifest_config(manifest: dict[str, Any]) -> Config:
     """The merge's config: a :class:`SameInitConfig`, or the :class:`MultitaskConfig` of the bound."""
     data = manifest["config"]
@@ -48,14 +39,15 @@ def manifest_config(manifest: dict[str, Any]) -> Config:
 def reproduce(manifest: dict[str, Any], out: str | Path, *, device=None) -> tuple[SameInitResult, dict[str, Any]]:
     """Redo the merge `manifest` describes (every input checked against its sha256) and save it under `out`."""
     inputs, opts = manifest["inputs"], dict(manifest["session"])
-    models = [_checked(m, "task model") for m in inputs["models"]]
-    base = _checked(inputs["base"], "base") if "base" in inputs else None
-    stats = [_checked(s, "statistics file") for s in inputs["stats"]] if isinstance(inputs.get("stats"), list) else None
-    init = _checked(inputs["init"], "CG init") if "init" in inputs else None
+    models = [check_record(m, "task model") for m in inputs["models"]]
+    base = check_record(inputs["base"], "base") if "base" in inputs else None
+    specs = [m.get("spec") for m in inputs["models"]]
+    stats = [check_record(s, "statistics file") for s in inputs["stats"]] if isinstance(inputs.get("stats"), list) else None
+    init = check_record(inputs["init"], "CG init") if "init" in inputs else None
     data = manifest["dataset"]
     session = SameInitSession.from_paths(models, base=base, dataset=reload_name(data["name"], data["source"]),
                                          data_dir=manifest.get("data_dir"), stats=stats, init=init,
-                                         device=device, **opts)
+                                         specs=specs, device=device, **opts)
     if session.data.fingerprint != data["sha256"]:
         raise CheckpointError("the data set differs from the one the manifest was made with (sha256 differs)")
     result = session.merge(manifest_config(manifest))

@@ -31,6 +31,7 @@ from mudsc.evaluate import TaskMetrics, multitask_metrics, predict
 from mudsc.methods import get_method
 from mudsc.models.checkpoint import load_model, read_info, read_state_dict, save_model, sha256_file
 from mudsc.models.heads import body_of, shares_output_space
+from mudsc.models.plain import file_record
 from mudsc.sameinit.config import MultitaskConfig, SameInitConfig
 from mudsc.sameinit.hybrid import Alignment, align_parents, average_state_dict
 from mudsc.sameinit.merge import SameInitReport, check_bodies, merge_same_init
@@ -169,12 +170,14 @@ class SameInitSession:
         specs = list(specs) if specs is not None else [None] * len(models)
         loaded = [load_model(p, spec=s) for p, s in zip(models, specs)]
         task_models, infos = [m for m, _ in loaded], [i for _, i in loaded]
-        inputs: dict[str, Any] = {"models": [{**_file(p), "task": list(m.classes)}
-                                             for p, m in zip(models, task_models)]}
+        # plain state dicts keep their spec in the manifest, which then reloads them as they were loaded
+        inputs: dict[str, Any] = {"models": [{**file_record(p, s), "task": list(m.classes)}
+                                             for p, s, m in zip(models, specs, task_models)]}
         base_model = None
         if base is not None:
-            base_model, _ = load_model(base, spec=None if "spec" in read_info(base) else specs[0])
-            inputs["base"] = _file(base)
+            base_spec = None if "spec" in read_info(base) else specs[0]
+            base_model, _ = load_model(base, spec=base_spec)
+            inputs["base"] = file_record(base, base_spec)
             for p, info in zip(models, infos):
                 recorded = (info.get("base") or {}).get("sha256")
                 if recorded and recorded != inputs["base"]["sha256"]:
