@@ -29,7 +29,7 @@ from mudsc.diffinit.session import Steps, stage_steps
 from mudsc.errors import CheckpointError, ConfigError
 from mudsc.evaluate import TaskMetrics, multitask_metrics, predict
 from mudsc.methods import get_method
-from mudsc.models.checkpoint import load_model, read_info, read_state_dict, save_model, sha256_file
+from mudsc.models.checkpoint import load_model, read_info, read_state_dict, save_model
 from mudsc.models.heads import body_of, shares_output_space
 from mudsc.models.plain import file_record
 from mudsc.sameinit.config import MultitaskConfig, SameInitConfig
@@ -187,7 +187,7 @@ class SameInitSession:
         init_sd = None
         if init is not None:
             init_sd = read_state_dict(init)[0]
-            inputs["init"] = _file(init)
+            inputs["init"] = file_record(init)
         session = cls(base_model, task_models, data, stats=given, init=init_sd, **kwargs)
         session.inputs, session.infos = inputs, infos
         session.data_dir = None if data_dir is None else str(data_dir)
@@ -343,10 +343,6 @@ class SameInitSession:
         return manifest
 
 
-def _file(path: str | Path) -> dict[str, str]:
-    return {"path": str(path), "sha256": sha256_file(path)}
-
-
 def _dataset(name: str | None, data_dir: str | None, infos: Sequence[dict[str, Any]]) -> Dataset:
     """The data set `name` (default: the one the task models record), checked against their image geometry."""
     name = name or (infos[0].get("dataset") or {}).get("name")
@@ -366,7 +362,7 @@ def _stats(paths: Sequence[str | Path], inputs: dict[str, Any]) -> list[TaskStat
     if len(paths) != len(inputs["models"]):
         raise ConfigError(f"--stats gives {len(paths)} files for {len(inputs['models'])} models; give one per model")
     stats = [load_stats(p) for p in paths]
-    inputs["stats"] = [_file(p) for p in paths]
+    inputs["stats"] = [file_record(p) for p in paths]
     for s, f, m in zip(stats, inputs["stats"], inputs["models"]):
         recorded = s.metadata.get("model_sha256")
         if recorded and recorded != m["sha256"]:

@@ -73,7 +73,6 @@ class Walker(HeadRules):
 
     def __init__(self, gm: fx.GraphModule, sd_keys: set[str]) -> None:
         self.gm = gm
-        self.gm = gm
         self.mods = dict(gm.named_modules())
         self.sd_keys = sd_keys
         self.spaces = Spaces()
@@ -531,7 +530,7 @@ class Walker(HeadRules):
         return self.unite(vals, others, shape, retap=True)
 
     def chunk(self, x: Val, chunks: Any, dim: int) -> Any:
-        """A fresh projection output cut along its channels (SwiGLU's fused ``w12``): one candidate per
+        """A fresh projection output cut along its channels (SwiGLU's fused ``fc1``): one candidate per
         chunk, each its run of the projection's rows; a later ``silu(x1) * x2`` unites them again."""
         seg = x.segs[0]
         if (not isinstance(chunks, int) or dim % x.ndim != x.dim or len(x.segs) != 1 or seg.repeat != 1
