@@ -1,5 +1,6 @@
 """The Parents page's "Architecture + weights" tab with the user's own network: it loads, shows its
 unit-space coverage, and every bad input is an error that keeps the state."""
+import os
 import textwrap
 
 import pytest
@@ -30,10 +31,24 @@ def user_files(tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, good)
     wrong = tmp_path / "wrong.pt"
     torch.save({f"net.{k}": v for k, v in sd.items()}, wrong)
-    return {"code": code, "good": good, "wrong": wrong}
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Evil(tmp_path / "was_unpickled")}, evil)
+    return {"code": code, "good": good, "wrong": wrong, "evil": evil}
 
 
-def _fill(at, arch, weights, classes="0-4", options=""):
+class _Evil:
+    """Unpickling this would run a command: a checkpoint must never be unpickled as objects."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _fill(at, arch, weights, classes="0-4", options="", **extra):
+    for key, value in extra.items():
+        at.text_input(key=f"plain_{key}").set_value(value)
     at.text_input(key="plain_arch").set_value(arch)
     at.text_input(key="plain_kwargs").set_value(options)
     at.text_input(key="plain_classes").set_value(classes)
@@ -62,11 +77,26 @@ def test_user_network_loads_and_shows_its_coverage(user_files):
     ("shape", "the model expects"),
     ("missing", "does not exist"),
     ("function", "has no function 'make_nett'"),
+    ("classes", "malformed class subset '0-4x'"),
+    ("mean", "mean 'a,b': expected numbers"),
+    ("std", "give --mean and --std together"),
+    ("embeddings", "class embeddings"),
+    ("pickle", "never pickled objects"),
 ])
 def test_bad_inputs_are_errors_that_keep_the_state(user_files, case, expect):
     at = open_app()
-    arch, weights, options = f"{user_files['code']}:make_net", user_files["good"], ""
-    if case == "prefix":
+    arch, weights, options, classes, extra = f"{user_files['code']}:make_net", user_files["good"], "", "0-4", {}
+    if case == "classes":
+        classes = "0-4x"
+    elif case == "mean":
+        extra = {"mean": "a,b", "std": "0.5,0.5"}
+    elif case == "std":
+        extra = {"mean": "0.5"}
+    elif case == "embeddings":
+        extra = {"embeddings": str(user_files["good"].with_name("text_embed.npy"))}
+    elif case == "pickle":
+        weights = user_files["evil"]
+    elif case == "prefix":
         weights = user_files["wrong"]
     elif case == "shape":
         options = "width=8"
@@ -74,8 +104,9 @@ def test_bad_inputs_are_errors_that_keep_the_state(user_files, case, expect):
         weights = user_files["good"].with_name("gone.pt")
     else:
         arch = f"{user_files['code']}:make_nett"
-    _fill(at, arch, weights, options=options)
+    _fill(at, arch, weights, classes=classes, options=options, **extra)
     assert any(expect in e.value for e in at.error), [e.value for e in at.error]
+    assert not (user_files["code"].parent / "was_unpickled").exists()
     assert at.session_state["parents"] == []
     assert at.text_input(key="plain_arch").value == arch  # the form keeps what was typed
 

@@ -3,6 +3,7 @@ float64 permutation invariance, the reasons for fixed tensors, the written-out n
 and ``mudsc spaces``."""
 import copy
 import json
+import textwrap
 
 import pytest
 import timm
@@ -204,6 +205,50 @@ def test_spaces_command_bad_arch_is_one_line(capsys):
     assert main(["spaces", "--arch", "no_such_net"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mudsc: error: unknown architecture") and len(err.strip().splitlines()) == 1
+
+
+USER_NETS = textwrap.dedent('''
+    from torch import nn
+
+
+    def make_net(width=4):
+        return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 5))
+
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * 2 if y.sum() > 0 else y
+''')
+
+
+def test_spaces_command_reads_user_code_and_torchvision(tmp_path, capsys):
+    code = tmp_path / "nets.py"
+    code.write_text(USER_NETS)
+    args = ["spaces", "--arch", f"{code}:make_net", "--kw", "width=6", "--in-chans", "1", "--img-size", "8", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["param"]: r for r in out["tensors"]}
+    assert rows["0.weight"]["shape"] == [6, 1, 3, 3] and rows["0.weight"]["merged"]  # --kw reached the user's code
+    assert not rows["5.bias"]["merged"] and "output" in rows["5.bias"]["reason"]
+    assert out["summary"]["merged_share"] == 5 / 6 and out["summary"]["max_rel_change"] <= 1e-10
+    assert main(["spaces", "--arch", "torchvision:resnet18", "--img-size", "32", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["merged_share"] > 0.9 and summary["max_rel_change"] <= 1e-10
+
+
+def test_spaces_command_names_what_fx_cannot_trace(tmp_path, capsys):
+    code = tmp_path / "nets.py"
+    code.write_text(USER_NETS)
+    assert main(["spaces", "--arch", f"{code}:Branchy", "--in-chans", "1", "--img-size", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Branchy does not trace with torch.fx" in err
+    assert "Models torch.fx cannot trace" in err  # the README's hand-written-spec route
 
 
 # The exact named models, random init and no downloads; inputs kept small where the family allows.

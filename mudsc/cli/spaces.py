@@ -9,7 +9,9 @@ from mudsc.cli.common import parse_kw, print_json
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("spaces", help="list the unit space of every tensor axis and the share a merge changes")
-    s.add_argument("--arch", required=True, help="architecture (a registered name or timm:NAME)")
+    s.add_argument("--arch", required=True, help="architecture: a registered name, timm:NAME, torchvision:NAME, "
+                   "or your network as path/to/models.py:FUNCTION or package.module:FUNCTION, called with the "
+                   "--kw options (importing it RUNS its code, so name only code you trust)")
     s.add_argument("--kw", action="append", metavar="KEY=VALUE", help="architecture option (repeatable)")
     s.add_argument("--img-size", type=int, default=224, help="input resolution of the example batch (default 224)")
     s.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
@@ -23,11 +25,16 @@ def _spaces(args: argparse.Namespace) -> int:
     import torch
 
     from mudsc.models import create_model
+    from mudsc.models.external import builder, is_external
     from mudsc.unitgraph.coverage import coverage
 
     torch.manual_seed(args.seed)
-    model = create_model(args.arch, classes=tuple(range(args.num_classes)), num_classes=args.num_classes,
-                         head="own", in_chans=args.in_chans, img_size=args.img_size, **parse_kw(args.kw)).eval()
+    kw = parse_kw(args.kw)
+    if is_external(args.arch):  # the network as its own code builds it, with its own last layer
+        model = builder(args.arch)(**kw).eval()
+    else:
+        model = create_model(args.arch, classes=tuple(range(args.num_classes)), num_classes=args.num_classes,
+                             head="own", in_chans=args.in_chans, img_size=args.img_size, **kw).eval()
     x = torch.randn(2, args.in_chans, args.img_size, args.img_size, generator=torch.Generator().manual_seed(args.seed))
     cov = coverage(model, x, seed=args.seed)
     if args.json:
