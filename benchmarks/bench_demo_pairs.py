@@ -47,7 +47,13 @@ def main() -> None:
     ap.add_argument("--stats-images", type=int, default=1000)
     ap.add_argument("--reset-images", type=int, default=1000)
     ap.add_argument("--out", default="runs/bench_demo_pairs")
+    ap.add_argument("--pooling", choices=["published", "mean"], default="published",
+                    help="mean: the descriptor pooling before issue 18 (M, not N M), for before/after tables")
     args = ap.parse_args()
+    if args.pooling == "mean":
+        from pooling_before_fix import use_mean_pooling
+
+        use_mean_pooling(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(DEMO["dataset"])

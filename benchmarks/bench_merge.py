@@ -69,8 +69,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--stats-images", type=int, default=1000)
     ap.add_argument("--device")
+    ap.add_argument("--pooling", choices=["published", "mean"], default="published",
+                    help="mean: the descriptor pooling before issue 18 (M, not N M), for before/after tables")
     ap.add_argument("--out", default="runs/bench_merge")
     args = ap.parse_args()
+    if args.pooling == "mean":
+        from pooling_before_fix import use_mean_pooling
+
+        use_mean_pooling(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = make_config()
