@@ -1,7 +1,7 @@
 import torch
 
 from mudsc.diffinit.fuse import apply_along_axis
-from mudsc.diffinit.similarity import _pool, mix, weight_similarity
+from mudsc.diffinit.similarity import _pool, gram_part, mix, similarity_from_parts, weight_similarity
 from mudsc.diffinit.solvers import greedy_zip
 
 
@@ -25,6 +25,28 @@ def test_weight_similarity_metrics():
     assert torch.allclose(weight_similarity(z, metric="inner")[0, 1].float(), torch.tensor(28.0))
     cos = weight_similarity(z + 10, metric="cosine")
     assert cos[0, 2] > 0.9  # cosine does not centre, Pearson does
+
+
+def test_shifted_float32_parts_keep_the_spread_of_a_descriptor_far_from_zero():
+    """Descriptors sitting at ~100 with a spread of ~0.01: raw float32 Gram parts would cancel to noise.
+    Parts taken about one shift per row, summed over two column groups, give float64's S_W to 1e-6;
+    a constant unit gets similarity 0 and the result is exactly symmetric."""
+    g = torch.Generator().manual_seed(0)
+    z = (100 + 0.01 * torch.randn(8, 300, generator=g)).double()  # weights are float32
+    z[3] = 100.0
+    left, right = z[:, :120].float(), z[:, 120:].float()
+    shift = left.double().mean(1)  # near the rows' mean, not equal to it
+    (g1, r1), (g2, r2) = gram_part(left, "pearson", 2, shift), gram_part(right, "pearson", 2, shift)
+    got = similarity_from_parts(g1 + g2, r1 + r2, 300, "pearson")
+    c = z - z.mean(1, keepdim=True)
+    norm = c.norm(dim=1)
+    want = (c @ c.T) / torch.outer(norm, norm).clamp_min(1e-300)
+    want[3], want[:, 3] = 0.0, 0.0
+    assert torch.equal(got, got.T)
+    assert (got.double() - want).abs().max() < 1e-6
+    raw = similarity_from_parts(*[a + b for a, b in zip(gram_part(left, "pearson", 2), gram_part(right, "pearson", 2))],
+                                300, "pearson")
+    assert (raw.double() - want).abs().max() > 1e-2  # what the shift is for
 
 
 def test_mix_published_and_standardized():

@@ -1,26 +1,41 @@
-"""Incremental weight descriptors for the iterative solve (MuDSC, Xu et al., CVPR 2024, Algorithm 1).
+"""Incremental weight similarity for the iterative solve (MuDSC, Xu et al., CVPR 2024, Algorithm 1).
 
 A space's descriptor Z [O, D] (:func:`~mudsc.diffinit.similarity.descriptors`) is a concatenation of
 blocks, one per tensor touching the space, and a block reads only the maps of the neighbours owning
 that tensor's other axes (:func:`~mudsc.diffinit.similarity.ref_neighbours`). The blocks are grouped
-by the neighbours they read and kept on the compute device; a group is pooled again only when one of
-those neighbours' matches is a different object than when it was last pooled, so late sweeps, which
-change few spaces, redo a fraction of the pooling. The assembled descriptor is exactly the one a full
-recompute gives (same blocks, same column order), so S_W and the solve are bit-identical to it.
+by the neighbours they read. Every statistic S_W needs is a sum over column groups g:
+
+    G = sum_g Z_g Z_g^T,    r = sum_g Z_g 1,    D = sum_g D_g
+    Pearson: S_W = C / sqrt(diag C diag C^T),  C = G - r r^T / D     (cosine: C = G; inner: S_W = G)
+
+so the cache keeps, per group, its [O, O] Gram part (float32 products about fixed row shifts near
+the rows' means; float64 for Git Re-Basin's raw inner products) and row sums, on the compute
+device, and recomputes a group only when one of
+its neighbours' matches is a different object than when it was last computed. Late sweeps, which
+change few spaces, redo a fraction of the products; a group no solved space touches (norm affine
+parameters, a fixed classifier) is computed once. Parts are summed in group order, so the result
+depends only on the matches, never on the order in which the cache was filled.
 """
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor, cat
 
-from mudsc.diffinit.similarity import descriptor_block, descriptor_refs, ref_neighbours, weight_similarity
+from mudsc.diffinit.similarity import (
+    descriptor_block,
+    descriptor_refs,
+    gram_part,
+    ref_neighbours,
+    similarity_from_parts,
+)
 from mudsc.diffinit.solvers.match import Match
 from mudsc.unitgraph import UnitGraph
 
 
 class DescriptorCache:
-    """S_W of every space in `spaces` from the current matches, its descriptor blocks cached per group.
+    """S_W of every space in `spaces` from the current matches, its Gram parts cached per descriptor group.
 
     Args:
         sds: the parents' state dicts (the tensors descriptors read are copied to `device` once).
@@ -43,33 +58,61 @@ class DescriptorCache:
                 params.add(r.param)
             self.groups[s] = list(by_deps.items())
         self.sds = [{k: sd[k].to(device) for k in params} for sd in sds]
-        # (space, group) -> (the matches it was pooled with, per parent its [size, d] blocks)
-        self._cache: dict[tuple[str, int], tuple[tuple[Match | None, ...], list[list[Tensor]]]] = {}
-        self.pooled = 0  # groups pooled, for tests and benchmarks
+        # (space, group) -> (the matches it was computed with, (Gram part, row sums, columns))
+        self._cache: dict[tuple[str, int], tuple[tuple[Match | None, ...], tuple[Tensor, Tensor, int]]] = {}
+        self._fixed: dict[str, tuple[Tensor, Tensor, int] | None] = {}  # the groups no solved space touches, summed
+        self._shift: dict[str, Tensor] = {}
+        self.pooled = 0  # groups computed, for tests and benchmarks
 
-    def _group(self, space: str, g: int, matches: dict[str, Match]) -> list[list[Tensor]]:
+    def columns(self, space: str, g: int, matches: dict[str, Match]) -> Tensor:
+        """[O, d_g]: group g's columns of `space`'s descriptor, parents stacked, under `matches`."""
         deps, positions = self.groups[space][g]
+        maps = {q: matches[q].parts() for q in deps if q in matches}
+        refs = descriptor_refs(self.graph, space)
+        return cat([cat([descriptor_block(self.sds, self.graph, space, refs[k], maps, i) for k in positions], 1)
+                    for i in range(len(self.sds))], 0)
+
+    def shift(self, space: str) -> Tensor:
+        """[O] the row means of `space`'s descriptor before any neighbour is solved: every Gram part of
+        the space is taken about them (:func:`~mudsc.diffinit.similarity.gram_part`)."""
+        if space not in self._shift:
+            z = cat([self.columns(space, g, {}) for g in range(len(self.groups[space]))], 1)
+            self._shift[space] = z.double().mean(1)
+        return self._shift[space]
+
+    def _compute(self, space: str, g: int, matches: dict[str, Match]) -> tuple[Tensor, Tensor, int]:
+        z = self.columns(space, g, matches)
+        self.pooled += 1
+        shift = self.shift(space) if self.metric == "pearson" else None
+        return (*gram_part(z, self.metric, len(self.sds), shift), z.shape[1])
+
+    def _part(self, space: str, g: int, matches: dict[str, Match]) -> tuple[Tensor, Tensor, int]:
+        deps, _ = self.groups[space][g]
         key = tuple(matches.get(q) for q in deps)
         hit = self._cache.get((space, g))
         if hit is not None and all(a is b for a, b in zip(hit[0], key)):
             return hit[1]
-        maps = {q: m.parts() for q, m in zip(deps, key) if m is not None}
-        refs = descriptor_refs(self.graph, space)
-        blocks = [[descriptor_block(self.sds, self.graph, space, refs[k], maps, i) for k in positions]
-                  for i in range(len(self.sds))]
-        self._cache[space, g] = (key, blocks)
-        self.pooled += 1
-        return blocks
+        part = self._compute(space, g, matches)
+        self._cache[space, g] = (key, part)
+        return part
 
-    def descriptors(self, space: str, matches: dict[str, Match]) -> Tensor:
-        """[O, D] descriptors of `space` given the neighbours' current `matches` (only solved ones are read)."""
-        cols: dict[int, list[Tensor]] = {}
-        for g, (_, positions) in enumerate(self.groups[space]):
-            for k, per_parent in zip(positions, zip(*self._group(space, g, matches))):
-                cols[k] = list(per_parent)
-        n = len(self.sds)
-        return cat([cat([cols[k][i] for k in sorted(cols)], 1) for i in range(n)], 0)
+    def _fixed_part(self, space: str) -> tuple[Tensor, Tensor, int] | None:
+        if space not in self._fixed:
+            parts = [self._compute(space, g, {}) for g, (deps, _) in enumerate(self.groups[space]) if not deps]
+            self._fixed[space] = _sum(parts) if parts else None
+        return self._fixed[space]
 
     def __call__(self, space: str, matches: dict[str, Match]) -> Tensor:
-        """[O, O] S_W of `space` (see :func:`~mudsc.diffinit.similarity.weight_similarity`)."""
-        return weight_similarity(self.descriptors(space, matches), metric=self.metric)
+        """[O, O] S_W of `space` given the neighbours' current `matches` (only solved ones are read)."""
+        parts = [self._part(space, g, matches) for g, (deps, _) in enumerate(self.groups[space]) if deps]
+        fixed = self._fixed_part(space)
+        gram, rows, width = _sum(([fixed] if fixed is not None else []) + parts)
+        return similarity_from_parts(gram, rows, width, self.metric)
+
+
+def _sum(parts: list[tuple[Tensor, Tensor, int]]) -> tuple[Tensor, Tensor, int]:
+    """Gram parts, row sums and widths added up, in the order given (a fresh Gram to overwrite)."""
+    gram = parts[0][0].clone()
+    for p in parts[1:]:
+        gram += p[0]
+    return gram, sum((p[1] for p in parts[1:]), parts[0][1].clone()), sum(p[2] for p in parts)

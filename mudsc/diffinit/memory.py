@@ -3,9 +3,9 @@ is refused with the size it needs (as the landscape refuses a grid) instead of f
 
 The statistics pass holds one batch of every parent's tapped activations (measured by one probe
 image), a forward's working set, float32 copies of the largest space's features, and the float64
-moment sums of every space; the iterative solve holds the cached descriptor blocks of every space
-(:class:`~mudsc.diffinit.descriptor_cache.DescriptorCache`), the activation correlations and a few
-[O, O] work matrices; fusion holds N + 1 copies of the weights.
+moment sums of every space; the iterative solve holds one [O, O] Gram part per descriptor group of
+every space (:class:`~mudsc.diffinit.descriptor_cache.DescriptorCache`), one group's descriptor
+columns while it is computed, the activation correlations and a few [O, O] work matrices; fusion holds N + 1 copies of the weights.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from mudsc.device import available_memory
 from mudsc.diffinit.config import MergeConfig
-from mudsc.diffinit.similarity import descriptor_refs
+from mudsc.diffinit.similarity import descriptor_refs, ref_neighbours
 from mudsc.errors import ResourceError
 from mudsc.unitgraph import UnitGraph, observed
 
@@ -57,10 +57,12 @@ def merge_memory(parents: list[nn.Module], graph: UnitGraph, spaces: list[str], 
     if config.iterative:
         width = {s: sum(sd[r.param].numel() // sd[r.param].shape[r.axis] * r.repeat for r in descriptor_refs(graph, s))
                  for s in spaces}
-        need["solve"] = (sum(4 * size[s] * width[s] for s in spaces)      # cached descriptor blocks
-                         + sum(4 * size[s] ** 2 for s in spaces)          # activation correlations
-                         + 12 * max(size[s] * width[s] for s in spaces)  # float64 centring of one descriptor
-                         + 6 * 8 * max(size[s] ** 2 for s in spaces))    # S_W, mix, solver copies
+        groups = {s: len({ref_neighbours(graph, s, r) for r in descriptor_refs(graph, s)}) for s in spaces}
+        item = 8 if config.method == "rebasin" else 4  # Git Re-Basin's inner products are float64
+        need["solve"] = (sum(item * groups[s] * size[s] ** 2 for s in spaces)  # cached Gram parts
+                         + sum(4 * size[s] ** 2 for s in spaces)              # activation correlations
+                         + 12 * max(size[s] * width[s] for s in spaces)      # one group's columns, float64 sums
+                         + 6 * 8 * max(size[s] ** 2 for s in spaces))        # S_W, mix, solver copies
     need["weights"] = (n + 2) * sum(v.numel() * 4 for v in sd.values())
     return need
 

@@ -93,18 +93,62 @@ def _pool(w: Tensor, axis: int, start: int, n: int, repeat: int, merge: Tensor, 
     return out.movedim(0, axis)
 
 
-def weight_similarity(z: Tensor, *, metric: Literal["pearson", "cosine", "inner"] = "pearson",
-                      eps: float = 1e-8) -> Tensor:
-    """[O, D] descriptors -> [O, O]: Pearson correlation across the D entries (MuDSC default), cosine,
-    or raw inner products (Git Re-Basin's objective)."""
+def gram_part(z: Tensor, metric: Literal["pearson", "cosine", "inner"], n_parents: int = 1,
+              shift: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """[O, d] descriptor columns, parents stacked -> (their [O, O] Gram part, [O] float64 row sums).
+
+    Pearson parts are of ``z - shift`` (one value per row, the same for every group of a descriptor):
+    any shift leaves the centred Gram unchanged (:func:`similarity_from_parts`), and one near each
+    row's mean keeps float32 products from cancelling when a descriptor sits far from zero. Only the
+    parent blocks i <= j are multiplied; the others are their transposes. (CPU BLAS gives z z^T exactly
+    symmetric; where a backend does not, the solvers' input check symmetrises S.)
+    """
     if metric == "inner":
-        return z.double() @ z.double().T
-    z = z.double()
+        z = z.double()
+        return z @ z.T, z.sum(1)
+    z = z.float()
+    if shift is not None and metric == "pearson":
+        z = z - shift[:, None].to(z)
+    rows = z.sum(1).double()
+    n = n_parents if z.shape[0] % n_parents == 0 else 1
+    o = z.shape[0] // n
+    blocks = z.split(o)
+    gram = torch.empty(z.shape[0], z.shape[0], dtype=z.dtype, device=z.device)
+    for i, zi in enumerate(blocks):
+        for j in range(i, n):
+            part = gram[i * o:(i + 1) * o, j * o:(j + 1) * o]
+            torch.mm(zi, blocks[j].T, out=part)
+            if j > i:
+                gram[j * o:(j + 1) * o, i * o:(i + 1) * o] = part.T
+    return gram, rows
+
+
+def similarity_from_parts(gram: Tensor, rows: Tensor, width: int,
+                          metric: Literal["pearson", "cosine", "inner"], rtol: float = 1e-6) -> Tensor:
+    """Gram parts summed over column groups (overwritten), row sums and column count -> [O, O] S_W.
+
+    Pearson: C = G - r r^T / D, then C_ij / sqrt(C_ii C_jj); cosine: the same on G; inner: G itself.
+    With the parts shifted near each row's mean, r is small and C keeps float32 precision. A unit
+    whose spread is below float32 resolution of its second moment (a constant descriptor) gets
+    similarity 0.
+    """
+    if metric == "inner":
+        return gram
+    second = gram.diagonal().clone()
     if metric == "pearson":
-        z = z - z.mean(1, keepdim=True)
-    # Centring and scaling in float64, the product in float32: the O x O x D product dominates a sweep.
-    z = (z / z.norm(dim=1, keepdim=True).clamp_min(eps)).float()
-    return (z @ z.T).clamp(-1, 1)
+        r = rows.to(gram.dtype)
+        gram.sub_(torch.outer(r, r).div_(width))
+    var = gram.diagonal()
+    inv = torch.where(var > rtol * second.abs(), var.clamp_min(1e-30).rsqrt(), torch.zeros_like(var))
+    # elementwise with symmetric factors (r_i r_j, inv_i inv_j): a symmetric G gives a symmetric S_W
+    return gram.mul_(torch.outer(inv, inv)).clamp_(-1, 1)
+
+
+def weight_similarity(z: Tensor, *, metric: Literal["pearson", "cosine", "inner"] = "pearson") -> Tensor:
+    """[O, D] descriptors -> [O, O]: Pearson correlation across the D entries (MuDSC default), cosine,
+    or raw inner products (Git Re-Basin's objective); one group of :func:`similarity_from_parts`."""
+    shift = z.double().mean(1) if metric == "pearson" else None
+    return similarity_from_parts(*gram_part(z, metric, shift=shift), z.shape[1], metric)
 
 
 def _standardize(s: Tensor) -> Tensor:
@@ -127,4 +171,4 @@ def mix(s_w: Tensor | None, s_a: Tensor | None, alpha: float, *,
         return s_w
     if mode == "standardized":
         s_w, s_a = _standardize(s_w), _standardize(s_a)
-    return alpha * s_w + (1 - alpha) * s_a
+    return torch.add(s_w * alpha, s_a, alpha=1 - alpha)  # elementwise: symmetric inputs, symmetric S

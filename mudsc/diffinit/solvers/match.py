@@ -144,10 +144,14 @@ def check_similarity(sim: Tensor, sizes: Sequence[int], *, who: str, equal: bool
         raise ConfigError(f"{who}: similarity contains NaN ({int(np.isnan(s).sum())} entries)")
     if np.isposinf(top):
         raise ConfigError(f"{who}: similarity contains +inf")
-    # exact symmetry keeps the zip solver's row and column updates identical; a no-op when symmetric
-    sym = (s + s.T) / 2
+    # exact symmetry keeps the zip solver's row and column updates identical; the solvers write into
+    # the copy, never into the caller's tensor
     with np.errstate(invalid="ignore"):  # -inf - -inf is NaN, which compares as symmetric
-        off = np.abs(s - sym)
+        skew = s - s.T
+        if not skew.any():
+            return s.copy(), sizes_t
+        sym = (s + s.T) / 2
+        off = np.abs(skew) / 2
         if (off > 1e-5 + 1e-4 * np.abs(sym)).any():
             raise ConfigError(f"{who}: similarity is not symmetric (max |S - S^T| / 2 = {np.nanmax(off):.3g})")
     return sym, sizes_t
