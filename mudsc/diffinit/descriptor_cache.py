@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor, cat
 
 from mudsc.diffinit.similarity import (

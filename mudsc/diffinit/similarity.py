@@ -136,11 +136,11 @@ def similarity_from_parts(gram: Tensor, rows: Tensor, width: int,
         return gram
     second = gram.diagonal().clone()
     if metric == "pearson":
-        r = rows.to(gram.dtype)
-        gram.sub_(torch.outer(r, r).div_(width))
+        r = (rows / width ** 0.5).to(gram.dtype)
+        gram.addr_(r, r, alpha=-1)  # exact negation: r_i r_j and r_j r_i round alike
     var = gram.diagonal()
     inv = torch.where(var > rtol * second.abs(), var.clamp_min(1e-30).rsqrt(), torch.zeros_like(var))
-    # elementwise with symmetric factors (r_i r_j, inv_i inv_j): a symmetric G gives a symmetric S_W
+    # a symmetric factor inv_i inv_j (not rows, then columns): a symmetric G gives a symmetric S_W
     return gram.mul_(torch.outer(inv, inv)).clamp_(-1, 1)
 
 

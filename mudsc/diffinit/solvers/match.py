@@ -146,12 +146,11 @@ def check_similarity(sim: Tensor, sizes: Sequence[int], *, who: str, equal: bool
         raise ConfigError(f"{who}: similarity contains +inf")
     # exact symmetry keeps the zip solver's row and column updates identical; the solvers write into
     # the copy, never into the caller's tensor
+    if np.array_equal(s, s.T):
+        return s.copy(), sizes_t
+    sym = (s + s.T) / 2
     with np.errstate(invalid="ignore"):  # -inf - -inf is NaN, which compares as symmetric
-        skew = s - s.T
-        if not skew.any():
-            return s.copy(), sizes_t
-        sym = (s + s.T) / 2
-        off = np.abs(skew) / 2
+        off = np.abs(s - sym)
         if (off > 1e-5 + 1e-4 * np.abs(sym)).any():
             raise ConfigError(f"{who}: similarity is not symmetric (max |S - S^T| / 2 = {np.nanmax(off):.3g})")
     return sym, sizes_t
