@@ -102,15 +102,19 @@ def main() -> None:
                     help="statistics under each task model's own BatchNorm statistics, or after re-estimating them")
     ap.add_argument("--iterations", default="3,10,30,100", help="MaTS CG step caps, from the average")
     ap.add_argument("--ta-iterations", default="10,100", help="MaTS CG step caps, from task arithmetic")
+    ap.add_argument("--dampings", default="", help="MaTS from the average at each --iterations cap with these "
+                    "dampings too (relative to each layer's mean curvature)")
     ap.add_argument("--out", default="runs/bench_sameinit_defaults")
     args = ap.parse_args()
     full = load_dataset("mnist", args.data_dir)
     train, val = carve(full, args.val)
     report = {"args": vars(args), "splits": {}}
-    tag = "".join(c if c.isalnum() else "_" for c in args.splits) + "_" + args.where
+    tag = "".join(c if c.isalnum() else "_" for c in args.splits) + f"_{args.where}_e{args.examples}"
     steps = lambda text: [int(i) for i in text.split(",") if i]  # noqa: E731
     candidates = (FIXED + [("mats", {"init": "average", "iterations": i}) for i in steps(args.iterations)]
-                  + [("mats", {"init": "task-arithmetic", "iterations": i}) for i in steps(args.ta_iterations)])
+                  + [("mats", {"init": "task-arithmetic", "iterations": i}) for i in steps(args.ta_iterations)]
+                  + [("mats", {"init": "average", "iterations": i, "damping": float(d)})
+                     for d in args.dampings.split(",") if d for i in steps(args.iterations)])
     for split in args.splits.split(";"):
         tasks = split.split(",")
         base, models = family(args, train, tasks)

@@ -47,11 +47,12 @@ def gemm_rate(device: torch.device) -> float:
 def one(args) -> dict:
     from mudsc.data import load_dataset
     from mudsc.diffinit.config import make_config
-    from mudsc.diffinit.memory import tap_bytes_per_image
+    from mudsc.diffinit.memory import merge_memory, tap_bytes_per_image
     from mudsc.diffinit.session import MergeSession
     from mudsc.models import create_model
 
     arch, kw, img = MODELS[args.one[0]]
+    img = args.img_size or img
     method = args.one[1]
     device = torch.device(args.device)
     data = load_dataset(str(Path(args.data) / f"rand{img}.npz"))
@@ -86,7 +87,10 @@ def one(args) -> dict:
     session.activation_stats()
     sync()
     stats = time.perf_counter() - t0
-    result = session.merge(make_config(method=method, reset_images=args.images))
+    config = make_config(method=method, reset_images=args.images)
+    estimate = sum(merge_memory(parents, session.graph, session.spaces_for(config.cut), config, image=x[:1].to(device),
+                                batch_size=args.batch_size, stats_needed=True).values())
+    result = session.merge(config)
     t = result.timings
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -94,6 +98,7 @@ def one(args) -> dict:
             "forward_s": forward, "products_s": products, "floor_s": forward + products, "stats_s": stats,
             "match_s": t["match"], "fuse_s": t["fuse"], "bn_reset_s": t.get("bn_reset", 0.0),
             "sweeps": result.solution.sweeps if result.solution else 0, "peak_gib": peak / 2 ** 30,
+            "estimate_gib": estimate / 2 ** 30, "img": img,
             "spaces": len(session.graph.spaces)}
 
 
@@ -106,6 +111,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--methods", nargs="+", default=["zipit", "mudsc-zip"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--img-size", type=int, default=0, help="input size for every model (0: each model's own)")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -117,7 +123,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            img = MODELS[name][2]
+            img = args.img_size or MODELS[name][2]
             g = np.random.default_rng(0)
             n = 2 * (args.images + args.eval_images)  # both tasks' classes are drawn from the union
             np.savez(Path(tmp) / f"rand{img}.npz", x=g.random((n, 3, img, img), dtype=np.float32),
@@ -125,18 +131,19 @@ def main() -> None:
             for method in args.methods:
                 cmd = [sys.executable, __file__, "--one", name, method, "--data", tmp, "--device", args.device,
                        "--images", str(args.images), "--eval-images", str(args.eval_images),
-                       "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+                       "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+                       "--img-size", str(img)]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(f"device {args.device}, {args.images} statistics and BN-reset images, batch {args.batch_size}")
     print("| model | method | forward s | + products s = floor s | statistics s (x forward, x floor) | "
-          "match s | fuse s | BN reset s | sweeps | peak GiB |")
+          "match s | fuse s | BN reset s | sweeps | peak GiB (estimate) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['method']} | {r['forward_s']:.1f} | {r['products_s']:.1f} = {r['floor_s']:.1f} | "
+        print(f"| {r['model']} {r['img']}px | {r['method']} | {r['forward_s']:.1f} | {r['products_s']:.1f} = {r['floor_s']:.1f} | "
               f"{r['stats_s']:.1f} ({r['stats_s'] / r['forward_s']:.2f}x, {r['stats_s'] / r['floor_s']:.2f}x) | "
-              f"{r['match_s']:.2f} | {r['fuse_s']:.2f} | {r['bn_reset_s']:.2f} | {r['sweeps']} | {r['peak_gib']:.2f} |")
+              f"{r['match_s']:.2f} | {r['fuse_s']:.2f} | {r['bn_reset_s']:.2f} | {r['sweeps']} | {r['peak_gib']:.2f} ({r['estimate_gib']:.2f}) |")
     for name in args.models:
         by = {r["method"]: r for r in rows if r["model"] == name}
         if "zipit" in by and "mudsc-zip" in by:
