@@ -11,9 +11,9 @@ from mudsc.diffinit import similarity
 
 def use_mean_pooling(n_parents: int) -> None:
     """Make every descriptor pool consumer axes through M instead of N * M, in this process."""
-    published = similarity._pool
+    published = similarity.pool_units
 
     def mean_pool(w, axis, start, n, repeat, merge, unmerge, *, merge_side):
         return published(w, axis, start, n, repeat, merge / n_parents, unmerge, merge_side=merge_side)
 
-    similarity._pool = mean_pool
+    similarity.pool_units = mean_pool

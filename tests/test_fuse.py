@@ -7,8 +7,10 @@ from torch import nn
 from torch.func import functional_call
 from unit_helpers import inputs, make, random_perms, rel_err
 
-from mudsc.diffinit.fuse import fuse, reset_bn_stats_, transform_state_dict
+from mudsc.diffinit.fuse import apply_along_axis, fuse, is_cluster_map, reset_bn_stats_, transform_state_dict
+from mudsc.diffinit.solvers import greedy_zip
 from mudsc.errors import CheckpointError, ConfigError, DataError, ShapeMismatchError, UnknownNameError
+from mudsc.models import create_model
 from mudsc.unitgraph import trace
 
 
@@ -157,3 +159,34 @@ def test_on_cuda(arch, kw):
     assert all(torch.allclose(fused[k].float(), v.float(), atol=1e-6) for k, v in m.state_dict().items())
     reset_bn_stats_(m, [inputs(4, seed=s).float() for s in range(2)])
     assert all(p.is_cuda for p in m.state_dict().values())
+
+
+def test_cluster_maps_fuse_by_scatter_as_the_dense_product_and_other_maps_stay_dense():
+    """A zip's maps go through pool_units; the fused tensors equal the dense M W U product to float32
+    rounding. A soft map (not one cluster per unit) is not a cluster map and keeps the dense route."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", classes=(0, 1), num_classes=10, in_chans=1, img_size=8, width=1)
+    graph, sd = trace(model), model.state_dict()
+    g = torch.Generator().manual_seed(1)
+    maps = {}
+    for s in graph.spaces:
+        z = torch.randn(2 * s.size, 8, generator=g)
+        maps[s.name] = greedy_zip(torch.corrcoef(z), (s.size, s.size), a=0.5, b=1.0).parts()[1]
+    assert all(is_cluster_map(m, u) for m, u in maps.values())
+    got = transform_state_dict(sd, graph, maps)
+    changed = 0
+    for key in sd:
+        want = sd[key]
+        for s in graph.spaces:
+            m, u = maps[s.name]
+            pieces: dict[int, list] = {}
+            for r in s.refs:
+                if r.param == key:
+                    pieces.setdefault(r.axis, []).append((r.start, s.size, r.repeat, u.T if r.role == "in" else m))
+            for axis, ps in pieces.items():
+                want = apply_along_axis(want, axis, ps)
+        assert torch.allclose(got[key], want, atol=1e-6), key
+        changed += not torch.equal(got[key], sd[key])
+    assert changed >= len(graph.spaces)  # every space moves at least its producers
+    m, u = next(iter(maps.values()))
+    assert not is_cluster_map(m + 0.01, u) and not is_cluster_map(m, 0.5 * u)

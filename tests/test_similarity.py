@@ -1,7 +1,7 @@
 import torch
 
-from mudsc.diffinit.fuse import apply_along_axis
-from mudsc.diffinit.similarity import _pool, gram_part, mix, similarity_from_parts, weight_similarity
+from mudsc.diffinit.fuse import apply_along_axis, pool_units
+from mudsc.diffinit.similarity import gram_part, mix, similarity_from_parts, weight_similarity
 from mudsc.diffinit.solvers import greedy_zip
 
 
@@ -13,7 +13,7 @@ def test_pool_equals_dense_maps():
     w = torch.randn(5, 6 * 3, 4, generator=g)  # axis 1 holds 6 units, 3 entries each (a flatten)
     for i, (m, u) in enumerate(match.parts()):
         for merge_side, dense in ((True, m), (False, u.T)):
-            got = _pool(w, 1, 0, 6, 3, m, u, merge_side=merge_side)
+            got = pool_units(w, 1, 0, 6, 3, m, u, merge_side=merge_side)
             want = apply_along_axis(w, 1, [(0, 6, 3, dense)])
             assert torch.allclose(got, want, atol=1e-6), (i, merge_side)
 

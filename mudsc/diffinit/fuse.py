@@ -41,6 +41,34 @@ def apply_along_axis(w: Tensor, axis: int, pieces: list[tuple[int, int, int, Ten
     return torch.cat(out).movedim(0, axis)
 
 
+def pool_units(w: Tensor, axis: int, start: int, n: int, repeat: int, merge: Tensor, unmerge: Tensor, *,
+               merge_side: bool) -> Tensor:
+    """Replace the n units at ``[start, start + n * repeat)`` of `axis` by the C merged units: the
+    merge map M [C, n] applied (weighted sum, ``merge_side``) or U^T (plain sum of each cluster).
+
+    Equivalent to the dense product of :func:`apply_along_axis` for cluster maps (each unit goes to one
+    merged unit, and M weighs a unit only in its own cluster: every matching solver's maps), in time
+    linear in the tensor's size instead of C times it.
+    """
+    assign = unmerge.argmax(1).to(w.device)
+    c = unmerge.shape[1]
+    w = w.movedim(axis, 0)
+    block = w[start:start + n * repeat].reshape(n, repeat, *w.shape[1:])
+    if merge_side:
+        weight = merge.to(w.device)[assign, torch.arange(n, device=w.device)].to(w.dtype)
+        block = block * weight.view(-1, *([1] * (block.ndim - 1)))
+    pooled = torch.zeros(c, *block.shape[1:], dtype=w.dtype, device=w.device).index_add_(0, assign, block)
+    out = torch.cat([w[:start], pooled.reshape(c * repeat, *w.shape[1:]), w[start + n * repeat:]])
+    return out.movedim(0, axis)
+
+
+def is_cluster_map(merge: Tensor, unmerge: Tensor) -> bool:
+    """Whether U [n, C] sends each unit to one merged unit and M [C, n] weighs units only in their own
+    cluster, so :func:`pool_units` applies the maps exactly."""
+    u = unmerge
+    return bool(((u == 0) | (u == 1)).all() and (u.sum(1) == 1).all() and not (merge * (1 - u.T)).any())
+
+
 def _check_maps(graph: UnitGraph, maps: dict[str, tuple[Tensor, Tensor]]) -> None:
     for name, (m, u) in maps.items():
         n = graph.space(name).size
@@ -59,14 +87,19 @@ def transform_state_dict(sd: dict[str, Tensor], graph: UnitGraph,
     todo: dict[str, dict[int, list]] = {}
     for name, (m, u) in maps.items():
         s = graph.space(name)
+        scatter = is_cluster_map(m, u)
         for r in s.refs:
-            a = u.T if r.role == "in" else m
-            todo.setdefault(r.param, {}).setdefault(r.axis, []).append((r.start, s.size, r.repeat, a))
+            todo.setdefault(r.param, {}).setdefault(r.axis, []).append((r.start, s.size, r.repeat, m, u, r.role, scatter))
     out = dict(sd)
     for key, axes in todo.items():
         w = sd[key]
         for axis, pieces in axes.items():
-            w = apply_along_axis(w, axis, pieces)
+            if all(p[-1] for p in pieces):  # from the last range back, so earlier starts stay valid
+                for start, n, rep, m, u, role, _ in sorted(pieces, key=lambda p: -p[0]):
+                    w = pool_units(w, axis, start, n, rep, m, u, merge_side=role != "in")
+            else:
+                w = apply_along_axis(w, axis, [(start, n, rep, u.T if role == "in" else m)
+                                               for start, n, rep, m, u, role, _ in pieces])
         out[key] = w
     return out
 

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from mudsc.diffinit.fuse import pool_units
 from mudsc.unitgraph import AxisRef, UnitGraph, UnitSpace
 
 
@@ -69,28 +70,8 @@ def descriptor_block(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str,
         ax = axis + 1 if axis < ref.axis else axis
         for q, qr in sorted(entries, key=lambda e: -e[1].start):
             m, u = maps[q.name][i]
-            w = _pool(w, ax, qr.start, q.size, qr.repeat, len(sds) * m, u, merge_side=qr.role == "in")
+            w = pool_units(w, ax, qr.start, q.size, qr.repeat, len(sds) * m, u, merge_side=qr.role == "in")
     return w.reshape(s.size, -1)
-
-
-def _pool(w: Tensor, axis: int, start: int, n: int, repeat: int, merge: Tensor, unmerge: Tensor, *,
-          merge_side: bool) -> Tensor:
-    """Replace the n units at ``[start, start + n * repeat)`` of `axis` by the C merged units: the
-    merge map M [C, n] applied (weighted sum, ``merge_side``) or U^T (plain sum of each cluster).
-
-    Equivalent to a dense product along the axis, but a scatter: matching maps are supported on
-    clusters (one merged unit per unit), and a sweep applies them to every neighbouring tensor.
-    """
-    assign = unmerge.argmax(1).to(w.device)
-    c = unmerge.shape[1]
-    w = w.movedim(axis, 0)
-    block = w[start:start + n * repeat].reshape(n, repeat, *w.shape[1:])
-    if merge_side:
-        weight = merge.to(w.device)[assign, torch.arange(n, device=w.device)].to(w.dtype)
-        block = block * weight.view(-1, *([1] * (block.ndim - 1)))
-    pooled = torch.zeros(c, *block.shape[1:], dtype=w.dtype, device=w.device).index_add_(0, assign, block)
-    out = torch.cat([w[:start], pooled.reshape(c * repeat, *w.shape[1:]), w[start + n * repeat:]])
-    return out.movedim(0, axis)
 
 
 def gram_part(z: Tensor, metric: Literal["pearson", "cosine", "inner"], n_parents: int = 1,

@@ -141,7 +141,8 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
             old = matches.get(s)
             matches[s] = old if old is not None and _same_match(old, new) else new
             memo[s][tuple(map(id, key))] = (key, matches[s])
-            current[s] = sim
+            if s in tie_of:
+                current[s] = sim
             scores.append(matches[s].score)
         total = float(sum(scores) / len(scores))
         history.append(total)
@@ -154,4 +155,15 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
                 break
         else:
             best, best_score, bad = dict(matches), total, 0
+        _forget(memo, matches, best)
     return Solution(best if best is not None else matches, history, sweeps)
+
+
+def _forget(memo: dict[str, dict], *states: dict[str, Match]) -> None:
+    """Drop the solutions remembered against a neighbour that neither the current nor the best state
+    holds: only a rollback brings a state back, so they cannot be asked for again, and a paper-scale
+    space's maps are large (a ViT-B MLP's are 150 MB)."""
+    alive = {id(m) for state in states for m in state.values()}
+    for entries in memo.values():
+        for k in [k for k, (key, _) in entries.items() if not all(id(m) in alive for m in key)]:
+            del entries[k]

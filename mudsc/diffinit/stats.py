@@ -81,20 +81,33 @@ def tap_rows(a: Tensor, dim: int, index: Tensor | None) -> Tensor:
     return a.transpose(1, 2).reshape(-1, a.shape[1]).float()
 
 
-def add_products_(acc: Tensor, rows: list[Tensor], *, chunk_size: int = CHUNK) -> Tensor:
-    """acc [O, O] float64 += X^T X for X = [rows_0 | rows_1 | ...] ([L, n_i] each, float32), computing the
-    blocks i <= j in float32 over chunks of `chunk_size` samples and mirroring the others."""
+def _offsets(widths: list[int]) -> list[int]:
     offs = [0]
-    for r in rows:
-        offs.append(offs[-1] + r.shape[1])
+    for w in widths:
+        offs.append(offs[-1] + w)
+    return offs
+
+
+def add_products_(acc: Tensor, rows: list[Tensor], *, chunk_size: int = CHUNK) -> Tensor:
+    """acc [O, O] float64 += X^T X for X = [rows_0 | rows_1 | ...] ([L, n_i] each, float32), only its
+    blocks i <= j, in float32 over chunks of `chunk_size` samples; a pass over many batches mirrors
+    the others once, at its end (:func:`mirror_blocks_`)."""
+    offs = _offsets([r.shape[1] for r in rows])
     for i, a in enumerate(rows):
         for j in range(i, len(rows)):
             b = rows[j]
             block = acc[offs[i]:offs[i + 1], offs[j]:offs[j + 1]]
             for s in range(0, a.shape[0], chunk_size):
                 block += a[s:s + chunk_size].T @ b[s:s + chunk_size]
-            if j > i:
-                acc[offs[j]:offs[j + 1], offs[i]:offs[i + 1]] = block.T
+    return acc
+
+
+def mirror_blocks_(acc: Tensor, widths: list[int]) -> Tensor:
+    """Copy each parent block i < j of `acc` onto its block j, i, transposed (exact symmetry)."""
+    offs = _offsets(widths)
+    for i in range(len(widths)):
+        for j in range(i + 1, len(widths)):
+            acc[offs[j]:offs[j + 1], offs[i]:offs[i + 1]] = acc[offs[i]:offs[i + 1], offs[j]:offs[j + 1]].T
     return acc
 
 
@@ -122,6 +135,7 @@ def accumulate_moments(models: list[nn.Module], graph: UnitGraph, images: Tensor
     counts: dict[str, int] = {n: 0 for n in names}
     samples: dict[str, list[Tensor]] = {n: [] for n in names}
     kept: dict[str, int] = {n: 0 for n in names}
+    widths: dict[str, list[int]] = {}
     total = len(images)
     for start in range(0, total, batch_size):
         x = images[start:start + batch_size].to(device)
@@ -142,6 +156,7 @@ def accumulate_moments(models: list[nn.Module], graph: UnitGraph, images: Tensor
                 prods[name] = torch.zeros(o, o, dtype=torch.float64, device=device)
             sums[name] += torch.cat([r.sum(0, dtype=torch.float64) for r in rows])
             add_products_(prods[name], rows, chunk_size=chunk_size)
+            widths[name] = [r.shape[1] for r in rows]
             counts[name] += rows[0].shape[0]
             if kept[name] < sample_units:
                 take = torch.cat([r[: sample_units - kept[name]] for r in rows], 1).T
@@ -151,6 +166,8 @@ def accumulate_moments(models: list[nn.Module], graph: UnitGraph, images: Tensor
         del per_parent  # the next batch's activations do not coexist with these
         if progress is not None:
             progress(min(start + batch_size, total), total)
+    for name in names:
+        mirror_blocks_(prods[name], widths[name])
     return MomentSums(sums, prods, counts, total, {n: torch.cat(v, 1) for n, v in samples.items()})
 
 
