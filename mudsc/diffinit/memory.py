@@ -5,7 +5,9 @@ The statistics pass holds one batch of every parent's tapped activations (measur
 image), a forward's working set, float32 copies of the largest space's features, and the float64
 moment sums of every space; the iterative solve holds one [O, O] Gram part per descriptor group of
 every space (:class:`~mudsc.diffinit.descriptor_cache.DescriptorCache`), one group's descriptor
-columns while it is computed, the activation correlations and a few [O, O] work matrices; fusion holds N + 1 copies of the weights.
+columns while it is computed, the activation correlations, the dense merge/unmerge maps of the
+current, the best and the remembered solutions, and a few [O, O] work matrices; fusion holds N + 1
+copies of the weights.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ def merge_memory(parents: list[nn.Module], graph: UnitGraph, spaces: list[str], 
         item = 8 if config.method == "rebasin" else 4  # Git Re-Basin's inner products are float64
         need["solve"] = (sum(item * groups[s] * size[s] ** 2 for s in spaces)  # cached Gram parts
                          + sum(4 * size[s] ** 2 for s in spaces)              # activation correlations
+                         + sum(3 * 8 * size[s] ** 2 // n for s in spaces)     # current, best, remembered maps
                          + 12 * max(size[s] * width[s] for s in spaces)      # one group's columns, float64 sums
                          + 6 * 8 * max(size[s] ** 2 for s in spaces))        # S_W, mix, solver copies
     need["weights"] = (n + 2) * sum(v.numel() * 4 for v in sd.values())
