@@ -10,10 +10,9 @@ by the neighbours they read. Every statistic S_W needs is a sum over column grou
 
 so the cache keeps, per group, its [O, O] Gram part (float32 products about fixed row shifts near
 the rows' means; float64 for Git Re-Basin's raw inner products) and row sums, on the compute
-device, and recomputes a group only when one of
-its neighbours' matches is a different object than when it was last computed. Late sweeps, which
-change few spaces, redo a fraction of the products; a group no solved space touches (norm affine
-parameters, a fixed classifier) is computed once. Parts are summed in group order, so the result
+device, and recomputes a group only when one of its neighbours' matches is a different object than
+when it was last computed. Late sweeps, which change few spaces, redo a fraction of the products;
+the groups that read no other space (norm affine parameters) are computed once. Parts are summed in group order, so the result
 depends only on the matches, never on the order in which the cache was filled.
 """
 from __future__ import annotations
@@ -57,7 +56,7 @@ class DescriptorCache:
                 params.add(r.param)
             self.groups[s] = list(by_deps.items())
         self.sds = [{k: sd[k].to(device) for k in params} for sd in sds]
-        # (space, group) -> (the matches it was computed with, (Gram part, row sums, columns))
+        # (space, group) -> (the matches it was computed with, (Gram part, row sums, width))
         self._cache: dict[tuple[str, int], tuple[tuple[Match | None, ...], tuple[Tensor, Tensor, int]]] = {}
         self._fixed: dict[str, tuple[Tensor, Tensor, int] | None] = {}  # the groups no solved space touches, summed
         self._shift: dict[str, Tensor] = {}
