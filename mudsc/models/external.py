@@ -200,7 +200,8 @@ def external_spec(arch: str, *, classes: tuple[int, ...], data: dict[str, Any], 
         "img_size": int(data["img_size"]),
         # The parent's own preprocessing, as given, and the data set's normalisation it starts from.
         "input": {"mean": mean, "std": std, "img_size": img_size, "channels": channels,
-                  "data_mean": list(data["mean"]), "data_std": list(data["std"])},
+                  "data_mean": list(data["mean"]), "data_std": list(data["std"]),
+                  "data_size": [int(v) for v in data.get("img_hw", (data["img_size"],) * 2)]},
     }
     _preprocess(spec, None)  # option errors show before any user code runs
     if class_embeddings:
@@ -229,8 +230,13 @@ def _preprocess(spec: dict[str, Any], net: nn.Module | None) -> dict[str, Any] |
     want = None if net is None else _first_conv_channels(net)
     if channels is None and want == 3 and spec["in_chans"] == 1:
         channels = 3
-    return preprocess_spec(data_mean=opts["data_mean"], data_std=opts["data_std"], data_size=(spec["img_size"],) * 2,
+    return preprocess_spec(data_mean=opts["data_mean"], data_std=opts["data_std"], data_size=_data_size(spec),
                            channels=channels, mean=opts.get("mean"), std=opts.get("std"), img_size=opts.get("img_size"))
+
+
+def _data_size(spec: dict[str, Any]) -> tuple[int, int]:
+    """The data set's image height and width (specs written before non-square data were square)."""
+    return tuple(spec["input"].get("data_size") or (spec["img_size"],) * 2)
 
 
 def build_external(spec: dict[str, Any]) -> Classifier:
@@ -253,7 +259,7 @@ def build_external(spec: dict[str, Any]) -> Classifier:
     else:
         head, width = TaskHead(classes), len(classes)
     model = Classifier(net, head, Preprocess(pre_spec) if pre_spec else None)
-    x = torch.zeros(1, spec["in_chans"], spec["img_size"], spec["img_size"])
+    x = torch.zeros(1, spec["in_chans"], *_data_size(spec))
     try:
         with torch.no_grad():
             out = net.eval()(model.pre(x) if pre_spec else x)
