@@ -185,6 +185,10 @@ def test_missing_keys_are_named(user_parents):
     sd = {f"model.{k}": v for k, v in user_parents["sd"].items() if k != "classifier.bias"}
     with pytest.raises(CheckpointError, match="1 missing keys \\(e.g. body.classifier.bias\\)"):
         fit_keys(build_external(spec), sd)
+    sd = {**{f"model.{k}": v for k, v in user_parents["sd"].items()}, "model.extra.weight": torch.zeros(1)}
+    extra = r"removing 'model.'\) leaves 1 unexpected keys \(e.g. body.extra.weight\)"
+    with pytest.raises(CheckpointError, match=extra):
+        fit_keys(build_external(spec), sd)
 
 
 @pytest.mark.parametrize("wrapper", ["model", "model_state_dict"])
@@ -480,3 +484,34 @@ def test_user_parents_merge_on_cifar10_in_both_official_layouts(user_parents, tm
         assert manifest["parents"][1]["spec"]["input"]["img_size"] == 16
         merged[layout] = (out / "model.safetensors").read_bytes()
     assert merged["bin"] == merged["py"]
+
+
+@pytest.mark.parametrize("command", ["merge", "sweep", "cuts", "eval", "landscape", "stats", "merge-same"])
+def test_every_command_reading_parents_says_that_arch_runs_code(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--arch" in text and "importing it RUNS it" in text and "torchvision:NAME" in text
+
+
+def test_module_form_is_recorded_with_its_code(user_parents, tmp_path, monkeypatch, capsys):
+    """``package.module:FUNCTION``: the manifest hashes the module's source file as it does a FILE.py."""
+    pkg = tmp_path / "lab_nets"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "small.py").write_text(NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = _merge_args(user_parents, "--method", "zipit", "--cut", "features.0", "--out", str(tmp_path / "m"))
+    args[args.index("--arch") + 1] = "lab_nets.small:make_net"
+    assert main(args) == 0
+    entry = json.loads((tmp_path / "m" / "manifest.json").read_text())["parents"][0]
+    assert entry["spec"]["arch"] == "lab_nets.small:make_net" and len(entry["arch_sha256"]) == 64
+    again = ["merge", "--manifest", str(tmp_path / "m" / "manifest.json"), "--quiet"]
+    assert main([*again, "--out", str(tmp_path / "again")]) == 0
+    redone = (tmp_path / "again" / "model.safetensors").read_bytes()
+    assert redone == (tmp_path / "m" / "model.safetensors").read_bytes()
+    (pkg / "small.py").write_text(NET + "\n# edited\n")
+    capsys.readouterr()
+    assert main([*again, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "lab_nets/small.py is missing or changed since the manifest was written" in err

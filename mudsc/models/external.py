@@ -70,13 +70,34 @@ def _import_module(name: str) -> Any:
         raise ConfigError(f"--arch: cannot import module {name!r} ({type(e).__name__}: {e})") from None
 
 
+def _file_like(where: str) -> bool:
+    """Whether the part of ``--arch`` before the colon names a file rather than a module."""
+    return where.endswith(".py") or os.sep in where or "/" in where
+
+
+def code_file(arch: str) -> Path | None:
+    """The source file of the user's code `arch` names (``FILE.py``, or the module of
+    ``package.module:FUNCTION`` where Python finds it; a package's parents are imported to find it),
+    for manifests to hash; None for torchvision, timm and registry names, or a module not found."""
+    if not is_external(arch) or arch.startswith("torchvision:"):
+        return None
+    where = arch.rpartition(":")[0]
+    if _file_like(where):
+        return Path(where).expanduser()
+    try:
+        found = importlib.util.find_spec(where)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(found, "origin", None)
+    return Path(origin) if origin and Path(origin).is_file() else None
+
+
 def user_builder(arch: str) -> Callable[..., nn.Module]:
     """The callable `arch` (``FILE.py:NAME`` or ``package.module:NAME``) names; imports (runs) its code."""
     where, _, attr = arch.rpartition(":")
     if not where or not attr:
         raise ConfigError(f"--arch {arch!r}: expected path/to/file.py:FUNCTION or package.module:FUNCTION")
-    file_like = where.endswith(".py") or os.sep in where or "/" in where
-    module = _import_file(Path(where).expanduser()) if file_like else _import_module(where)
+    module = _import_file(Path(where).expanduser()) if _file_like(where) else _import_module(where)
     fn = getattr(module, attr, None)
     if not callable(fn):
         names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
