@@ -169,3 +169,17 @@ def test_every_architecture_form_loads_in_the_tab(user_files, monkeypatch, form)
     assert parent.info["spec"]["arch"] == arch and tuple(parent.model.classes) == (0, 1, 2, 3, 4)
     _, share, rows = at.session_state["plain_coverage"]
     assert share > 0.8 and len(rows) > 5 and not any("fx" in r["axes"] for r in rows)
+
+
+def test_parents_seeing_different_image_sizes_cannot_be_merged(user_files):
+    """One weights file read twice (two tasks, two image sizes): both are loaded, and the pair is
+    refused with the reason, the parents kept."""
+    at = open_app()
+    arch = f"{user_files['code']}:make_net"
+    _fill(at, arch, user_files["good"], classes="0-4")
+    at.number_input(key="plain_img_size").set_value(12)
+    _fill(at, arch, user_files["good"], classes="5-9")
+    assert not at.error or all("cannot be merged" in e.value for e in at.error)
+    assert [tuple(p.model.classes) for p in at.session_state["parents"]] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
+    assert any("cannot be merged: parent 1 sees 1x12x12 inputs" in e.value for e in at.error), \
+        [e.value for e in at.error]
