@@ -151,6 +151,7 @@ def test_full_merge_of_own_heads_is_refused_with_the_cuts(user_parents, tmp_path
     ("missing", "does not exist"),
     ("function", "has no function 'make_nett'"),
     ("classes", "one per parent"),
+    ("channels", "--mean has 3 values; the model takes 1-channel images (give one value)"),
 ])
 def test_bad_inputs_are_one_line_errors(user_parents, tmp_path, capsys, case, expect):
     p = dict(user_parents)
@@ -165,6 +166,8 @@ def test_bad_inputs_are_one_line_errors(user_parents, tmp_path, capsys, case, ex
         args[2] = str(tmp_path / "nothing.pt")
     elif case == "function":
         args[args.index("--arch") + 1] = f"{p['code']}:make_nett"
+    elif case == "channels":
+        args[args.index("--mean") + 1] = "0.5,0.5,0.5"
     else:
         args.remove("5-9")
     assert main(args) == 2
