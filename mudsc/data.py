@@ -75,7 +75,13 @@ class Dataset:
 
     @property
     def img_size(self) -> int:
+        """The images' width (their side, for the square images of the named sets)."""
         return int(self.train.x.shape[-1])
+
+    @property
+    def img_hw(self) -> tuple[int, int]:
+        """The images' height and width (an ImageFolder or ``.npz`` may hold non-square images)."""
+        return int(self.train.x.shape[-2]), int(self.train.x.shape[-1])
 
     @property
     def reload_name(self) -> str:
@@ -89,6 +95,7 @@ class Dataset:
             "num_classes": self.num_classes,
             "in_chans": self.in_chans,
             "img_size": self.img_size,
+            "img_hw": list(self.img_hw),
             "mean": list(self.mean),
             "std": list(self.std),
             "n_train": len(self.train),

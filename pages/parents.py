@@ -219,6 +219,7 @@ with plain_tab:
                                                             and (weights.strip() or weights_upload))):
         from mudsc.cli.common import parse_kw
         from mudsc.data import load_dataset
+        from mudsc.models.checkpoint import load_model
         from mudsc.studio.coverage import coverage
         from mudsc.studio.parent_sources import plain_spec, self_describing, store_upload, user_spec
 
@@ -233,9 +234,11 @@ with plain_tab:
             source = weights.strip() or store_upload(weights_upload.name, weights_upload.getvalue(), root=cfg.home,
                                                      max_bytes=cfg.max_upload_mb * 2**20)
             path = self_describing(source, root=cfg.home, spec=spec)
+            # traced before it is added: a network torch.fx cannot trace is refused, the parents kept
+            shown = coverage(load_model(path)[0], data.eval.x[:2])
             add_parents([path])
             added = next(p for p in st.session_state["parents"] if Path(p.path).name == Path(path).name)
-            st.session_state["plain_coverage"] = (added.name, *coverage(added.model, data.eval.x[:2]))
+            st.session_state["plain_coverage"] = (added.name, *shown)
             st.rerun()
         except MudscError as e:
             st.error(str(e))

@@ -18,10 +18,10 @@ NET = textwrap.dedent('''
 
 
     class Net(nn.Module):
-        def __init__(self, width=8, out=5):
+        def __init__(self, width=8, out=5, in_ch=1):
             super().__init__()
             self.features = nn.Sequential(
-                nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(in_ch, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
                 nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
             self.classifier = nn.Linear(2 * width, out)
@@ -30,8 +30,8 @@ NET = textwrap.dedent('''
             return self.classifier(self.features(x))
 
 
-    def make_net(width=8, out=5):
-        return Net(width, out)
+    def make_net(width=8, out=5, in_ch=1):
+        return Net(width, out, in_ch)
 ''')
 
 
@@ -151,6 +151,7 @@ def test_full_merge_of_own_heads_is_refused_with_the_cuts(user_parents, tmp_path
     ("missing", "does not exist"),
     ("function", "has no function 'make_nett'"),
     ("classes", "one per parent"),
+    ("channels", "--mean has 3 values; the model takes 1-channel images (give one value)"),
 ])
 def test_bad_inputs_are_one_line_errors(user_parents, tmp_path, capsys, case, expect):
     p = dict(user_parents)
@@ -165,6 +166,8 @@ def test_bad_inputs_are_one_line_errors(user_parents, tmp_path, capsys, case, ex
         args[2] = str(tmp_path / "nothing.pt")
     elif case == "function":
         args[args.index("--arch") + 1] = f"{p['code']}:make_nett"
+    elif case == "channels":
+        args[args.index("--mean") + 1] = "0.5,0.5,0.5"
     else:
         args.remove("5-9")
     assert main(args) == 2
@@ -184,6 +187,10 @@ def test_missing_keys_are_named(user_parents):
                          data=load_dataset("digits").describe())
     sd = {f"model.{k}": v for k, v in user_parents["sd"].items() if k != "classifier.bias"}
     with pytest.raises(CheckpointError, match="1 missing keys \\(e.g. body.classifier.bias\\)"):
+        fit_keys(build_external(spec), sd)
+    sd = {**{f"model.{k}": v for k, v in user_parents["sd"].items()}, "model.extra.weight": torch.zeros(1)}
+    extra = r"removing 'model.'\) leaves 1 unexpected keys \(e.g. body.extra.weight\)"
+    with pytest.raises(CheckpointError, match=extra):
         fit_keys(build_external(spec), sd)
 
 
@@ -291,3 +298,223 @@ def test_timm_weights_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
               str(repo / "snapshots" / "abc123" / "model.safetensors"))
     net = builder("timm:test_vit")(num_classes=5, pretrained=True)
     assert torch.equal(net.state_dict()["patch_embed.proj.weight"], ref.state_dict()["patch_embed.proj.weight"])
+
+
+def _digits_raw(classes):
+    """The held-out digits of `classes` as pixels in [0, 1] and labels within the task, as mudsc splits them."""
+    from mudsc.data import load_dataset
+
+    ds = load_dataset("digits")
+    sub = ds.eval.subset(tuple(classes))
+    return sub.x * ds.std[0] + ds.mean[0], sub.y - min(classes)
+
+
+@pytest.mark.parametrize("form", ["file", "module", "torchvision", "timm"])
+def test_every_arch_form_evaluates_as_the_network_itself(user_parents, tmp_path, monkeypatch, capsys, form):
+    """FILE.py:FUNCTION, package.module:FUNCTION, torchvision:NAME and timm:NAME read a plain parent:
+    `mudsc eval` agrees with running the network by hand on (pixels - 0.5) / 0.5."""
+    p = user_parents
+    torch.manual_seed(0)
+    if form in ("file", "module"):
+        ns: dict = {}
+        exec(NET, ns)
+        net, weights = ns["make_net"](), p["a"]
+        net.load_state_dict(p["sd"])
+        monkeypatch.syspath_prepend(str(p["root"]))
+        arch = f"{p['code']}:make_net" if form == "file" else "my_models:make_net"
+    else:
+        if form == "torchvision":
+            import torchvision
+
+            arch, net = "torchvision:resnet18", torchvision.models.resnet18(num_classes=5)
+        else:
+            arch, net = "timm:test_resnet", _tiny_timm("test_resnet")
+        weights = tmp_path / f"{form}.safetensors"
+        save_file({f"model.{k}": v.contiguous() for k, v in net.state_dict().items()}, str(weights))  # Lightning
+    x, y = _digits_raw((0, 1, 2, 3, 4))
+    with torch.no_grad():
+        inputs = (x - 0.5) / 0.5
+        want = (net.eval()(inputs.expand(-1, 3, -1, -1) if form in ("torchvision", "timm") else inputs)
+                .argmax(1) == y).float().mean().item()
+    assert main(["eval", "--model", str(weights), "--dataset", "digits", "--arch", arch, "--classes", "0-4",
+                 "--mean", "0.5", "--std", "0.5", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["n"] == len(y) and abs(got["accuracy"] - want) <= 1 / len(y)
+    if form in ("file", "module"):
+        assert want > 0.6  # the trained parent, not a random network
+
+
+def test_sweep_stats_and_landscape_read_user_parents(user_parents, tmp_path, capsys):
+    p = user_parents
+    user = ["--dataset", "digits", "--arch", f"{p['code']}:make_net", "--kw", "width=8", "--mean", "0.5",
+            "--std", "0.5"]
+    parents = ["--parents", str(p["a"]), str(p["b"]), *user, "--classes", "0-4", "5-9", "--stats-images", "250",
+               "--quiet"]
+    assert main(["merge", *parents, "--method", "zipit", "--cut", "features.0", "--out", str(tmp_path / "m"),
+                 "--json"]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    assert main(["sweep", *parents, "--methods", "weight-avg", "zipit", "--cuts", "features.0",
+                 "--out", str(tmp_path / "sweep")]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "sweep.json").read_text())["rows"]}
+    assert set(rows) == {"weight-avg", "zipit"}
+    assert rows["zipit"]["joint_acc"] == pytest.approx(merged["joint_acc"])  # the sweep's merge is merge's
+
+    capsys.readouterr()
+    assert main(["stats", "--model", str(p["b"]), *user, "--classes", "5-9", "--examples", "64", "--parts", "gram",
+                 "--out", str(tmp_path / "b.stats.safetensors"), "--json", "--quiet"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["count"] == 64 and rec["tensors"]["gram"] >= 3
+
+    emb = np.random.default_rng(0).standard_normal((10, 5)).astype(np.float32)
+    np.save(tmp_path / "emb.npy", emb)
+    assert main(["landscape", "--models", str(p["a"]), str(p["b"]), *user, "--classes", "0-4", "5-9",
+                 "--class-embeddings", str(tmp_path / "emb.npy"), "--methods", "weight-avg", "zipit", "--grid", "3",
+                 "--path-steps", "0", "--bn", "preview", "--eval-images", "20", "--calib-images", "32",
+                 "--stats-images", "250", "--reset-images", "100", "--no-cache", "--out", str(tmp_path / "l.npz"),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["complete"] and len(summary["tasks"]) == 2
+    assert {m["merge"] for m in summary["models"]} >= {"weight-avg", "zipit"}
+
+
+def test_preprocessing_per_parent_is_recorded_and_one_image_size_is_required(user_parents, tmp_path, capsys):
+    p = user_parents
+    args = ["merge", "--parents", str(p["a"]), str(p["b"]), "--dataset", "digits", "--arch", f"{p['code']}:make_net",
+            "--classes", "0-4", "5-9", "--mean", "0.5", "0.4", "--std", "0.5", "0.3", "--stats-images", "250",
+            "--method", "zipit", "--cut", "features.0", "--quiet"]
+    assert main([*args, "--img-size", "8", "--out", str(tmp_path / "m")]) == 0
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    inputs = [e["spec"]["input"] for e in manifest["parents"]]
+    assert [(i["mean"], i["std"], i["img_size"]) for i in inputs] == [([0.5], [0.5], 8), ([0.4], [0.3], 8)]
+    assert main(["merge", "--manifest", str(tmp_path / "m" / "manifest.json"), "--out", str(tmp_path / "again"),
+                 "--quiet"]) == 0
+    again = (tmp_path / "again" / "model.safetensors").read_bytes()
+    assert again == (tmp_path / "m" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    # statistics pair units position by position: parents seeing different image sizes are refused
+    assert main([*args, "--img-size", "8", "12", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "parent 1 sees 1x12x12 inputs" in err and "same --img-size" in err and len(err.strip().splitlines()) == 1
+
+
+def test_class_embeddings_from_safetensors_and_their_errors(user_parents, tmp_path, capsys):
+    from mudsc.errors import CheckpointError
+    from mudsc.models.external import read_class_embeddings
+
+    emb = torch.randn(10, 5, generator=torch.Generator().manual_seed(0))
+    save_file({"text_embed": emb}, str(tmp_path / "emb.safetensors"))
+    assert torch.equal(read_class_embeddings(tmp_path / "emb.safetensors"), emb)
+    save_file({"a": emb, "b": emb.clone()}, str(tmp_path / "two.safetensors"))
+    with pytest.raises(CheckpointError, match="holds 2 tensors"):
+        read_class_embeddings(tmp_path / "two.safetensors")
+    np.save(tmp_path / "flat.npy", np.zeros(10, dtype=np.float32))
+    with pytest.raises(CheckpointError, match=r"float \[num_classes, d\] tensor"):
+        read_class_embeddings(tmp_path / "flat.npy")
+    args = _merge_args(user_parents, "--class-embeddings", str(tmp_path / "emb.safetensors"), "--method", "zipit",
+                       "--out", str(tmp_path / "full"))
+    assert main(args) == 0
+    spec = json.loads((tmp_path / "full" / "manifest.json").read_text())["parents"][0]["spec"]
+    assert spec["head"] == "embeddings" and spec["class_embeddings"]["path"].endswith("emb.safetensors")
+    capsys.readouterr()
+    np.save(tmp_path / "rows.npy", np.zeros((7, 5), dtype=np.float32))
+    args[args.index(str(tmp_path / "emb.safetensors"))] = str(tmp_path / "rows.npy")
+    assert main(args) == 2
+    assert "have 7 rows; the data set has 10 classes" in capsys.readouterr().err
+
+
+def _digit_folder(root, size):
+    """The digits as an ImageFolder of PNGs (train/ and val/, one folder per class), each image scaled
+    up to `size` = (width, height) by pixel repetition and centred on a black canvas as wide as asked."""
+    from PIL import Image
+
+    d = load_digits()
+    side = min(size)
+    for split, idx in (("train", range(0, 300)), ("val", range(300, 600))):
+        for i in idx:
+            folder = root / split / str(d.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            digit = Image.fromarray((d.images[i] / 16 * 255).astype(np.uint8)).resize((side, side), Image.NEAREST)
+            canvas = Image.new("L", size)
+            canvas.paste(digit, ((size[0] - side) // 2, (size[1] - side) // 2))
+            canvas.save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("size", [(16, 16), (24, 16)], ids=["square", "wide"])
+def test_user_parent_reads_an_image_folder_at_another_resolution(user_parents, tmp_path, capsys, size):
+    """Trained on 8x8 digits, evaluated on the same digits as 16-pixel PNGs: --img-size 8 resizes the
+    shorter side and centre-crops, as torchvision's Resize + CenterCrop, so the parent reads them again."""
+    folder = _digit_folder(tmp_path / "digits_png", size)
+    args = ["eval", "--model", str(user_parents["a"]), "--dataset", "imagefolder", "--data-dir", str(folder),
+            "--arch", f"{user_parents['code']}:make_net", "--classes", "0-4", "--mean", "0.5", "--std", "0.5", "--json"]
+    assert main([*args, "--img-size", "8"]) == 0
+    resized = json.loads(capsys.readouterr().out)["accuracy"]
+    assert resized > 0.6
+    if size[0] == size[1]:  # the network runs at any size (global pooling), but it learnt 8-pixel digits
+        assert main(args) == 0
+        assert json.loads(capsys.readouterr().out)["accuracy"] < resized - 0.2
+    else:  # a non-square image has no one size to keep: --img-size is asked for
+        assert main(args) == 2
+        assert "images are 16x24; give --img-size" in capsys.readouterr().err
+
+
+def test_user_parents_merge_on_cifar10_in_both_official_layouts(user_parents, tmp_path, capsys):
+    """Fake CIFAR-10 files in the binary and the Python layout: three-channel user parents, resized to 16
+    pixels, merge on either, and both layouts give the same merge."""
+    from test_data_cifar import cifar10
+
+    nets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        ns: dict = {}
+        exec(NET, ns)
+        nets.append(ns["make_net"](in_ch=3).state_dict())
+    torch.save({"state_dict": nets[0]}, tmp_path / "a.pt")
+    save_file({f"module.{k}": v.contiguous() for k, v in nets[1].items()}, str(tmp_path / "b.safetensors"))
+    merged = {}
+    for layout in ("bin", "py"):
+        cifar10(tmp_path / layout, layout)
+        out = tmp_path / f"m_{layout}"
+        assert main(["merge", "--parents", str(tmp_path / "a.pt"), str(tmp_path / "b.safetensors"), "--dataset",
+                     "cifar10", "--data-dir", str(tmp_path / layout), "--arch", f"{user_parents['code']}:make_net",
+                     "--kw", "in_ch=3", "--classes", "0-4", "5-9", "--img-size", "16", "--mean", "0.5,0.5,0.5",
+                     "--std", "0.25,0.25,0.25", "--method", "zipit", "--cut", "features.0", "--batch-size", "8",
+                     "--stats-images", "16", "--reset-images", "16", "--out", str(out), "--json", "--quiet"]) == 0
+        assert 0 <= json.loads(capsys.readouterr().out)["joint_acc"] <= 1
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["data"]["name"] == "cifar10"
+        assert manifest["data"]["source"].endswith(f"cifar-10-batches-{layout}")
+        assert manifest["parents"][1]["spec"]["input"]["img_size"] == 16
+        merged[layout] = (out / "model.safetensors").read_bytes()
+    assert merged["bin"] == merged["py"]
+
+
+@pytest.mark.parametrize("command", ["merge", "sweep", "cuts", "eval", "landscape", "stats", "merge-same"])
+def test_every_command_reading_parents_says_that_arch_runs_code(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--arch" in text and "importing it RUNS it" in text and "torchvision:NAME" in text
+
+
+def test_module_form_is_recorded_with_its_code(user_parents, tmp_path, monkeypatch, capsys):
+    """``package.module:FUNCTION``: the manifest hashes the module's source file as it does a FILE.py."""
+    pkg = tmp_path / "lab_nets"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "small.py").write_text(NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = _merge_args(user_parents, "--method", "zipit", "--cut", "features.0", "--out", str(tmp_path / "m"))
+    args[args.index("--arch") + 1] = "lab_nets.small:make_net"
+    assert main(args) == 0
+    entry = json.loads((tmp_path / "m" / "manifest.json").read_text())["parents"][0]
+    assert entry["spec"]["arch"] == "lab_nets.small:make_net" and len(entry["arch_sha256"]) == 64
+    again = ["merge", "--manifest", str(tmp_path / "m" / "manifest.json"), "--quiet"]
+    assert main([*again, "--out", str(tmp_path / "again")]) == 0
+    redone = (tmp_path / "again" / "model.safetensors").read_bytes()
+    assert redone == (tmp_path / "m" / "model.safetensors").read_bytes()
+    (pkg / "small.py").write_text(NET + "\n# edited\n")
+    capsys.readouterr()
+    assert main([*again, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "lab_nets/small.py is missing or changed since the manifest was written" in err

@@ -33,12 +33,18 @@ def _tv_convnext():
     return ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=5)
 
 
+def _tv_swin():
+    return torchvision.models.SwinTransformer(patch_size=[2, 2], embed_dim=12, depths=[2, 2], num_heads=[2, 4],
+                                              window_size=[7, 7], num_classes=5)
+
+
 def _bit():
     return timm.create_model("resnetv2_50x1_bit", pretrained=False, num_classes=5)
 
 
 # (builder, image size): small configs of the families the rules must cover to >= 90 %
-COVERED = {"vit": (_tv_vit, 32), "swin": (_timm_swin, 56), "convnext": (_tv_convnext, 32), "bit": (_bit, 32)}
+COVERED = {"vit": (_tv_vit, 32), "swin": (_timm_swin, 56), "tv-swin": (_tv_swin, 28), "convnext": (_tv_convnext, 32),
+           "bit": (_bit, 32)}
 
 
 def _batch(size: int) -> torch.Tensor:
@@ -255,6 +261,7 @@ def test_spaces_command_names_what_fx_cannot_trace(tmp_path, capsys):
 NAMED = {
     "torchvision:vit_b_16": (lambda: torchvision.models.vit_b_16(weights=None, image_size=64), 64),
     "torchvision:convnext_tiny": (lambda: torchvision.models.convnext_tiny(weights=None), 64),
+    "torchvision:swin_t": (lambda: torchvision.models.swin_t(weights=None), 64),
     "timm:resnetv2_50x1_bit": (lambda: timm.create_model("resnetv2_50x1_bit", pretrained=False), 64),
     "timm:swin_tiny_patch4_window7_224": (lambda: timm.create_model("swin_tiny_patch4_window7_224",
                                                                     pretrained=False), 224),

@@ -38,6 +38,11 @@ def test_plain_state_dict_becomes_a_self_describing_checkpoint(tmp_path, digits)
     info = read_info(out)
     assert info["spec"]["classes"] == [0, 1, 2] and info["source_sha256"] == sha256_file(plain)
     assert self_describing(out, root=tmp_path) == out  # already self-describing: used as is
+    other = self_describing(plain, root=tmp_path, spec=plain_spec("mlp", classes="3-5", data=digits,
+                                                                   kwargs={"width": 16}))
+    # the same weights read as another task are another file; the first parent's file is untouched
+    assert other != out and read_info(out)["spec"]["classes"] == [0, 1, 2]
+    assert read_info(other)["spec"]["classes"] == [3, 4, 5]
     rebuilt, _ = load_model(out)
     for k, v in model.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[k], v)

@@ -74,6 +74,17 @@ def _check_parents(parents: list[nn.Module]) -> None:
                                   f"{tuple(sd[k].shape)} vs {tuple(v.shape)}")
 
 
+def _check_input_sizes(parents: list[nn.Module], example: Tensor) -> None:
+    """Parents with their own preprocessing (``--img-size``) must still see one image size: statistics
+    pair their units position by position."""
+    seen = [tuple(p.pre(example).shape[1:]) if hasattr(p, "pre") else tuple(example.shape[1:]) for p in parents]
+    for i, shape in enumerate(seen[1:], 1):
+        if shape != seen[0]:
+            raise ConfigError(f"parent {i} sees {'x'.join(map(str, shape))} inputs after its preprocessing where "
+                              f"parent 0 sees {'x'.join(map(str, seen[0]))}; a merge pairs units position by "
+                              "position, so give every parent the same --img-size")
+
+
 def _check_groups(graph: UnitGraph, others: list[UnitGraph]) -> None:
     """Equal tensor shapes can hide different head or GroupNorm group counts; those cannot merge."""
     for i, g in enumerate(others, 1):
@@ -117,6 +128,7 @@ class MergeSession:
         self.train = union_train(data, self.tasks)
         if len(self.train) == 0:
             raise DataError(f"{data.name} has no training images of classes {list(self.union)}")
+        _check_input_sizes(self.parents, self.train.x[:1])
         self.stats_images = min(int(stats_images), len(self.train))
         ev = data.eval.subset(self.union)
         self.eval = ev if eval_images is None else ev.head(int(eval_images))

@@ -187,8 +187,9 @@ def load_model(path: str | os.PathLike, *, spec: dict | None = None) -> tuple[nn
     spec = spec or info.get("spec")
     if spec is None:
         raise CheckpointError(
-            f"{path} is a plain state dict without a mudsc spec: give the architecture "
-            "(e.g. --arch resnet20 --classes 0-4)"
+            f"{path} is a plain state dict without a mudsc spec: give its architecture (--arch FILE.py:FUNCTION, "
+            "package.module:FUNCTION, torchvision:NAME or timm:NAME), its task (--classes 0-4) and the data set "
+            "(--dataset) it reads"
         )
     if info.get("kind") == "multihead":
         return load_multihead(sd, info), info

@@ -70,13 +70,34 @@ def _import_module(name: str) -> Any:
         raise ConfigError(f"--arch: cannot import module {name!r} ({type(e).__name__}: {e})") from None
 
 
+def _file_like(where: str) -> bool:
+    """Whether the part of ``--arch`` before the colon names a file rather than a module."""
+    return where.endswith(".py") or os.sep in where or "/" in where
+
+
+def code_file(arch: str) -> Path | None:
+    """The source file of the user's code `arch` names (``FILE.py``, or the module of
+    ``package.module:FUNCTION`` where Python finds it; a package's parents are imported to find it),
+    for manifests to hash; None for torchvision, timm and registry names, or a module not found."""
+    if not is_external(arch) or arch.startswith("torchvision:"):
+        return None
+    where = arch.rpartition(":")[0]
+    if _file_like(where):
+        return Path(where).expanduser()
+    try:
+        found = importlib.util.find_spec(where)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(found, "origin", None)
+    return Path(origin) if origin and Path(origin).is_file() else None
+
+
 def user_builder(arch: str) -> Callable[..., nn.Module]:
     """The callable `arch` (``FILE.py:NAME`` or ``package.module:NAME``) names; imports (runs) its code."""
     where, _, attr = arch.rpartition(":")
     if not where or not attr:
         raise ConfigError(f"--arch {arch!r}: expected path/to/file.py:FUNCTION or package.module:FUNCTION")
-    file_like = where.endswith(".py") or os.sep in where or "/" in where
-    module = _import_file(Path(where).expanduser()) if file_like else _import_module(where)
+    module = _import_file(Path(where).expanduser()) if _file_like(where) else _import_module(where)
     fn = getattr(module, attr, None)
     if not callable(fn):
         names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
@@ -200,7 +221,8 @@ def external_spec(arch: str, *, classes: tuple[int, ...], data: dict[str, Any], 
         "img_size": int(data["img_size"]),
         # The parent's own preprocessing, as given, and the data set's normalisation it starts from.
         "input": {"mean": mean, "std": std, "img_size": img_size, "channels": channels,
-                  "data_mean": list(data["mean"]), "data_std": list(data["std"])},
+                  "data_mean": list(data["mean"]), "data_std": list(data["std"]),
+                  "data_size": [int(v) for v in data.get("img_hw", (data["img_size"],) * 2)]},
     }
     _preprocess(spec, None)  # option errors show before any user code runs
     if class_embeddings:
@@ -229,8 +251,13 @@ def _preprocess(spec: dict[str, Any], net: nn.Module | None) -> dict[str, Any] |
     want = None if net is None else _first_conv_channels(net)
     if channels is None and want == 3 and spec["in_chans"] == 1:
         channels = 3
-    return preprocess_spec(data_mean=opts["data_mean"], data_std=opts["data_std"], data_size=(spec["img_size"],) * 2,
+    return preprocess_spec(data_mean=opts["data_mean"], data_std=opts["data_std"], data_size=_data_size(spec),
                            channels=channels, mean=opts.get("mean"), std=opts.get("std"), img_size=opts.get("img_size"))
+
+
+def _data_size(spec: dict[str, Any]) -> tuple[int, int]:
+    """The data set's image height and width (specs written before non-square data were square)."""
+    return tuple(spec["input"].get("data_size") or (spec["img_size"],) * 2)
 
 
 def build_external(spec: dict[str, Any]) -> Classifier:
@@ -253,7 +280,7 @@ def build_external(spec: dict[str, Any]) -> Classifier:
     else:
         head, width = TaskHead(classes), len(classes)
     model = Classifier(net, head, Preprocess(pre_spec) if pre_spec else None)
-    x = torch.zeros(1, spec["in_chans"], spec["img_size"], spec["img_size"])
+    x = torch.zeros(1, spec["in_chans"], *_data_size(spec))
     try:
         with torch.no_grad():
             out = net.eval()(model.pre(x) if pre_spec else x)

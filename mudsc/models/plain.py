@@ -7,7 +7,7 @@ from typing import Any
 
 from mudsc.errors import CheckpointError, ConfigError
 from mudsc.models.checkpoint import read_info, sha256_file
-from mudsc.models.external import external_spec
+from mudsc.models.external import code_file, external_spec
 
 
 def plain_specs(paths: list[str], data: dict[str, Any], *, arch: str | None, classes: list[tuple[int, ...]] | None,
@@ -38,13 +38,14 @@ def plain_specs(paths: list[str], data: dict[str, Any], *, arch: str | None, cla
 
 def file_record(path: str | Path, spec: dict[str, Any] | None = None) -> dict[str, Any]:
     """A manifest's entry for an input checkpoint: its resolved path and sha256 and, for a plain state
-    dict, the spec it loads with (architecture, options, task, preprocessing) and its code's sha256."""
+    dict, the spec it loads with (architecture, options, task, preprocessing) and the sha256 of its
+    model code (the ``FILE.py``, or the module's source file)."""
     entry: dict[str, Any] = {"path": str(Path(path).resolve()), "sha256": sha256_file(path)}
     if spec is not None:
         entry["spec"] = spec
-        code = spec["arch"].rpartition(":")[0]
-        if code.endswith(".py") and Path(code).expanduser().is_file():
-            entry["arch_sha256"] = sha256_file(Path(code).expanduser())
+        code = code_file(spec["arch"])
+        if code is not None and code.is_file():
+            entry["arch_sha256"] = sha256_file(code)
     return entry
 
 
@@ -57,10 +58,11 @@ def check_record(entry: dict[str, Any], what: str) -> str:
     if sha256_file(path) != entry["sha256"]:
         raise CheckpointError(f"{what} {path} changed since the manifest was written (sha256 differs)")
     spec = entry.get("spec") or {}
-    code = spec.get("arch", "").rpartition(":")[0]
-    if "arch_sha256" in entry and (not Path(code).expanduser().is_file()
-                                   or sha256_file(Path(code).expanduser()) != entry["arch_sha256"]):
-        raise CheckpointError(f"model code {code} is missing or changed since the manifest was written")
+    if "arch_sha256" in entry:
+        code = code_file(spec["arch"])
+        if code is None or not code.is_file() or sha256_file(code) != entry["arch_sha256"]:
+            raise CheckpointError(f"model code {code or spec['arch']} is missing or changed since the manifest "
+                                  "was written")
     embed = spec.get("class_embeddings")
     if embed and sha256_file(embed["path"]) != embed["sha256"]:
         raise CheckpointError(f"class embeddings {embed['path']} changed since the manifest was written")

@@ -26,7 +26,8 @@ def _channels(values: Sequence[float] | None, chans: int, what: str) -> list[flo
     if len(vals) == 1:
         vals = vals * chans
     if len(vals) != chans:
-        raise ConfigError(f"--{what} has {len(vals)} values; the model takes {chans} channels (give 1 or {chans})")
+        give = "one value" if chans == 1 else f"one value or {chans}"
+        raise ConfigError(f"--{what} has {len(vals)} values; the model takes {chans}-channel images (give {give})")
     if what == "std" and any(v <= 0 for v in vals):
         raise ConfigError(f"--std values must be positive, got {vals}")
     return vals

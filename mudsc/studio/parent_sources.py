@@ -6,6 +6,7 @@ reproducible from the command line (the manifest names files and their sha256).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -78,7 +79,8 @@ def user_spec(arch: str, *, classes: str, data: Dataset, kwargs: dict[str, Any] 
 
 def self_describing(path: str | os.PathLike, *, root: str | os.PathLike, spec: dict[str, Any] | None = None) -> Path:
     """`path` itself when it is a mudsc checkpoint; else the plain weights rebuilt with `spec` and saved
-    under ``root/parents/`` with their source and its sha256 as provenance."""
+    under ``root/parents/`` with their source and its sha256 as provenance, one file per weights and
+    spec (the same weights read with other options never overwrite a loaded parent)."""
     p = Path(path).expanduser()
     if spec is None:
         if "spec" in read_info(p):
@@ -87,7 +89,8 @@ def self_describing(path: str | os.PathLike, *, root: str | os.PathLike, spec: d
                               "(architecture + weights)")
     model, _ = load_model(p, spec=spec)
     digest = sha256_file(p)
-    out = Path(root).expanduser() / "parents" / f"{p.stem}.{digest[:12]}.safetensors"
+    options = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    out = Path(root).expanduser() / "parents" / f"{p.stem}.{digest[:12]}.{options[:8]}.safetensors"
     save_model(model, out, source=str(p), source_sha256=digest, task=spec["classes"])
     return out
 
