@@ -47,7 +47,7 @@ def gemm_rate(device: torch.device) -> float:
 def one(args) -> dict:
     from mudsc.data import load_dataset
     from mudsc.diffinit.config import make_config
-    from mudsc.diffinit.memory import merge_memory, tap_bytes_per_image
+    from mudsc.diffinit.memory import merge_memory, peak_bytes, tap_bytes_per_image
     from mudsc.diffinit.session import MergeSession
     from mudsc.models import create_model
 
@@ -88,8 +88,9 @@ def one(args) -> dict:
     sync()
     stats = time.perf_counter() - t0
     config = make_config(method=method, reset_images=args.images)
-    estimate = sum(merge_memory(parents, session.graph, session.spaces_for(config.cut), config, image=x[:1].to(device),
-                                batch_size=args.batch_size, stats_needed=True).values())
+    need = merge_memory(parents, session.graph, session.spaces_for(config.cut), config, image=x[:1].to(device),
+                        batch_size=args.batch_size, stats_needed=True)
+    estimate = peak_bytes(need)
     result = session.merge(config)
     t = result.timings
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import resource
 import time
 
 import numpy as np
@@ -67,6 +68,7 @@ def main() -> None:
         if prof:
             pstats.Stats(prof).sort_stats("tottime").print_stats(20)
         saved[method] = {s: m.assignment() for s, m in sol.matches.items()}
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB")
     if "zipit" in times and "mudsc-zip" in times:
         print(f"mudsc-zip match / zipit match = {times['mudsc-zip'] / times['zipit']:.1f}x")
     if args.save:

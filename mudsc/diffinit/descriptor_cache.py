@@ -12,8 +12,8 @@ so the cache keeps, per group, its [O, O] Gram part (float32 products about fixe
 the rows' means; float64 for Git Re-Basin's raw inner products) and row sums, on the compute
 device, and recomputes a group only when one of its neighbours' matches is a different object than
 when it was last computed. Late sweeps, which change few spaces, redo a fraction of the products;
-the groups that read no other space (norm affine parameters) are computed once. Parts are summed in group order, so the result
-depends only on the matches, never on the order in which the cache was filled.
+the groups that read no other space (norm affine parameters) are computed once. Parts are summed in
+group order, so the result depends only on the matches, never on the order the cache was filled in.
 """
 from __future__ import annotations
 

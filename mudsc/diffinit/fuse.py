@@ -89,7 +89,8 @@ def transform_state_dict(sd: dict[str, Tensor], graph: UnitGraph,
         s = graph.space(name)
         scatter = is_cluster_map(m, u)
         for r in s.refs:
-            todo.setdefault(r.param, {}).setdefault(r.axis, []).append((r.start, s.size, r.repeat, m, u, r.role, scatter))
+            piece = (r.start, s.size, r.repeat, m, u, r.role, scatter)
+            todo.setdefault(r.param, {}).setdefault(r.axis, []).append(piece)
     out = dict(sd)
     for key, axes in todo.items():
         w = sd[key]

@@ -6,8 +6,8 @@ image), a forward's working set, float32 copies of the largest space's features,
 moment sums of every space; the iterative solve holds one [O, O] Gram part per descriptor group of
 every space (:class:`~mudsc.diffinit.descriptor_cache.DescriptorCache`), one group's descriptor
 columns while it is computed, the activation correlations, the dense merge/unmerge maps of the
-current, the best and the remembered solutions, and a few [O, O] work matrices; fusion holds N + 1
-copies of the weights.
+current and the best solutions, and a few [O, O] work matrices; fusion holds N + 1 copies of the
+weights. The statistics pass and the solve run one after the other: the peak is the larger of them.
 """
 from __future__ import annotations
 
@@ -63,17 +63,24 @@ def merge_memory(parents: list[nn.Module], graph: UnitGraph, spaces: list[str], 
         item = 8 if config.method == "rebasin" else 4  # Git Re-Basin's inner products are float64
         need["solve"] = (sum(item * groups[s] * size[s] ** 2 for s in spaces)  # cached Gram parts
                          + sum(4 * size[s] ** 2 for s in spaces)              # activation correlations
-                         + sum(3 * 8 * size[s] ** 2 // n for s in spaces)     # current, best, remembered maps
+                         + sum(2 * 8 * size[s] ** 2 // n for s in spaces)     # current and best maps
                          + 12 * max(size[s] * width[s] for s in spaces)      # one group's columns, float64 sums
                          + 6 * 8 * max(size[s] ** 2 for s in spaces))        # S_W, mix, solver copies
     need["weights"] = (n + 2) * sum(v.numel() * 4 for v in sd.values())
     return need
 
 
+def peak_bytes(need: dict[str, int]) -> int:
+    """The most a merge holds at once: its weights and the larger of its statistics pass and its solve,
+    which run one after the other (the pass's float64 sums are freed before the solve starts)."""
+    return need["weights"] + max(need["statistics"], need["solve"])
+
+
 def check_merge_memory(need: dict[str, int], device: torch.device | str) -> None:
-    """ResourceError naming the size needed when `need` (bytes by stage) exceeds 80 % of `device`'s free memory."""
+    """ResourceError naming the size needed when the peak of `need` (bytes by stage) exceeds 80 % of
+    `device`'s free memory."""
     free = available_memory(device)
-    total = sum(need.values())
+    total = peak_bytes(need)
     if total > 0.8 * free:
         parts = ", ".join(f"{k} {v / _GiB:.2f}" for k, v in need.items())
         raise ResourceError(f"this merge needs about {total / _GiB:.1f} GiB on {device} ({parts} GiB), but only "
