@@ -134,7 +134,10 @@ def main() -> None:
                        "--images", str(args.images), "--eval-images", str(args.eval_images),
                        "--batch-size", str(args.batch_size), "--threads", str(args.threads),
                        "--img-size", str(img)]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                run = subprocess.run(cmd, capture_output=True, text=True)
+                if run.returncode:
+                    sys.exit(f"{name} {method} failed:\n{run.stderr}")
+                out = run.stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(f"device {args.device}, {args.images} statistics and BN-reset images, batch {args.batch_size}")

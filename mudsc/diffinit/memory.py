@@ -44,8 +44,9 @@ def tap_bytes_per_image(model: nn.Module, graph: UnitGraph, image: Tensor) -> tu
 
 def merge_memory(parents: list[nn.Module], graph: UnitGraph, spaces: list[str], config: MergeConfig, *,
                  image: Tensor, batch_size: int, stats_needed: bool) -> dict[str, int]:
-    """Bytes a merge of `spaces` would hold at once, by stage: ``statistics`` (0 when cached or not
-    needed), ``solve`` and ``weights``."""
+    """Bytes a merge of `spaces` would add to what the process holds, by stage: ``statistics`` (0 when
+    cached or not needed), ``solve`` (its activation correlations only when the pass is still to make
+    them: cached ones already take their memory) and ``weights``."""
     n = len(parents)
     size = {s.name: s.size * n for s in graph.spaces}
     need = {"statistics": 0, "solve": 0, "weights": 0}
@@ -62,7 +63,7 @@ def merge_memory(parents: list[nn.Module], graph: UnitGraph, spaces: list[str], 
         groups = {s: len({ref_neighbours(graph, s, r) for r in descriptor_refs(graph, s)}) for s in spaces}
         item = 8 if config.method == "rebasin" else 4  # Git Re-Basin's inner products are float64
         need["solve"] = (sum(item * groups[s] * size[s] ** 2 for s in spaces)  # cached Gram parts
-                         + sum(4 * size[s] ** 2 for s in spaces)              # activation correlations
+                         + stats_needed * sum(4 * size[s] ** 2 for s in spaces)  # correlations (held when cached)
                          + sum(2 * 8 * size[s] ** 2 // n for s in spaces)     # current and best maps
                          + 12 * max(size[s] * width[s] for s in spaces)      # one group's columns, float64 sums
                          + 6 * 8 * max(size[s] ** 2 for s in spaces))        # S_W, mix, solver copies
