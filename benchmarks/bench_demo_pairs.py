@@ -27,7 +27,7 @@ from mudsc.zoo.demo import DEMO, train_parent
 
 def pair_paths(args, pair: int) -> list[Path]:
     """The two parents of seed pair `pair` (seeds 2p, 2p + 1), trained once under --out."""
-    root = Path(args.out) / "parents"
+    root = Path(args.parents_dir) if args.parents_dir else Path(args.out) / "parents"
     kw = {**DEMO["kwargs"], "strides": args.strides}
     paths = []
     for task, seed in zip(DEMO["tasks"], (2 * pair, 2 * pair + 1)):
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--stats-images", type=int, default=1000)
     ap.add_argument("--reset-images", type=int, default=1000)
     ap.add_argument("--out", default="runs/bench_demo_pairs")
+    ap.add_argument("--parents-dir", help="where parents are cached (default OUT/parents): share one set across runs")
     ap.add_argument("--pooling", choices=["published", "mean"], default="published",
                     help="mean: the descriptor pooling before issue 18 (M, not N M), for before/after tables")
     args = ap.parse_args()

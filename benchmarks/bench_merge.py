@@ -25,7 +25,7 @@ from mudsc.zoo.demo import train_parent
 
 
 def parents(args, pair: int) -> list[Path]:
-    root = Path(args.out) / "parents"
+    root = Path(args.parents_dir) if args.parents_dir else Path(args.out) / "parents"
     paths = []
     for task, seed in (("0-4", 2 * pair), ("5-9", 2 * pair + 1)):
         tag = args.arch.replace("timm:", "") + (f"x{args.width}" if args.width else "")
@@ -61,6 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--first-pair", type=int, default=0, help="run pairs first-pair .. pairs - 1 only")
     ap.add_argument("--arch", default="resnet20")
     ap.add_argument("--kw", default="{}", help="architecture options as JSON")
     ap.add_argument("--width", type=int, default=2, help="width multiplier (0: none, for timm models)")
@@ -72,6 +73,8 @@ def main() -> None:
     ap.add_argument("--pooling", choices=["published", "mean"], default="published",
                     help="mean: the descriptor pooling before issue 18 (M, not N M), for before/after tables")
     ap.add_argument("--out", default="runs/bench_merge")
+    ap.add_argument("--parents-dir", help="where parents are cached (default OUT/parents): share one set across runs")
+    ap.add_argument("--methods", help="comma-separated subset of the method table (default: every method)")
     args = ap.parse_args()
     if args.pooling == "mean":
         from pooling_before_fix import use_mean_pooling
@@ -80,10 +83,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = make_config()
-    methods = list(diff_init_names())
+    methods = args.methods.split(",") if args.methods else list(diff_init_names())
     tables: dict[str, list[list[dict]]] = {"methods": [], "alpha": [], "mix": [], "cuts": [], "blind": []}
     parent_rows, timing_rows = [], []
-    for pair in range(args.pairs):
+    for pair in range(args.first_pair, args.pairs):
         paths = parents(args, pair)
         t0 = time.perf_counter()
         session = MergeSession.from_paths([str(p) for p in paths], "mnist", args.data_dir,
@@ -95,6 +98,8 @@ def main() -> None:
         if args.groups_table:
             blind = base.model_copy(update={"groups": False})
             tables["blind"].append(run_sweep(session, grid(blind, methods=[m for m in methods if m != "ensemble"])))
+        # the pairs so far, so a run stopped early still leaves its finished pairs
+        (out / "partial.json").write_text(json.dumps({"per_pair": tables, "parents": parent_rows}, default=float))
         if args.quick:
             print(f"pair {pair} done", flush=True)
             continue
@@ -110,6 +115,7 @@ def main() -> None:
         timing_rows.append({"pair": pair, "method": "(session: load + statistics)", "stats": round(open_s, 3)})
         print(f"pair {pair} done", flush=True)
     report = {k: aggregate(v) for k, v in tables.items() if v}
+    report["per_pair"] = {k: v for k, v in tables.items() if v}
     report["parents"] = parent_rows
     report["timings"] = timing_rows
     report["device"] = str(session.device)
@@ -121,7 +127,7 @@ def main() -> None:
     md = [f"\n### {titles[k]}\n" + fmt(report[k], cols) for k in titles if k in report]
     own = [[p["own_task_acc"] for p in pr] for pr in parent_rows]
     md.append("\n### Parents (own-task accuracy per pair)\n" + "\n".join(
-        f"- pair {i}: " + ", ".join(f"{100 * a:.2f}" for a in o) for i, o in enumerate(own)) + "\n")
+        f"- pair {i}: " + ", ".join(f"{100 * a:.2f}" for a in o) for i, o in enumerate(own, args.first_pair)) + "\n")
     (out / "report.md").write_text("".join(md))
     print("".join(md))
 
