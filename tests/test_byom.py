@@ -489,6 +489,23 @@ def test_an_image_folder_of_mixed_sizes_merges_at_the_data_img_size_and_the_mani
     assert at12["resized_to"] == 12 and at12["sha256"] != manifest["data"]["sha256"]
 
 
+def test_merge_same_on_an_image_folder_of_mixed_sizes_records_the_data_img_size(user_parents, tmp_path):
+    p = user_parents
+    folder = _digit_folder(tmp_path / "mixed", (16, 16), (16, 20))
+    out = tmp_path / "fused"
+    args = ["merge-same", "--models", str(p["a"]), str(p["b"]), "--method", "permute+regmean", "--dataset",
+            "imagefolder", "--data-dir", str(folder), "--data-img-size", "8", "--arch", f"{p['code']}:make_net",
+            "--kw", "width=8", "--classes", "0-4", "5-9", "--mean", "0.5", "--std", "0.5", "--align-images", "250",
+            "--stats-examples", "200", "--reset-images", "250", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dataset"]["resized_to"] == 8 and manifest["dataset"]["img_hw"] == [8, 8]
+    again = tmp_path / "again"
+    assert main(["merge-same", "--manifest", str(out / "manifest.json"), "--out", str(again), "--quiet"]) == 0
+    for o in manifest["outputs"]:
+        assert (again / o["path"]).read_bytes() == (out / o["path"]).read_bytes()
+
+
 def test_user_parents_merge_on_cifar10_in_both_official_layouts(user_parents, tmp_path, capsys):
     """Fake CIFAR-10 files in the binary and the Python layout: three-channel user parents, resized to 16
     pixels, merge on either, and both layouts give the same merge."""
