@@ -4,7 +4,9 @@ Sources: ``digits`` (scikit-learn's embedded 8x8 digits), ``mnist`` (gzip IDX fi
 torchvision-style root), ``cifar10`` and ``cifar100`` (the official binary or Python batches, or a
 torchvision-style root), an ``ImageFolder`` directory, or an ``.npz`` file with ``x`` and ``y``.
 Every set is normalised with its own training-split channel statistics; only training batches are
-augmented (small random shifts), and every random choice takes a ``torch.Generator``.
+augmented (small random shifts), and every random choice takes a ``torch.Generator``. Any set can be
+loaded at a given image size (``img_size``: torchvision's ``Resize`` then ``CenterCrop``, before the
+normalisation), which is how an ImageFolder of mixed sizes loads at all.
 """
 from __future__ import annotations
 
@@ -66,8 +68,9 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    fingerprint: str  # sha256 of the raw source, for manifests and caches
+    fingerprint: str  # sha256 of the raw source (and of the load-time size), for manifests and caches
     source: str = ""
+    resized_to: int | None = None  # the load-time size (load_dataset's img_size); None: images as stored
 
     @property
     def in_chans(self) -> int:
@@ -101,6 +104,7 @@ class Dataset:
             "n_train": len(self.train),
             "n_eval": len(self.eval),
             "sha256": self.fingerprint,
+            "resized_to": self.resized_to,
         }
 
 
@@ -183,6 +187,52 @@ def union_train(data: Dataset, tasks: Sequence[tuple[int, ...]], *, seed: int = 
 
 # ----------------------------------------------------------------------------- loading
 
+class ResizeCrop:
+    """torchvision's ``Resize(size)`` then ``CenterCrop(size)`` on float [b, c, h, w] images of side
+    (`h`, `w`): bilinear with antialiasing, as torchvision resizes tensors.
+
+    The geometry is fixed when built, so the same object serves the data loaders and a parent's
+    :class:`~mudsc.models.preprocess.Preprocess`, which torch.fx must trace as constant-shaped ops.
+    """
+
+    def __init__(self, hw: tuple[int, int], size: int) -> None:
+        h, w = (int(v) for v in hw)
+        self.hw, self.size = (h, w), int(size)
+        # Resize(size): the shorter side becomes `size`, the other is rounded down; CenterCrop(size)
+        # takes the middle square, its offsets rounded as torchvision rounds them.
+        self.resized = (self.size, int(self.size * w / h)) if h <= w else (int(self.size * h / w), self.size)
+        self.top = int(round((self.resized[0] - self.size) / 2.0))
+        self.left = int(round((self.resized[1] - self.size) / 2.0))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.resized != self.hw:
+            x = torch.nn.functional.interpolate(x, size=self.resized, mode="bilinear", align_corners=False,
+                                                antialias=True)
+        if self.resized != (self.size, self.size):
+            x = x[:, :, self.top:self.top + self.size, self.left:self.left + self.size]
+        return x
+
+
+def _check_size(img_size: int | None) -> int | None:
+    if img_size is None:
+        return None
+    if isinstance(img_size, bool) or int(img_size) != img_size or int(img_size) <= 0:
+        raise DataError(f"--data-img-size must be a positive whole number, got {img_size!r}")
+    return int(img_size)
+
+
+def _resize_crop(x: Tensor, size: int | None, chunk: int = 1024) -> Tensor:
+    """[n, c, h, w] -> [n, c, size, size] (`x` itself when `size` is None or already its side), a chunk
+    at a time so that only the result is held, never the resized images before cropping."""
+    if size is None or tuple(x.shape[-2:]) == (size, size):
+        return x
+    op = ResizeCrop(tuple(x.shape[-2:]), size)
+    out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=x.dtype)
+    for i in range(0, len(x), chunk):
+        out[i:i + chunk] = op(x[i:i + chunk])
+    return out
+
+
 def _normalise(train_x: Tensor, eval_x: Tensor) -> tuple[Tensor, Tensor, tuple, tuple]:
     mean = train_x.mean(dim=(0, 2, 3))
     std = train_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
@@ -192,15 +242,20 @@ def _normalise(train_x: Tensor, eval_x: Tensor) -> tuple[Tensor, Tensor, tuple, 
 
 
 def _make(name: str, source: str, fp: str, x: Tensor, y: Tensor, train_idx, eval_idx,
-          num_classes: int | None = None) -> Dataset:
+          num_classes: int | None = None, img_size: int | None = None) -> Dataset:
+    """The data set of images `x` in [0, 1], resized and centre-cropped to `img_size` first if given,
+    then normalised. The size joins the fingerprint: statistics cached at one size are not another's."""
     if len(x) == 0:
         raise DataError(f"data set {name!r} at {source or 'built-in'} holds no examples")
+    x = _resize_crop(x, img_size)
+    if img_size is not None:
+        fp = hashlib.sha256(f"{fp}|img_size={img_size}".encode()).hexdigest()
     tx, ex, mean, std = _normalise(x[train_idx], x[eval_idx])
     k = int(num_classes if num_classes is not None else int(y.max()) + 1)
-    return Dataset(name, Split(tx, y[train_idx]), Split(ex, y[eval_idx]), k, mean, std, fp, source)
+    return Dataset(name, Split(tx, y[train_idx]), Split(ex, y[eval_idx]), k, mean, std, fp, source, img_size)
 
 
-def _digits() -> Dataset:
+def _digits(img_size: int | None = None) -> Dataset:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -210,7 +265,7 @@ def _digits() -> Dataset:
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     n_train = int(0.8 * len(y))
     fp = hashlib.sha256(d.images.tobytes()).hexdigest()
-    return _make("digits", "sklearn.datasets.load_digits", fp, x, y, perm[:n_train], perm[n_train:], 10)
+    return _make("digits", "sklearn.datasets.load_digits", fp, x, y, perm[:n_train], perm[n_train:], 10, img_size)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -255,7 +310,7 @@ def _data_root(name: str, data_dir: str | os.PathLike | None) -> Path:
     return root
 
 
-def _mnist(data_dir: str | os.PathLike | None) -> Dataset:
+def _mnist(data_dir: str | os.PathLike | None, img_size: int | None = None) -> Dataset:
     root = _data_root("mnist", data_dir)
     test = [_find(root, s) for s in MNIST_FILES]
     if None in test:
@@ -285,7 +340,7 @@ def _mnist(data_dir: str | os.PathLike | None) -> Dataset:
     xs = torch.from_numpy(x.astype(np.float32) / 255.0)[:, None]
     ys = torch.from_numpy(y.astype(np.int64))
     return _make("mnist", str(root), h.hexdigest(), xs, ys, torch.from_numpy(train_idx),
-                 torch.from_numpy(eval_idx), 10)
+                 torch.from_numpy(eval_idx), 10, img_size)
 
 
 @dataclass(frozen=True)
@@ -424,7 +479,7 @@ def _cifar_folder(root: Path, spec: _CifarSpec) -> tuple[Path, bool]:
     raise DataError(f"no {spec.title} files under {root}: expected {spec.bin_dir}/ or {spec.py_dir}/{hint}")
 
 
-def _cifar(name: str, data_dir: str | os.PathLike | None) -> Dataset:
+def _cifar(name: str, data_dir: str | os.PathLike | None, img_size: int | None = None) -> Dataset:
     """CIFAR-10 or CIFAR-100 (fine labels): the official training batches train, the test batch evaluates.
 
     `data_dir` is the extracted folder or a directory containing it (a torchvision root). The training
@@ -461,10 +516,12 @@ def _cifar(name: str, data_dir: str | os.PathLike | None) -> Dataset:
     y = torch.from_numpy(np.concatenate(ys))
     # Slices, not index tensors: the splits are views of `x`, not a second copy of it.
     return _make(name, str(folder), h.hexdigest(), x, y, slice(0, n_train), slice(n_train, len(y)),
-                 spec.num_classes)
+                 spec.num_classes, img_size)
 
 
-def _image_folder(root: Path) -> Dataset:
+def _image_folder(root: Path, img_size: int | None = None) -> Dataset:
+    """One class per sub-directory (of ``train/`` and ``val/`` when both exist, else an 80/20 split).
+    With `img_size` each image is resized and centre-cropped as it is read, so sizes may mix."""
     from PIL import Image
 
     if not root.is_dir():
@@ -473,7 +530,15 @@ def _image_folder(root: Path) -> Dataset:
     splits = [root / "train", root / "val"] if {"train", "val"} <= {p.name for p in class_dirs} else None
     h = hashlib.sha256()
 
-    def read(d: Path, names: list[str] | None) -> tuple[list[np.ndarray], list[int], list[str]]:
+    def pixels(im) -> Tensor:
+        """[c, h, w]: uint8 as stored, or float in [0, 1] resized to `img_size` (the originals not kept)."""
+        a = torch.from_numpy(np.array(im.convert("L" if im.mode in ("L", "1", "P") else "RGB")))
+        a = a[None] if a.ndim == 2 else a.permute(2, 0, 1)
+        if img_size is None:
+            return a
+        return ResizeCrop(tuple(a.shape[-2:]), img_size)(a[None].float().div_(255.0))[0]
+
+    def read(d: Path, names: list[str] | None) -> tuple[list[Tensor], list[int], list[str]]:
         dirs = sorted(p for p in d.iterdir() if p.is_dir())
         names = names or [p.name for p in dirs]
         xs, ys = [], []
@@ -483,7 +548,7 @@ def _image_folder(root: Path) -> Dataset:
                     continue
                 try:
                     with Image.open(f) as im:
-                        xs.append(np.asarray(im.convert("L" if im.mode in ("L", "1", "P") else "RGB")))
+                        xs.append(pixels(im))
                 except OSError as e:
                     raise DataError(f"cannot read image {f}: {e}") from None
                 h.update(f.read_bytes())
@@ -505,16 +570,19 @@ def _image_folder(root: Path) -> Dataset:
         train_idx, eval_idx = perm[:n_train], perm[n_train:]
     if not xs:
         raise DataError(f"ImageFolder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    shapes = {a.shape for a in xs}
+    if len({a.shape[0] for a in xs}) > 1:
+        raise DataError(f"ImageFolder {root} mixes grey and colour images; convert them to one mode first")
+    shapes = {tuple(a.shape[1:]) for a in xs}
     if len(shapes) > 1:
-        raise DataError(f"ImageFolder {root} mixes image sizes {sorted(shapes)[:3]}; resize them first")
-    arr = np.stack(xs).astype(np.float32) / 255.0
-    x = torch.from_numpy(arr[:, None] if arr.ndim == 3 else arr.transpose(0, 3, 1, 2))
+        raise DataError(f"ImageFolder {root} mixes image sizes {sorted(shapes)[:3]} (height, width); give "
+                        "--data-img-size N to resize and centre-crop every image to N x N as it loads")
+    x = torch.stack(xs)
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
     y = torch.tensor(ys, dtype=torch.int64)
-    return _make("imagefolder", str(root), h.hexdigest(), x, y, train_idx, eval_idx, len(names))
+    return _make("imagefolder", str(root), h.hexdigest(), x, y, train_idx, eval_idx, len(names), img_size)
 
 
-def _npz(path: Path) -> Dataset:
+def _npz(path: Path, img_size: int | None = None) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in ("x", "y") if k not in f.files]
@@ -538,33 +606,39 @@ def _npz(path: Path) -> Dataset:
     perm = torch.randperm(len(ys), generator=torch.Generator().manual_seed(0))
     n_train = int(0.8 * len(ys))
     fp = hashlib.sha256(path.read_bytes()).hexdigest()
-    return _make("npz", str(path), fp, xs, ys, perm[:n_train], perm[n_train:])
+    return _make("npz", str(path), fp, xs, ys, perm[:n_train], perm[n_train:], img_size=img_size)
 
 
-_CACHE: dict[tuple[str, str], Dataset] = {}
+_CACHE: dict[tuple[str, str, int | None], Dataset] = {}
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, img_size: int | None = None) -> Dataset:
     """A data set by name (``digits``, ``mnist``, ``cifar10``, ``cifar100``), or by path (ImageFolder
-    directory, ``.npz``)."""
-    key = (name, str(data_dir))
+    directory, ``.npz``).
+
+    `img_size` resizes every image's shorter side to it and centre-crops it square (torchvision's
+    ``Resize`` + ``CenterCrop``) before normalising: the CLI's ``--data-img-size``. Unlike a parent's
+    ``--img-size``, which resizes inside that parent only, it changes the data set every parent sees.
+    """
+    img_size = _check_size(img_size)
+    key = (name, str(data_dir), img_size)
     if key in _CACHE:
         return _CACHE[key]
     if name == "digits":
-        ds = _digits()
+        ds = _digits(img_size)
     elif name == "mnist":
-        ds = _mnist(data_dir)
+        ds = _mnist(data_dir, img_size)
     elif name in _CIFAR:
-        ds = _cifar(name, data_dir)
+        ds = _cifar(name, data_dir, img_size)
     elif name in ("imagefolder", "npz"):
         if data_dir is None:
             raise DataError(f"data set {name!r} needs --data-dir")
         p = Path(data_dir).expanduser()
-        ds = _npz(p) if name == "npz" else _image_folder(p)
+        ds = _npz(p, img_size) if name == "npz" else _image_folder(p, img_size)
     elif name.endswith(".npz"):
-        ds = _npz(Path(name).expanduser())
+        ds = _npz(Path(name).expanduser(), img_size)
     elif Path(name).expanduser().is_dir():
-        ds = _image_folder(Path(name).expanduser())
+        ds = _image_folder(Path(name).expanduser(), img_size)
     else:
         import difflib
 

@@ -55,11 +55,11 @@ def _lines(text: str) -> tuple[str, ...]:
 
 def render_family_tab() -> None:
     """The tab's widgets: demo, paths, uploads, and the loaded family with its check."""
-    name, data_dir = st.session_state["data"]
+    name, data_dir, size = st.session_state["data"]
     done = take("family_demo")
     if done is not None:
         if use_family(Family(done[0], done[1], "digits", None)):
-            st.session_state["data"] = ("digits", None)
+            st.session_state["data"] = ("digits", None, None)
     st.write("A **base** checkpoint and **task models fine-tuned from it** (task arithmetic, TIES, Fisher, RegMean, "
              "MaTS). The demo pre-trains a BatchNorm MLP on all digits and fine-tunes it on 0-3, 4-6 and 7-9 "
              "(a few seconds on two CPU cores, cached in `$MUDSC_HOME/demo_family`).")
@@ -75,7 +75,7 @@ def render_family_tab() -> None:
         stats = st.text_area("Statistics files (`mudsc stats`), one per task model, optional", key="fam_stats",
                              height=68)
         if st.button("Use this family", key="fam_use", disabled=not (base.strip() and tasks.strip())):
-            if use_family(Family(base.strip(), _lines(tasks), name, data_dir, _lines(stats))):
+            if use_family(Family(base.strip(), _lines(tasks), name, data_dir, _lines(stats), size)):
                 st.rerun()
     with upload_col:
         cfg = settings()
@@ -91,7 +91,7 @@ def render_family_tab() -> None:
             except MudscError as e:
                 st.error(str(e))
             else:
-                if use_family(Family(str(stored[0]), tuple(map(str, stored[1:])), name, data_dir)):
+                if use_family(Family(str(stored[0]), tuple(map(str, stored[1:])), name, data_dir, data_img_size=size)):
                     st.rerun()
 
     family = st.session_state.get("family")
@@ -114,8 +114,9 @@ def render_shared_base_hint(parents) -> None:
     st.info(f"{parents[i].name} is the base the other parents were fine-tuned from (their checkpoints record it): "
             "they are a same-init family, merged by task arithmetic, TIES, Fisher, RegMean or MaTS.")
     if st.button("Merge them as a same-init family", key="use_as_family"):
-        name, data_dir = st.session_state["data"]
-        if use_family(Family(parents[i].path, tuple(p.path for j, p in enumerate(parents) if j != i), name, data_dir)):
+        name, data_dir, size = st.session_state["data"]
+        others = tuple(p.path for j, p in enumerate(parents) if j != i)
+        if use_family(Family(parents[i].path, others, name, data_dir, data_img_size=size)):
             st.switch_page("pages/same_init.py")
 
 
@@ -136,12 +137,13 @@ def render_align_then_fuse(session) -> None:
                              disabled=align != "mudsc-align", help="MuDSC's weight share of the similarity")
         tag = (tuple(session.paths), align, float(alpha))
         if st.button("Align the parents", key="atf_run", disabled=running("align_family") is not None):
-            name, data_dir = st.session_state["data"]
+            name, data_dir, size = st.session_state["data"]
             cfg = settings()
 
             def work(progress, cancel):
                 progress(f"aligning with {align}", 0.0)
-                return open_aligned(session.paths, dataset=name, data_dir=data_dir, align=align, align_alpha=alpha,
+                return open_aligned(session.paths, dataset=name, data_dir=data_dir, data_img_size=size, align=align,
+                                    align_alpha=alpha,
                                     specs=session.specs or None, align_images=cfg.stats_images,
                                     stats_examples=cfg.stats_images, eval_images=cfg.eval_images,
                                     reset_images=cfg.stats_images, batch_size=cfg.batch_size)

@@ -3,7 +3,7 @@
 Canonical state lives in ``st.session_state`` under plain keys, never in widget keys:
 
 - ``settings``: :class:`AppSettings`, read once per browser session by ``app.py``
-- ``data``: ``(dataset, data_dir)`` the parents are evaluated on
+- ``data``: ``(dataset, data_dir, data_img_size)`` the parents are evaluated on
 - ``parents``: ``list[mudsc.studio.Parent]``
 - ``session`` / ``session_key``: the ready :class:`~mudsc.diffinit.session.MergeSession` and its fingerprint
 - ``config`` / ``result``: the current ``MergeConfig`` and the latest ``MergeResult``
@@ -82,20 +82,21 @@ def fingerprint(path: str | Path) -> tuple[str, str]:
 
 
 @st.cache_resource(show_spinner="Evaluating the parent", max_entries=32)
-def cached_parent(path: str, sha256: str, dataset: str, data_dir: str | None) -> Parent:
+def cached_parent(path: str, sha256: str, dataset: str, data_dir: str | None, data_img_size: int | None) -> Parent:
     """A checkpoint evaluated on a data set (checked to fit first, so a mismatch is a clear error)."""
     from mudsc.data import load_dataset
     from mudsc.studio.parent_sources import check_fits, read_info
 
-    check_fits(read_info(path), load_dataset(dataset, data_dir), name=Path(path).name)
-    return load_parent(path, dataset=dataset, data_dir=data_dir)
+    check_fits(read_info(path), load_dataset(dataset, data_dir, img_size=data_img_size), name=Path(path).name)
+    return load_parent(path, dataset=dataset, data_dir=data_dir, data_img_size=data_img_size)
 
 
 @st.cache_resource(show_spinner="Opening the merge session", max_entries=4)
-def cached_session(files: tuple[tuple[str, str], ...], dataset: str, data_dir: str | None,
+def cached_session(files: tuple[tuple[str, str], ...], dataset: str, data_dir: str | None, data_img_size: int | None,
                    stats_images: int, eval_images: int | None, batch_size: int) -> MergeSession:
     """One MergeSession per set of parent files (by sha256), data and session options."""
-    return MergeSession.from_paths([p for p, _ in files], dataset, data_dir, stats_images=stats_images,
+    return MergeSession.from_paths([p for p, _ in files], dataset, data_dir, data_img_size=data_img_size,
+                                   stats_images=stats_images,
                                    eval_images=eval_images, batch_size=batch_size)
 
 

@@ -83,7 +83,7 @@ elif result is not None:
         st.caption("Redoes the merge from the manifest; the parents are checked against their sha256.")
         all_eval = len(session.data.eval.subset(session.union))
         spelled = merge_command(result.config, parents=session.paths, dataset=session.data.reload_name, data_dir=session.data_dir,
-                                stats_images=session.stats_images,
+                                data_img_size=session.data.resized_to, stats_images=session.stats_images,
                                 eval_images=None if len(session.eval) == all_eval else len(session.eval),
                                 batch_size=session.batch_size, out="merged")
         st.code(spelled, language="bash", wrap_lines=True)

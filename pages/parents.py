@@ -31,20 +31,19 @@ DATA_KINDS = {"digits": "Built-in digits (8x8, scikit-learn)", "mnist": "MNIST d
               "imagefolder": "ImageFolder directory", "npz": ".npz file with arrays x and y"}
 
 st.session_state.setdefault("parents", [])
-st.session_state.setdefault("data", ("digits", None))
+st.session_state.setdefault("data", ("digits", None, None))
 cfg = settings()
 
 
 def add_parents(paths: list[str | Path]) -> int:
     """Evaluate checkpoints on the current data and append them; a file already loaded is skipped."""
-    name, data_dir = st.session_state["data"]
     parents: list[Parent] = st.session_state["parents"]
     have = {fingerprint(p.path)[1] for p in parents}
     new = []
     for path in paths:
         resolved, sha = fingerprint(path)
         if sha not in have:
-            new.append(cached_parent(resolved, sha, name, data_dir))
+            new.append(cached_parent(resolved, sha, *st.session_state["data"]))
             have.add(sha)
     st.session_state["parents"] = parents + new
     return len(new)
@@ -68,7 +67,7 @@ def train_demo(progress, cancel) -> list[str]:
 # A finished demo job switches the data to digits and loads the pair, before any widget is drawn.
 demo_paths = take("demo")
 if demo_paths is not None:
-    st.session_state["data"] = ("digits", None)
+    st.session_state["data"] = ("digits", None, None)
     st.session_state["data_kind"] = "digits"
     try:
         add_parents(demo_paths)
@@ -88,9 +87,8 @@ def prepare(session):
 
 parents: list[Parent] = st.session_state["parents"]
 if len(parents) >= 2:
-    name, data_dir = st.session_state["data"]
-    key = (tuple(fingerprint(p.path) for p in parents), name, data_dir, cfg.stats_images, cfg.eval_images,
-           cfg.batch_size)
+    key = (tuple(fingerprint(p.path) for p in parents), *st.session_state["data"], cfg.stats_images,
+           cfg.eval_images, cfg.batch_size)
     if st.session_state.get("session_target") != key:
         drop_session()
         st.session_state["session_target"] = key
@@ -114,13 +112,18 @@ st.caption("Networks trained separately (different classes, different seeds) tha
            "Accuracies are measured on held-out images.")
 
 st.subheader("1. Data")
-data_col, path_col = st.columns([1, 2])
+data_col, path_col, size_col = st.columns([1, 2, 1])
 st.session_state.setdefault("data_kind", st.session_state["data"][0])
 st.session_state.setdefault("data_path", st.session_state["data"][1] or "")
+st.session_state.setdefault("data_img_size", st.session_state["data"][2] or 0)
 kind = data_col.selectbox("Data set", list(DATA_KINDS), format_func=DATA_KINDS.get, key="data_kind")
 data_path = path_col.text_input("Directory or file", key="data_path", disabled=kind == "digits",
                                 placeholder=f"/path/to/{kind}" if kind in NAMED else "/path/to/data")
-wanted = (kind, None if kind == "digits" else (data_path.strip() or None))
+data_size = size_col.number_input("Load at size", min_value=0, step=1, key="data_img_size",
+                                  help="resize every image's shorter side, then centre-crop a square, as it loads "
+                                       "(--data-img-size; needed for a folder mixing sizes); every parent sees "
+                                       "these images. 0 keeps the stored size")
+wanted = (kind, None if kind == "digits" else (data_path.strip() or None), int(data_size) or None)
 if wanted != st.session_state["data"]:
     if wanted[1] is None and kind != "digits":
         st.info(f"Give the {DATA_KINDS[kind]} to use it.")
@@ -128,15 +131,16 @@ if wanted != st.session_state["data"]:
         try:
             from mudsc.data import load_dataset
 
-            load_dataset(*wanted)
+            load_dataset(wanted[0], wanted[1], img_size=wanted[2])
             refreshed = [cached_parent(*fingerprint(p.path), *wanted) for p in parents]
             st.session_state["data"] = wanted
             st.session_state["parents"] = refreshed
             st.rerun()
         except MudscError as e:
             st.error(f"Keeping {st.session_state['data'][0]}: {e}")
-name, data_dir = st.session_state["data"]
-st.caption(f"Evaluating on **{name}**" + (f" from `{data_dir}`" if data_dir else "") + ".")
+name, data_dir, data_size = st.session_state["data"]
+st.caption(f"Evaluating on **{name}**" + (f" from `{data_dir}`" if data_dir else "")
+           + (f", loaded at {data_size}x{data_size}" if data_size else "") + ".")
 
 st.subheader("2. Add parents")
 demo_tab, upload_tab, path_tab, plain_tab, family_tab = st.tabs(["Built-in demo", "Upload", "From a path",
@@ -224,7 +228,7 @@ with plain_tab:
         from mudsc.studio.parent_sources import plain_spec, self_describing, store_upload, user_spec
 
         try:
-            data = load_dataset(name, data_dir)
+            data = load_dataset(name, data_dir, img_size=data_size)
             kwargs = parse_kw(options.split())
             if user_net:
                 spec = user_spec(arch, classes=classes, data=data, kwargs=kwargs, mean=mean, std=std,

@@ -231,9 +231,27 @@ def test_data_directory_without_data_keeps_the_data_and_parents(demo_parents, tm
     assert not at.exception
     errors = [e.value for e in at.error]
     assert any(e.startswith("Keeping digits:") and str(tmp_path / "empty") in e for e in errors), errors
-    assert at.session_state["data"] == ("digits", None)
+    assert at.session_state["data"] == ("digits", None, None)
     assert len(at.session_state["parents"]) == 1
     assert table(at, "own-task accuracy")["own-task accuracy"].iloc[0] > 0.9
+
+
+def test_an_image_folder_of_mixed_sizes_loads_at_the_size_the_data_selector_gives(demo_parents, tmp_path):
+    from test_byom import _digit_folder
+
+    from mudsc.studio.parents import load_parent
+
+    folder = _digit_folder(tmp_path / "mixed", (16, 16), (24, 16), (16, 20))
+    at = open_app(parents=[load_parent(str(demo_parents[0]), dataset="digits")])
+    at.selectbox(key="data_kind").set_value("imagefolder").run()
+    at.text_input(key="data_path").set_value(str(folder)).run()
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("Keeping digits:") and "--data-img-size" in e for e in errors), errors
+    at.number_input(key="data_img_size").set_value(8).run()
+    assert not at.exception and not at.error
+    assert at.session_state["data"] == ("imagefolder", str(folder), 8)
+    assert any("loaded at 8x8" in c.value for c in at.caption)
+    assert table(at, "own-task accuracy")["own-task accuracy"].iloc[0] > 0.5  # the 8-pixel parent reads them
 
 
 def test_incompatible_pair_is_refused_and_both_parents_stay(demo_parents, tmp_path):

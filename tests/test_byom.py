@@ -422,15 +422,18 @@ def test_class_embeddings_from_safetensors_and_their_errors(user_parents, tmp_pa
     assert "have 7 rows; the data set has 10 classes" in capsys.readouterr().err
 
 
-def _digit_folder(root, size):
+def _digit_folder(root, size, *more):
     """The digits as an ImageFolder of PNGs (train/ and val/, one folder per class), each image scaled
-    up to `size` = (width, height) by pixel repetition and centred on a black canvas as wide as asked."""
+    up to `size` = (width, height) by pixel repetition and centred on a black canvas as wide as asked;
+    with `more` sizes, the images take them in turn."""
     from PIL import Image
 
     d = load_digits()
-    side = min(size)
+    sizes = (size, *more)
     for split, idx in (("train", range(0, 300)), ("val", range(300, 600))):
         for i in idx:
+            size = sizes[i % len(sizes)]
+            side = min(size)
             folder = root / split / str(d.target[i])
             folder.mkdir(parents=True, exist_ok=True)
             digit = Image.fromarray((d.images[i] / 16 * 255).astype(np.uint8)).resize((side, side), Image.NEAREST)
@@ -456,6 +459,51 @@ def test_user_parent_reads_an_image_folder_at_another_resolution(user_parents, t
     else:  # a non-square image has no one size to keep: --img-size is asked for
         assert main(args) == 2
         assert "images are 16x24; give --img-size" in capsys.readouterr().err
+
+
+def test_an_image_folder_of_mixed_sizes_merges_at_the_data_img_size_and_the_manifest_reproduces_it(
+        user_parents, tmp_path, capsys):
+    """8-pixel parents on the digits as PNGs of three sizes: --data-img-size 8 loads them all at 8x8 (the
+    parents need no --img-size of their own), the manifest records the size and redoes the merge."""
+    folder = _digit_folder(tmp_path / "mixed", (16, 16), (24, 16), (16, 20))
+    assert main(["cuts", "--model", str(user_parents["a"]), "--dataset", "digits", "--arch",
+                 f"{user_parents['code']}:make_net", "--classes", "0-4", "--json"]) == 0
+    cut = json.loads(capsys.readouterr().out)[0]["name"]
+    args = _merge_args(user_parents, "--method", "zipit", "--cut", cut, "--out", str(tmp_path / "m"),
+                       "--data-dir", str(folder))
+    args[args.index("digits")] = "imagefolder"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "mixes image sizes" in err and "give --data-img-size N" in err and "Traceback" not in err
+    assert main([*args, "--data-img-size", "8", "--json"]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    assert all(m["own_task_acc"] > 0.6 for m in merged["parents"]), merged["parents"]  # they read their digits
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["data"]["resized_to"] == 8 and manifest["data"]["img_hw"] == [8, 8]
+    again = tmp_path / "again"
+    assert main(["merge", "--manifest", str(tmp_path / "m" / "manifest.json"), "--out", str(again), "--quiet"]) == 0
+    assert (again / "model.safetensors").read_bytes() == (tmp_path / "m" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--data-img-size", "12", "--out", str(tmp_path / "m12"), "--json"]) == 0
+    at12 = json.loads((tmp_path / "m12" / "manifest.json").read_text())["data"]
+    assert at12["resized_to"] == 12 and at12["sha256"] != manifest["data"]["sha256"]
+
+
+def test_merge_same_on_an_image_folder_of_mixed_sizes_records_the_data_img_size(user_parents, tmp_path):
+    p = user_parents
+    folder = _digit_folder(tmp_path / "mixed", (16, 16), (16, 20))
+    out = tmp_path / "fused"
+    args = ["merge-same", "--models", str(p["a"]), str(p["b"]), "--method", "permute+regmean", "--dataset",
+            "imagefolder", "--data-dir", str(folder), "--data-img-size", "8", "--arch", f"{p['code']}:make_net",
+            "--kw", "width=8", "--classes", "0-4", "5-9", "--mean", "0.5", "--std", "0.5", "--align-images", "250",
+            "--stats-examples", "200", "--reset-images", "250", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dataset"]["resized_to"] == 8 and manifest["dataset"]["img_hw"] == [8, 8]
+    again = tmp_path / "again"
+    assert main(["merge-same", "--manifest", str(out / "manifest.json"), "--out", str(again), "--quiet"]) == 0
+    for o in manifest["outputs"]:
+        assert (again / o["path"]).read_bytes() == (out / o["path"]).read_bytes()
 
 
 def test_user_parents_merge_on_cifar10_in_both_official_layouts(user_parents, tmp_path, capsys):

@@ -103,3 +103,57 @@ def test_batches_deterministic_and_shift_keeps_mass(digits):
     img[0, 0, 3:5, 3:5] = 1
     shifted = random_shift(img, 1, torch.Generator().manual_seed(0))
     assert float(shifted.sum()) == 4.0  # a one-pixel shift of a centred blob loses nothing
+
+
+def _mixed_folder(root):
+    """An ImageFolder (train/ and val/) of random RGB images of different, mostly non-square sizes;
+    returns {split: [(uint8 [3, h, w] image, label), ...]} in the loader's order."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    sizes = [(20, 14), (13, 25), (16, 16), (31, 9), (12, 12), (17, 23)]  # (height, width)
+    out = {}
+    for split, n in (("train", 6), ("val", 3)):
+        out[split] = []
+        for label, cls in enumerate(("ant", "bee")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                h, w = sizes[(i + label) % len(sizes)]
+                img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                Image.fromarray(img).save(root / split / cls / f"{i}.png")
+                out[split].append((torch.from_numpy(img).permute(2, 0, 1), label))
+    return out
+
+
+def test_imagefolder_of_mixed_sizes_loads_at_the_data_img_size_as_torchvision_resizes(tmp_path):
+    from torchvision.transforms import v2
+
+    images = _mixed_folder(tmp_path / "f")
+    with pytest.raises(DataError, match="mixes image sizes .*give --data-img-size N"):
+        load_dataset("imagefolder", tmp_path / "f")
+    ds = load_dataset("imagefolder", tmp_path / "f", img_size=10)
+    assert ds.img_hw == (10, 10) and ds.in_chans == 3 and ds.num_classes == 2 and ds.resized_to == 10
+    tv = v2.Compose([v2.Resize(10, antialias=True), v2.CenterCrop(10)])
+    mean, std = torch.tensor(ds.mean)[:, None, None], torch.tensor(ds.std)[:, None, None]
+    for split, listed in ((ds.train, images["train"]), (ds.eval, images["val"])):
+        assert split.y.tolist() == [label for _, label in listed]
+        pixels = split.x * std + mean  # the normalisation undone: the resized pixels in [0, 1]
+        as_float = torch.stack([tv(img.float() / 255) for img, _ in listed])
+        assert (pixels - as_float).abs().max() < 1e-5
+        # torchvision on the uint8 images rounds, with a fixed-point kernel: one grey level at most
+        as_uint8 = torch.stack([tv(img) for img, _ in listed]).float() / 255
+        assert (pixels - as_uint8).abs().max() <= 1 / 255 + 1e-5
+
+
+def test_data_img_size_is_part_of_the_data_sets_identity(tmp_path):
+    plain, at12, at16 = load_dataset("digits"), load_dataset("digits", img_size=12), load_dataset("digits", img_size=16)
+    assert plain.img_size == 8 and at12.img_hw == (12, 12) and at16.img_hw == (16, 16)
+    assert len({plain.fingerprint, at12.fingerprint, at16.fingerprint}) == 3
+    assert plain.describe()["resized_to"] is None and at12.describe()["resized_to"] == 12
+    assert load_dataset("digits", img_size=12) is at12  # the in-process cache keys on the size too
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wide.npz", x=rng.integers(0, 255, (20, 6, 15), dtype=np.uint8), y=np.arange(20) % 2)
+    assert load_dataset("npz", tmp_path / "wide.npz", img_size=4).img_hw == (4, 4)
+    for bad in (0, -3, 2.5):
+        with pytest.raises(DataError, match="--data-img-size must be a positive whole number"):
+            load_dataset("digits", img_size=bad)

@@ -69,13 +69,14 @@ def test_merge_command_parses_back_to_the_same_config(fields):
 
     config = make_config(**fields)
     cmd = merge_command(config, parents=["/a b/p0.safetensors", "p1.safetensors"], dataset="mnist",
-                        data_dir="/data/mnist", stats_images=500, eval_images=200, out="out dir")
+                        data_dir="/data/mnist", data_img_size=24, stats_images=500, eval_images=200, out="out dir")
     argv = shlex.split(cmd)
     assert argv[:2] == ["mudsc", "merge"]
     args = build_parser().parse_args(argv[1:])
     assert _config(args) == config
     assert args.parents == ["/a b/p0.safetensors", "p1.safetensors"] and args.out == "out dir"
-    assert (args.dataset, args.data_dir, args.stats_images, args.eval_images) == ("mnist", "/data/mnist", 500, 200)
+    assert (args.dataset, args.data_dir, args.data_img_size, args.stats_images, args.eval_images) == (
+        "mnist", "/data/mnist", 24, 500, 200)
 
 
 def test_merge_command_leaves_out_defaults():

@@ -26,24 +26,28 @@ def manifest_command(manifest: str = "manifest.json", out: str = "merged") -> st
 
 
 def merge_command(config: MergeConfig, *, parents: Sequence[str], dataset: str, data_dir: str | None = None,
-                  stats_images: int = 1000, eval_images: int | None = None, batch_size: int = 250,
+                  data_img_size: int | None = None, stats_images: int = 1000, eval_images: int | None = None,
+                  batch_size: int = 250,
                   out: str = "merged") -> str:
     """The full ``mudsc merge --parents ... --method ...`` command for `config`.
 
     Options equal to MergeConfig's defaults (and the CLI's session defaults) are left out, so the
     command shows what differs from a plain merge.
     """
-    argv = ["mudsc", "merge", *_session_argv(parents, dataset, data_dir, stats_images, eval_images, batch_size),
+    argv = ["mudsc", "merge", *_session_argv(parents, dataset, data_dir, data_img_size, stats_images, eval_images,
+                                             batch_size),
             *_config_argv(config, skip=()), "--out", out]
     return shlex.join(argv)
 
 
 def sweep_command(config: MergeConfig, *, parents: Sequence[str], dataset: str, data_dir: str | None = None,
-                  stats_images: int = 1000, eval_images: int | None = None, batch_size: int = 250,
+                  data_img_size: int | None = None, stats_images: int = 1000, eval_images: int | None = None,
+                  batch_size: int = 250,
                   alphas: Sequence[float] | None = None, cuts: Sequence[str] | None = None,
                   out: str = "sweep") -> str:
     """``mudsc sweep`` over `alphas` or `cuts` around `config`: the rows the Merge page's sweep shows."""
-    argv = ["mudsc", "sweep", *_session_argv(parents, dataset, data_dir, stats_images, eval_images, batch_size),
+    argv = ["mudsc", "sweep", *_session_argv(parents, dataset, data_dir, data_img_size, stats_images, eval_images,
+                                             batch_size),
             "--methods", config.method, *_config_argv(config, skip=("method", "alpha" if alphas else "", "cut"))]
     if alphas:
         argv += ["--alphas", *map(str, alphas)]
@@ -52,13 +56,12 @@ def sweep_command(config: MergeConfig, *, parents: Sequence[str], dataset: str, 
 
 
 def landscape_command(config: MergeConfig, *, others: Sequence[str], parents: Sequence[str], dataset: str,
-                      data_dir: str | None = None, stats_images: int = 1000, plane: str = "three_point",
+                      data_dir: str | None = None, data_img_size: int | None = None, stats_images: int = 1000,
+                      plane: str = "three_point",
                       resolution: int = 21, bn: str = "exact", per_task: int = 500, out: str = "landscape.npz") -> str:
     """``mudsc landscape`` of the merge `config` and the merges of the `others` methods at its alpha
     (the command's merges take every other knob at its default)."""
-    argv = ["mudsc", "landscape", "--models", *map(str, parents), "--dataset", dataset]
-    if data_dir:
-        argv += ["--data-dir", str(data_dir)]
+    argv = ["mudsc", "landscape", "--models", *map(str, parents), *_data_argv(dataset, data_dir, data_img_size)]
     argv += ["--methods", config.method, *others, "--alpha", str(config.alpha), "--plane", plane.replace("_", "-"),
              "--grid", str(resolution), "--bn", bn, "--eval-images", str(per_task), "--stats-images",
              str(stats_images), "--reset-images", str(config.reset_images), "--out", out]
@@ -114,7 +117,8 @@ def landscape_job(session: MergeSession, config: MergeConfig, *, others: Sequenc
     if not session.paths:
         return None
     cmd = landscape_command(config, others=others, parents=session.paths, dataset=session.data.reload_name,
-                            data_dir=session.data_dir, stats_images=session.stats_images, plane=plane,
+                            data_dir=session.data_dir, data_img_size=session.data.resized_to,
+                            stats_images=session.stats_images, plane=plane,
                             resolution=resolution, bn=bn, per_task=per_task, out="landscape.npz")
     return _job("landscape", cmd, ".npz", nproc)
 
@@ -125,16 +129,24 @@ def sweep_job(session: MergeSession, config: MergeConfig, *, alphas: Sequence[fl
     if not session.paths:
         return None
     cmd = sweep_command(config, parents=session.paths, dataset=session.data.reload_name, data_dir=session.data_dir,
+                        data_img_size=session.data.resized_to,
                         stats_images=session.stats_images, eval_images=len(session.eval),
                         batch_size=session.batch_size, alphas=alphas, cuts=cuts, out="sweep")
     return _job("sweep", cmd, ".json", nproc)
 
 
-def _session_argv(parents: Sequence[str], dataset: str, data_dir: str | None, stats_images: int,
-                  eval_images: int | None, batch_size: int) -> list[str]:
-    argv = ["--parents", *map(str, parents), "--dataset", dataset]
+def _data_argv(dataset: str, data_dir: str | None, data_img_size: int | None) -> list[str]:
+    argv = ["--dataset", dataset]
     if data_dir:
         argv += ["--data-dir", str(data_dir)]
+    if data_img_size is not None:
+        argv += ["--data-img-size", str(data_img_size)]
+    return argv
+
+
+def _session_argv(parents: Sequence[str], dataset: str, data_dir: str | None, data_img_size: int | None,
+                  stats_images: int, eval_images: int | None, batch_size: int) -> list[str]:
+    argv = ["--parents", *map(str, parents), *_data_argv(dataset, data_dir, data_img_size)]
     if stats_images != 1000:
         argv += ["--stats-images", str(stats_images)]
     if eval_images is not None:

@@ -77,6 +77,17 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--dataset", required=required, help="digits, mnist, cifar10, cifar100, imagefolder, npz "
                    "(or a path)")
     p.add_argument("--data-dir", help="data directory or file (default for mnist and cifar: $MUDSC_DATA)")
+    p.add_argument("--data-img-size", type=int, metavar="N", help="load the data set at N x N: every image's "
+                   "shorter side resized to N, then centre-cropped (torchvision Resize + CenterCrop), before "
+                   "normalising; needed for an ImageFolder of mixed sizes. Every parent sees these images "
+                   "(unlike a parent's --img-size, which resizes inside that parent only)")
+
+
+def data_of(args: argparse.Namespace):
+    """The :class:`~mudsc.data.Dataset` that :func:`add_data_args`' options name."""
+    from mudsc.data import load_dataset
+
+    return load_dataset(args.dataset, args.data_dir, img_size=args.data_img_size)
 
 
 ARCH_HELP = ("architecture of plain state dicts: path/to/models.py:FUNCTION or package.module:FUNCTION (your "
@@ -138,10 +149,10 @@ def add_model_task_args(p: argparse.ArgumentParser, *, classes_help: str) -> Non
 
 def load_model_task(args: argparse.Namespace):
     """``(model, data set, task classes)`` named by :func:`add_model_task_args`' options."""
-    from mudsc.data import load_dataset, parse_classes
+    from mudsc.data import parse_classes
     from mudsc.models.checkpoint import load_model
 
-    data = load_dataset(args.dataset, args.data_dir)
+    data = data_of(args)
     spec = plain_specs(args, [args.model], data, [args.classes] if args.classes else None)[0]
     model, _ = load_model(args.model, spec=spec)
     classes = parse_classes(args.classes, data.num_classes) if args.classes else tuple(model.classes)

@@ -27,7 +27,8 @@ def add_finetune(zsub: argparse._SubParsersAction) -> None:
 def _finetune(args: argparse.Namespace) -> int:
     from mudsc.zoo.finetune import finetune_parent
 
-    rec = finetune_parent(args.base, dataset=args.dataset, data_dir=args.data_dir, classes=args.classes,
+    rec = finetune_parent(args.base, dataset=args.dataset, data_dir=args.data_dir,
+                          data_img_size=args.data_img_size, classes=args.classes,
                           seed=args.seed, epochs=args.epochs, head=args.head, lr=args.lr,
                           batch_size=args.batch_size, out=args.out, device=args.device)
     print_record(rec, args.classes, as_json=args.json)

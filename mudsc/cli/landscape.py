@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from mudsc.cli.common import add_arch_args, add_data_args, check_inputs, launch_of, plain_specs, print_json
+from mudsc.cli.common import add_arch_args, add_data_args, check_inputs, data_of, launch_of, plain_specs, print_json
 
 FIGURE_FORMATS = ("html", "png", "svg", "pdf")
 
@@ -149,11 +149,10 @@ def _landscape(args: argparse.Namespace) -> int:
                           "parents, so the three are collinear; give a second method (or --alpha2)")
 
     t0 = time.perf_counter()
-    from mudsc.data import load_dataset
-
     launch = launch_of(args)  # under torchrun: statistics, BN resets and grid points sharded over the ranks
-    specs = plain_specs(args, args.models, load_dataset(args.dataset, args.data_dir), args.classes)
-    session = MergeSession.from_paths(args.models, args.dataset, args.data_dir, stats_images=args.stats_images,
+    specs = plain_specs(args, args.models, data_of(args), args.classes)
+    session = MergeSession.from_paths(args.models, args.dataset, args.data_dir, data_img_size=args.data_img_size,
+                                      stats_images=args.stats_images,
                                       device=args.device, specs=specs, launch=launch)
     check_inputs(args, args.models, session.data.fingerprint)
     results = [session.merge(c) for c in configs]

@@ -13,6 +13,7 @@ from mudsc.cli.common import (
     add_quiet_arg,
     bars_off,
     check_inputs,
+    data_of,
     launch_of,
     plain_specs,
     print_json,
@@ -119,7 +120,8 @@ def _session(paths: list[str], args: argparse.Namespace, *, shard_stats: bool = 
 
     if not paths or not args.dataset:
         raise ConfigError("give --parents A.safetensors B.safetensors [...] and --dataset (or --manifest)")
-    session = MergeSession.from_paths(paths, args.dataset, args.data_dir, stats_images=args.stats_images,
+    session = MergeSession.from_paths(paths, args.dataset, args.data_dir, data_img_size=args.data_img_size,
+                                      stats_images=args.stats_images,
                                       eval_images=args.eval_images, batch_size=args.batch_size, device=args.device,
                                       specs=_specs(paths, args), launch=launch_of(args) if shard_stats else None)
     check_inputs(args, paths, session.data.fingerprint)
@@ -127,9 +129,7 @@ def _session(paths: list[str], args: argparse.Namespace, *, shard_stats: bool = 
 
 
 def _specs(paths: list[str], args: argparse.Namespace) -> list[dict | None]:
-    from mudsc.data import load_dataset
-
-    return plain_specs(args, paths, load_dataset(args.dataset, args.data_dir), getattr(args, "classes", None))
+    return plain_specs(args, paths, data_of(args), getattr(args, "classes", None))
 
 
 def _merge(args: argparse.Namespace) -> int:

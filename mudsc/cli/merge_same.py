@@ -17,7 +17,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from mudsc.cli.common import StageBars, add_arch_args, add_data_args, add_quiet_arg, bars_off, plain_specs, print_json
+from mudsc.cli.common import (
+    StageBars,
+    add_arch_args,
+    add_data_args,
+    add_quiet_arg,
+    bars_off,
+    data_of,
+    plain_specs,
+    print_json,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -83,12 +92,11 @@ def _specs(args: argparse.Namespace) -> list[dict | None] | None:
     """Specs of plain task models (they need --dataset for the data set's geometry)."""
     if not args.arch:
         return None
-    from mudsc.data import load_dataset
     from mudsc.errors import ConfigError
 
     if not args.dataset:
         raise ConfigError("plain state dicts (--arch) need --dataset")
-    return plain_specs(args, args.models, load_dataset(args.dataset, args.data_dir), args.classes)
+    return plain_specs(args, args.models, data_of(args), args.classes)
 
 
 def _merge_same(args: argparse.Namespace) -> int:
@@ -122,7 +130,8 @@ def _merge_same(args: argparse.Namespace) -> int:
     preset = get_method(method).preset
     config = None if method == "multitask" else _config(args, preset.get("fuse", method))
     session = SameInitSession.from_paths(
-        args.models, base=args.base, dataset=args.dataset, data_dir=args.data_dir, stats=args.stats,
+        args.models, base=args.base, dataset=args.dataset, data_dir=args.data_dir,
+        data_img_size=args.data_img_size, stats=args.stats,
         init=None if args.init in (None, *INITS) else args.init, align=preset.get("align"),
         align_alpha=args.align_alpha, align_images=args.align_images, stats_examples=args.stats_examples,
         fisher=args.fisher, seed=args.seed, batch_size=args.batch_size, eval_images=args.eval_images,

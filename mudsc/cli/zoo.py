@@ -43,7 +43,8 @@ def _train(args: argparse.Namespace) -> int:
         kw["width"] = args.width
     bar, update = progress_bar(f"train {args.arch} on {args.classes}")
     try:
-        rec = train_parent(dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, classes=args.classes,
+        rec = train_parent(dataset=args.dataset, data_dir=args.data_dir, data_img_size=args.data_img_size,
+                           arch=args.arch, classes=args.classes,
                            seed=args.seed, epochs=args.epochs, head=args.head, feat_dim=args.feat_dim,
                            lr=args.lr, batch_size=args.batch_size, out=out, device=args.device,
                            progress=update, **kw)

@@ -115,7 +115,8 @@ def reproduce(manifest: dict[str, Any], out_dir: str | Path, *, device=None,
         check_record(parent, "parent")
     data, sess = manifest["data"], manifest["session"]
     session = MergeSession.from_paths([p["path"] for p in manifest["parents"]],
-                                      reload_name(data["name"], data["source"]), data.get("data_dir"), stats_images=sess["stats_images"],
+                                      reload_name(data["name"], data["source"]), data.get("data_dir"),
+                                      data_img_size=data.get("resized_to"), stats_images=sess["stats_images"],
                                       eval_images=sess["eval_images"], batch_size=sess["batch_size"], device=device,
                                       specs=[p.get("spec") for p in manifest["parents"]], launch=launch)
     if session.data.fingerprint != data["sha256"]:

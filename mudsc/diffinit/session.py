@@ -145,13 +145,15 @@ class MergeSession:
 
     @classmethod
     def from_paths(cls, paths: list[str], dataset: str, data_dir: str | None = None, *,
-                   specs: list[dict | None] | None = None, **kwargs) -> "MergeSession":
-        """A session over checkpoints and a data set by name: mudsc checkpoints describe themselves,
-        plain state dicts load with their entry of `specs` (``mudsc.models.external.plain_specs``)."""
+                   data_img_size: int | None = None, specs: list[dict | None] | None = None,
+                   **kwargs) -> "MergeSession":
+        """A session over checkpoints and a data set by name (loaded at `data_img_size` if given): mudsc
+        checkpoints describe themselves, plain state dicts load with their entry of `specs`
+        (``mudsc.models.external.plain_specs``)."""
         from mudsc.data import load_dataset
         from mudsc.models.checkpoint import load_model
 
-        data = load_dataset(dataset, data_dir)
+        data = load_dataset(dataset, data_dir, img_size=data_img_size)
         specs = list(specs) if specs is not None else [None] * len(paths)
         models = [load_model(p, spec=s)[0] for p, s in zip(paths, specs)]
         session = cls(models, data, **kwargs)

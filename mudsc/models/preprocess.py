@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mudsc.data import ResizeCrop
 from mudsc.errors import ConfigError
 
 
@@ -87,20 +87,10 @@ class Preprocess(nn.Module):
         self.register_buffer("scale", scale.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("shift", shift.view(1, -1, 1, 1), persistent=False)
         self.channels = c_out if c_out != c_in else None
-        size, (h, w) = int(spec["img_size"]), spec["data_size"]
-        # torchvision Resize(size): the shorter side becomes `size` (the other rounded down), then
-        # CenterCrop(size) takes the middle square, its offsets rounded as torchvision rounds them.
-        self.resized = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
-        self.resize = self.resized != (h, w)
-        self.top = int(round((self.resized[0] - size) / 2.0))
-        self.left = int(round((self.resized[1] - size) / 2.0))
-        self.size = size
+        # the data loaders' own resize and centre crop (--data-img-size), its geometry fixed here
+        self.resize_crop = ResizeCrop(tuple(spec["data_size"]), int(spec["img_size"]))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.channels is not None:  # grey -> RGB; expand (not repeat) leaves 3-channel inputs as they are
             x = x.expand(-1, self.channels, -1, -1)
-        if self.resize:
-            x = F.interpolate(x, size=self.resized, mode="bilinear", align_corners=False, antialias=True)
-        if self.resized != (self.size, self.size):
-            x = x[:, :, self.top:self.top + self.size, self.left:self.left + self.size]
-        return x * self.scale + self.shift
+        return self.resize_crop(x) * self.scale + self.shift

@@ -46,7 +46,8 @@ def reproduce(manifest: dict[str, Any], out: str | Path, *, device=None) -> tupl
     init = check_record(inputs["init"], "CG init") if "init" in inputs else None
     data = manifest["dataset"]
     session = SameInitSession.from_paths(models, base=base, dataset=reload_name(data["name"], data["source"]),
-                                         data_dir=manifest.get("data_dir"), stats=stats, init=init,
+                                         data_dir=manifest.get("data_dir"),
+                                         data_img_size=data.get("resized_to"), stats=stats, init=init,
                                          specs=specs, device=device, **opts)
     if session.data.fingerprint != data["sha256"]:
         raise CheckpointError("the data set differs from the one the manifest was made with (sha256 differs)")

@@ -159,12 +159,13 @@ class SameInitSession:
 
     @classmethod
     def from_paths(cls, models: Sequence[str | Path], *, base: str | Path | None = None, dataset: str | None = None,
-                   data_dir: str | None = None, stats: Sequence[str | Path] | None = None,
+                   data_dir: str | None = None, data_img_size: int | None = None,
+                   stats: Sequence[str | Path] | None = None,
                    init: str | Path | None = None, specs: Sequence[dict | None] | None = None,
                    **kwargs) -> "SameInitSession":
         """A session over checkpoints written by mudsc: `stats` are ``mudsc stats`` files (one per
-        model), `init` a checkpoint to start CG from, `dataset` by default the one the task models
-        record. Checks that each task model was fine-tuned from `base` and each statistics file was
+        model), `init` a checkpoint to start CG from, `dataset` (at `data_img_size`) by default the one the
+        task models record. Checks that each task model was fine-tuned from `base` and each statistics file was
         computed for its model (where recorded), and keeps every file's sha256 for the manifest. Plain
         state dicts load with their entry of `specs` (a plain base with the first model's)."""
         specs = list(specs) if specs is not None else [None] * len(models)
@@ -182,7 +183,7 @@ class SameInitSession:
                 recorded = (info.get("base") or {}).get("sha256")
                 if recorded and recorded != inputs["base"]["sha256"]:
                     raise CheckpointError(f"{p} was fine-tuned from another base than {base} (sha256 differs)")
-        data = _dataset(dataset, data_dir, infos)
+        data = _dataset(dataset, data_dir, data_img_size, infos)
         given = _stats(stats, inputs) if stats else None
         init_sd = None
         if init is not None:
@@ -343,12 +344,16 @@ class SameInitSession:
         return manifest
 
 
-def _dataset(name: str | None, data_dir: str | None, infos: Sequence[dict[str, Any]]) -> Dataset:
-    """The data set `name` (default: the one the task models record), checked against their image geometry."""
-    name = name or (infos[0].get("dataset") or {}).get("name")
+def _dataset(name: str | None, data_dir: str | None, img_size: int | None,
+             infos: Sequence[dict[str, Any]]) -> Dataset:
+    """The data set `name` at `img_size` (default: the one the task models record, at their size),
+    checked against their image geometry."""
+    if not name:
+        recorded = infos[0].get("dataset") or {}
+        name, img_size = recorded.get("name"), img_size or recorded.get("resized_to")
     if not name:
         raise ConfigError("give --dataset (the task models do not record theirs)")
-    data = load_dataset(name, data_dir)
+    data = load_dataset(name, data_dir, img_size=img_size)
     for info in infos:
         spec = info["spec"]
         if (spec["in_chans"], spec["img_size"]) != (data.in_chans, data.img_size):

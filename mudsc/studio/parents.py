@@ -19,23 +19,24 @@ class Parent:
     dataset: str
     data_dir: str | None
     task_acc: dict[str, float]   # _key(classes) -> held-out task-aware accuracy
+    data_img_size: int | None = None  # the size the data set was loaded at (--data-img-size), if any
 
     @property
     def name(self) -> str:
         return Path(self.path).name
 
 
-def load_parent(path: str, *, dataset: str, data_dir: str | None = None) -> Parent:
+def load_parent(path: str, *, dataset: str, data_dir: str | None = None, data_img_size: int | None = None) -> Parent:
     """Load a checkpoint and measure its accuracy on its own task and, when its outputs cover them, on
     the other classes (a network whose last layer is its own task's classifier cannot score those)."""
     model, info = load_model(path)
-    data = load_dataset(dataset, data_dir)
+    data = load_dataset(dataset, data_dir, img_size=data_img_size)
     own = tuple(model.classes)
     rest = tuple(c for c in range(data.num_classes) if c not in own)
     accs = {_key(own): accuracy(model, data.eval, own)}
     if rest and set(rest) <= set(model.output_classes):
         accs[_key(rest)] = accuracy(model, data.eval, rest)
-    return Parent(str(path), model, info, dataset, data_dir, accs)
+    return Parent(str(path), model, info, dataset, data_dir, accs, data_img_size)
 
 
 def _key(classes: tuple[int, ...]) -> str:

@@ -38,11 +38,12 @@ def default_parent_path(arch: str, dataset: str, classes: str, seed: int, width:
 
 
 def train_parent(*, dataset: str, arch: str, classes: str, seed: int, out: str | os.PathLike,
-                 data_dir: str | None = None, epochs: int = 10, head: str = "shared",
+                 data_dir: str | None = None, data_img_size: int | None = None, epochs: int = 10, head: str = "shared",
                  feat_dim: int = 64, lr: float = 2e-3, batch_size: int = 128, device=None,
                  progress: Callable[[int, int, float], None] | None = None, **arch_kwargs: Any) -> dict:
-    """Train one parent on the task `classes` of `dataset` and save it at `out`; returns its record."""
-    data = load_dataset(dataset, data_dir)
+    """Train one parent on the task `classes` of `dataset` (loaded at `data_img_size` if given) and save
+    it at `out`; returns its record."""
+    data = load_dataset(dataset, data_dir, img_size=data_img_size)
     task = parse_classes(classes, data.num_classes)
     t0 = time.perf_counter()
     # --kw img_size=N overrides the data set's size: the model is built for N and resizes its input.

@@ -22,17 +22,19 @@ from mudsc.zoo.train import train_model
 
 
 def finetune_parent(base: str | os.PathLike, *, dataset: str, classes: str, seed: int, out: str | os.PathLike,
-                    data_dir: str | None = None, epochs: int = 5, head: str = "own", lr: float = 1e-3,
+                    data_dir: str | None = None, data_img_size: int | None = None, epochs: int = 5,
+                    head: str = "own", lr: float = 1e-3,
                     batch_size: int = 128, device=None,
                     progress: Callable[[int, int, float], None] | None = None) -> dict:
-    """Fine-tune the body of checkpoint `base` on the task `classes` and save it at `out`.
+    """Fine-tune the body of checkpoint `base` on the task `classes` of `dataset` (loaded at
+    `data_img_size` if given) and save it at `out`.
 
     The new model has `base`'s architecture and body weights and a new `head` (seeded by `seed`)
     for the task; returns the saved record, which names the base and its sha256.
     """
     base_model, info = load_model(base)
     spec = info["spec"]
-    data = load_dataset(dataset, data_dir)
+    data = load_dataset(dataset, data_dir, img_size=data_img_size)
     if (spec["in_chans"], spec["img_size"]) != (data.in_chans, data.img_size):
         raise CheckpointError(f"base {base} takes {spec['in_chans']}x{spec['img_size']}px images, "
                               f"{data.name} has {data.in_chans}x{data.img_size}px")

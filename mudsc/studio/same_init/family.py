@@ -36,6 +36,7 @@ class Family:
     dataset: str = "digits"
     data_dir: str | None = None
     stats: tuple[str, ...] = ()
+    data_img_size: int | None = None  # the data set's load-time size (--data-img-size), if any
 
 
 def relative_distance(base: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> float:
@@ -96,19 +97,22 @@ def open_session(family: Family, *, stats_examples: int = 1000, eval_images: int
     on demand) and its check rows."""
     rows = check_family(family)
     session = SameInitSession.from_paths(list(family.tasks), base=family.base, dataset=family.dataset,
-                                         data_dir=family.data_dir, stats=list(family.stats) or None,
+                                         data_dir=family.data_dir, data_img_size=family.data_img_size,
+                                         stats=list(family.stats) or None,
                                          stats_examples=stats_examples, eval_images=eval_images,
                                          reset_images=reset_images, batch_size=batch_size)
     return session, rows
 
 
-def open_aligned(paths: Sequence[str], *, dataset: str, data_dir: str | None, align: str, align_alpha: float = 0.5,
+def open_aligned(paths: Sequence[str], *, dataset: str, data_dir: str | None, data_img_size: int | None = None,
+                 align: str, align_alpha: float = 0.5,
                  specs: Sequence[dict | None] | None = None, align_images: int = 1000, stats_examples: int = 1000,
                  eval_images: int | None = None, reset_images: int = 1000, batch_size: int = 250) -> SameInitSession:
     """Different-init parents aligned to the first by `align` (one of :data:`mudsc.methods.ALIGNERS`) as
     a :class:`SameInitSession` whose base is their aligned average: every same-init fuser then merges
     them, as ``mudsc merge-same --method ALIGN+FUSE`` does."""
-    return SameInitSession.from_paths(list(paths), dataset=dataset, data_dir=data_dir, specs=specs, align=align,
+    return SameInitSession.from_paths(list(paths), dataset=dataset, data_dir=data_dir, data_img_size=data_img_size,
+                                      specs=specs, align=align,
                                       align_alpha=align_alpha, align_images=align_images,
                                       stats_examples=stats_examples, eval_images=eval_images,
                                       reset_images=reset_images, batch_size=batch_size)
