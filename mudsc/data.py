@@ -32,6 +32,7 @@ NAMED = ("digits", "mnist", "cifar10", "cifar100")  # loaded by name; the others
 MNIST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 MNIST_TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+GREY_MODES = ("L", "1", "LA", "I", "I;16", "F")  # read as one channel; every other mode (palette too) as RGB
 
 
 @dataclass(frozen=True)
@@ -532,7 +533,7 @@ def _image_folder(root: Path, img_size: int | None = None) -> Dataset:
 
     def pixels(im) -> Tensor:
         """[c, h, w]: uint8 as stored, or float in [0, 1] resized to `img_size` (the originals not kept)."""
-        a = torch.from_numpy(np.array(im.convert("L" if im.mode in ("L", "1", "P") else "RGB")))
+        a = torch.from_numpy(np.array(im.convert("L" if im.mode in GREY_MODES else "RGB")))
         a = a[None] if a.ndim == 2 else a.permute(2, 0, 1)
         if img_size is None:
             return a
@@ -570,8 +571,8 @@ def _image_folder(root: Path, img_size: int | None = None) -> Dataset:
         train_idx, eval_idx = perm[:n_train], perm[n_train:]
     if not xs:
         raise DataError(f"ImageFolder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    if len({a.shape[0] for a in xs}) > 1:
-        raise DataError(f"ImageFolder {root} mixes grey and colour images; convert them to one mode first")
+    if len({a.shape[0] for a in xs}) > 1:  # a few grey photos in a colour set (ImageNet has some): as RGB
+        xs = [a.expand(3, *a.shape[1:]) for a in xs]
     shapes = {tuple(a.shape[1:]) for a in xs}
     if len(shapes) > 1:
         raise DataError(f"ImageFolder {root} mixes image sizes {sorted(shapes)[:3]} (height, width); give "

@@ -157,3 +157,29 @@ def test_data_img_size_is_part_of_the_data_sets_identity(tmp_path):
     for bad in (0, -3, 2.5):
         with pytest.raises(DataError, match="--data-img-size must be a positive whole number"):
             load_dataset("digits", img_size=bad)
+
+
+def test_imagefolder_with_a_few_grey_and_palette_images_loads_them_as_rgb(tmp_path):
+    """As torchvision's loader does: colour sets with stray grey photos (ImageNet has some) load, the
+    grey ones repeated over three channels; a palette image keeps its colours."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for cls in ("a", "b"):
+        (tmp_path / "f" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(tmp_path / "f" / cls / f"{i}.png")
+    grey = rng.integers(0, 256, (6, 6), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "f" / "a" / "grey.png")
+    pal = Image.new("P", (6, 6))
+    pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    pal.putdata([0, 1] * 18)
+    pal.save(tmp_path / "f" / "b" / "palette.png")
+    ds = load_dataset("imagefolder", tmp_path / "f")
+    assert ds.in_chans == 3 and len(ds.train) + len(ds.eval) == 10
+    mean, std = torch.tensor(ds.mean)[:, None, None], torch.tensor(ds.std)[:, None, None]
+    x = torch.cat([ds.train.x, ds.eval.x]) * std + mean
+    raw = torch.from_numpy(grey).float() / 255
+    assert any(all((img[c] - raw).abs().max() < 1e-5 for c in range(3)) for img in x)
+    red_blue = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])  # channel x (palette entry 0, 1)
+    assert any(torch.allclose(img[:, 0, :2], red_blue, atol=1e-5) for img in x)

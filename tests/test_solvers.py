@@ -421,3 +421,21 @@ def test_inputs_are_not_modified():
     for fn in ALL.values():
         fn(s, [6, 6])
     assert torch.equal(s, before)
+
+
+@pytest.mark.parametrize("where", [(3, 290), (150, 299), (299, 1)])
+def test_symmetry_is_checked_in_every_tile(where):
+    """The check compares tiles of 128: an asymmetry in any tile, the ragged last one included, is
+    seen (rounding-size: symmetrised; large: refused)."""
+    from mudsc.diffinit.solvers.match import check_similarity
+
+    s = corr_sim(300, gen(7)).double()
+    i, j = where
+    tiny = s.clone()
+    tiny[i, j] += 1e-9
+    out, _ = check_similarity(tiny, [150, 150], who="t", equal=True)
+    assert np.array_equal(out, out.T) and out[i, j] != s[i, j].item()
+    big = s.clone()
+    big[i, j] += 0.5
+    with pytest.raises(ConfigError, match="symmetric"):
+        check_similarity(big, [150, 150], who="t", equal=True)

@@ -58,7 +58,9 @@ def pool_units(w: Tensor, axis: int, start: int, n: int, repeat: int, merge: Ten
         weight = merge.to(w.device)[assign, torch.arange(n, device=w.device)].to(w.dtype)
         block = block * weight.view(-1, *([1] * (block.ndim - 1)))
     pooled = torch.zeros(c, *block.shape[1:], dtype=w.dtype, device=w.device).index_add_(0, assign, block)
-    out = torch.cat([w[:start], pooled.reshape(c * repeat, *w.shape[1:]), w[start + n * repeat:]])
+    pooled = pooled.reshape(c * repeat, *w.shape[1:])
+    whole = start == 0 and n * repeat == w.shape[0]  # the usual case: no copy into a new tensor
+    out = pooled if whole else torch.cat([w[:start], pooled, w[start + n * repeat:]])
     return out.movedim(0, axis)
 
 
