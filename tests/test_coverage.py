@@ -1,6 +1,6 @@
 """Unit-space coverage of torchvision and timm families: the share of parameter tensors in unit spaces,
-float64 permutation invariance, the reasons for fixed tensors, the written-out nn.MultiheadAttention
-and ``mudsc spaces``."""
+float64 permutation invariance, the reasons for fixed tensors, rigid rotary heads, the written-out
+nn.MultiheadAttention and ``mudsc spaces``."""
 import copy
 import json
 import textwrap
@@ -10,8 +10,8 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
-from torch import nn
 from timm.layers import apply_rot_embed_cat
+from torch import nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
 from mudsc.cli import main
