@@ -1,6 +1,6 @@
 """Unit-space coverage of torchvision and timm families: the share of parameter tensors in unit spaces,
-float64 permutation invariance, the reasons for fixed tensors, the written-out nn.MultiheadAttention
-and ``mudsc spaces``."""
+float64 permutation invariance, the reasons for fixed tensors, rigid rotary heads, the written-out
+nn.MultiheadAttention and ``mudsc spaces``."""
 import copy
 import json
 import textwrap
@@ -10,12 +10,13 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
+from timm.layers import apply_rot_embed_cat
 from torch import nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
 from mudsc.cli import main
 from mudsc.errors import ConfigError
-from mudsc.unitgraph import observed, trace
+from mudsc.unitgraph import UnitGraph, observed, trace
 from mudsc.unitgraph.coverage import coverage, max_rel_change, permute_state_dict, random_permutations
 
 
@@ -134,19 +135,63 @@ def test_sequence_first_attention_with_a_mask_and_weights():
     assert torch.allclose(y, y0, atol=1e-6) and torch.allclose(w, w0, atol=1e-6)
 
 
-def test_rotary_model_merges_all_but_its_rotated_heads_and_says_why():
+def test_rotary_model_merges_its_rotated_heads_as_rigid_heads():
     """EVA-02: a q/k/v bias concatenated from q_bias, a zero k buffer and v_bias, SwiGLU's fused w12
-    chunked in two, rotary embeddings on q and k. The stream, v's projection side and the MLPs merge;
-    q/k stay fixed (a rotation pairs units inside a head) and say so."""
+    chunked in two, rotary embeddings on q and k. Everything but the classifier merges: q/k as a rigid
+    space (heads move as wholes, the rotation's unit pairs inside a head stay), v tied to its heads."""
     torch.manual_seed(0)
     model = timm.create_model("eva02_tiny_patch14_224", pretrained=False, img_size=28, depth=2, num_classes=5).eval()
     cov = coverage(model, _batch(28))
     assert cov.summary["max_rel_change"] <= 1e-10
-    assert cov.summary["merged_share"] >= 0.8  # 0 before the fused-bias and chunk rules
-    merged = {r.param for r in cov.tensors if r.merged}
-    assert {"blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.fc1.weight",
-            "blocks.1.mlp.fc2.weight"} <= merged
-    assert all(r.reason for r in cov.tensors if not r.merged)
+    assert cov.summary["merged_share"] >= 0.95  # 0.85 while the rotary fixed q/k (and through them v)
+    fixed = [r for r in cov.tensors if r.parameter and not r.merged]
+    assert [r.param for r in fixed] == ["head.bias"] and "model output" in fixed[0].reason
+    graph = trace(model, example=_batch(28))
+    qk, v = graph.space("blocks.0.attn.qk"), graph.space("blocks.0.attn.v")
+    assert qk.rigid and not v.rigid and qk.groups == v.groups == 3 and qk.group_tie == v.group_tie
+    assert {r.param for r in qk.producers} == {"blocks.0.attn.qkv.weight", "blocks.0.attn.q_bias"}
+    assert UnitGraph.from_dict(json.loads(json.dumps(graph.to_dict()))) == graph
+
+
+class _RotaryAttention(nn.Module):
+    """Written-out attention (``q @ k^T``) whose q and k get rotary embeddings on every token but the
+    first, in timm's interleaved (``rot``) or half (``rotate_half``) layout."""
+
+    def __init__(self, half: bool, dim: int = 12, heads: int = 3, tokens: int = 5) -> None:
+        super().__init__()
+        self.stem, self.qkv = nn.Linear(4, dim), nn.Linear(dim, 3 * dim)
+        self.proj, self.head = nn.Linear(dim, dim), nn.Linear(dim, 3)
+        self.heads, self.half = heads, half
+        angle = torch.randn(tokens - 1, dim // heads)
+        self.register_buffer("rope", torch.cat([angle.sin(), angle.cos()], -1))
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        x = self.stem(x)
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = (torch.cat([z[:, :, :1], apply_rot_embed_cat(z[:, :, 1:], self.rope, half=self.half)], dim=2)
+                for z in (q, k))
+        attn = (q * 0.5) @ k.transpose(-2, -1)
+        x = (attn.softmax(-1) @ v).transpose(1, 2).reshape(b, t, -1)
+        return self.head(self.proj(x).mean(1))
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_written_out_rotary_attention_is_rigid_and_invariant(half):
+    torch.manual_seed(0)
+    model = _RotaryAttention(half).eval()
+    x = torch.randn(2, 5, 4)
+    cov = coverage(model, x)
+    assert cov.summary["max_rel_change"] <= 1e-10
+    assert [r.param for r in cov.tensors if r.parameter and not r.merged] == ["head.bias"]
+    graph = trace(model, example=x)
+    assert [(s.name, s.rigid) for s in graph.spaces if s.groups == 3] == [("qkv.qk", True), ("qkv.v", False)]
+    # moving units inside a rotated head breaks the function: the space must be rigid
+    perms = random_permutations(graph, torch.Generator().manual_seed(1))
+    perms["qkv.qk"] = torch.arange(12).reshape(3, 4).flip(1).reshape(-1)
+    moved = copy.deepcopy(model).double()
+    moved.load_state_dict(permute_state_dict(model.double().state_dict(), graph, perms))
+    assert (moved(x.double()) - model(x.double())).norm() > 1e-3 * model(x.double()).norm()
 
 
 class _FusedBias(nn.Module):

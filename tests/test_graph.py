@@ -243,6 +243,10 @@ def test_bad_specs_are_rejected():
                        "taps": [{"node": "n", "dim": 1}]}]}
     with pytest.raises(ConfigError, match="role"):
         UnitGraph.from_dict(bad)
+    bad = {"spaces": [{"name": "h", "size": 6, "groups": 2, "rigid": "yes", "producers": [],
+                       "taps": [{"node": "n", "dim": 1}]}]}
+    with pytest.raises(ConfigError, match="rigid"):
+        UnitGraph.from_dict(bad)
 
 
 def test_unknown_module_fixes_the_spaces_it_touches():

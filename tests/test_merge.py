@@ -11,6 +11,7 @@ from mudsc.diffinit.session import MergeSession
 from mudsc.errors import ConfigError, UnknownNameError
 from mudsc.models import create_model
 from mudsc.models.checkpoint import load_model
+from mudsc.unitgraph.coverage import random_permutations
 
 
 def _model(arch, seed=0, classes=(0, 1, 2, 3, 4), head="shared", **kw):
@@ -20,18 +21,10 @@ def _model(arch, seed=0, classes=(0, 1, 2, 3, 4), head="shared", **kw):
 
 
 def _permuted_copy(model, graph, seed):
-    """The same function with every unit space permuted (grouped spaces: groups and units inside)."""
-    g = torch.Generator().manual_seed(seed)
-    maps, perms, tied = {}, {}, {}
-    for s in graph.spaces:
-        c = s.size // s.groups
-        groups = torch.randperm(s.groups, generator=g)
-        if s.group_tie:  # the Q/K and V heads of one attention layer move together
-            groups = tied.setdefault(s.group_tie, groups)
-        perm = torch.cat([grp * c + torch.randperm(c, generator=g) for grp in groups])
-        p = torch.eye(s.size)[perm]  # row c of P picks unit perm[c]
-        maps[s.name] = (p, p.T)
-        perms[s.name] = perm
+    """The same function with every unit space permuted (grouped spaces: groups and units inside, tied
+    groups alike; rigid spaces: whole groups only)."""
+    perms = random_permutations(graph, torch.Generator().manual_seed(seed))
+    maps = {name: (torch.eye(len(perm))[perm], torch.eye(len(perm))[perm].T) for name, perm in perms.items()}
     copy = _model_like(model)
     copy.load_state_dict(transform_state_dict(model.state_dict(), graph, maps))
     return copy.eval(), perms
@@ -44,7 +37,9 @@ def _model_like(model):
 
 
 ARCHS = [("mlp", {"width": 24}), ("resnet20", {"width": 1}), ("resnet20gn", {"width": 1, "groups": 4}),
-         ("timm:vit_tiny_patch16_224", {"patch_size": 2, "depth": 2, "num_heads": 3, "embed_dim": 24})]
+         ("timm:vit_tiny_patch16_224", {"patch_size": 2, "depth": 2, "num_heads": 3, "embed_dim": 24}),
+         # rotary q/k: a rigid space, whose heads the copy permutes as wholes
+         ("timm:eva02_tiny_patch14_224", {"patch_size": 2, "depth": 2, "num_heads": 3, "embed_dim": 24})]
 
 
 CASES = [(arch, kw, method) for arch, kw in ARCHS for method in ("permute", "rebasin", "mudsc-align")]

@@ -14,6 +14,7 @@ from mudsc.diffinit.solvers import (
     greedy_zip,
     greedy_zip_reference,
     group_hungarian,
+    group_rigid,
     group_zip,
     hungarian,
     identity,
@@ -30,6 +31,7 @@ ALL = {
     "zip-reference": lambda s, sizes: greedy_zip_reference(s, sizes),
     "group-hungarian": lambda s, sizes: group_hungarian(s, sizes, groups=2),
     "group-zip": lambda s, sizes: group_zip(s, sizes, groups=2),
+    "group-rigid": lambda s, sizes: group_rigid(s, sizes, groups=2),
 }
 
 
@@ -95,7 +97,7 @@ def check_maps(m: Match) -> None:
 # registry ---------------------------------------------------------------------------------------
 
 def test_registry_names_and_lookup():
-    assert set(list_solvers()) == {"identity", "hungarian", "zip", "group-hungarian", "group-zip"}
+    assert set(list_solvers()) == {"identity", "hungarian", "zip", "group-hungarian", "group-zip", "group-rigid"}
     assert get_solver("zip") is greedy_zip and get_solver("group-zip") is group_zip
     assert all(solver_paper(n).startswith("https://arxiv.org/") for n in list_solvers())
     with pytest.raises(UnknownNameError, match="hungarian") as e:
@@ -337,6 +339,68 @@ def test_group_zip_recovers_permuted_copies():
     m = group_zip(s, [groups * c] * 2, groups=groups)
     assert sorted(m.clusters()) == expected_copy_clusters([perm])
     assert torch.equal(m.group_assign[0], group_of)
+
+
+def block_identity(m: GroupMatch, groups: int) -> list[torch.Tensor]:
+    """Per parent the [g, g] head map H_i when its merge and unmerge maps are H_i expanded by the
+    identity inside a head (unit d of a head only ever meets unit d of another); AssertionError otherwise."""
+    c = m.sizes[0] // groups
+    eye = torch.eye(c)
+    heads = []
+    for merge, unmerge in m.parts():
+        for t in (merge.T, unmerge):
+            blocks = t.reshape(groups, c, groups, c)
+            torch.testing.assert_close(blocks, torch.einsum("kj,de->kdje", blocks[:, 0, :, 0], eye), rtol=0, atol=0)
+        heads.append(unmerge.reshape(groups, c, groups, c)[:, 0, :, 0])
+    return heads
+
+
+@pytest.mark.parametrize("n_par", [2, 3])
+def test_group_rigid_moves_whole_groups_and_recovers_group_permutations(n_par):
+    g = gen(80 + n_par)
+    groups, c = 4, 5
+    perms, group_ofs = [], []
+    for _ in range(n_par - 1):
+        group_of = torch.randperm(groups, generator=g)
+        perm = torch.empty(groups * c, dtype=torch.long)
+        for j in range(groups):
+            perm[group_of[j] * c + torch.arange(c)] = j * c + torch.arange(c)
+        perms.append(perm)
+        group_ofs.append(group_of)
+    s = copies_sim(perms, g, base=grouped_features(groups, c, g), noise=0.3)
+    m = group_rigid(s, [groups * c] * n_par, groups=groups)
+    assert sorted(m.clusters()) == expected_copy_clusters(perms)
+    for i, group_of in enumerate(group_ofs):
+        assert torch.equal(m.group_assign[i], group_of)
+        assert torch.equal(m.within[i], torch.arange(c).repeat(groups, 1))
+    rigid_g = m.group_sim[0].double().numpy()
+    block = s[: groups * c, groups * c: 2 * groups * c].double().reshape(groups, c, groups, c)
+    assert rigid_g[1, 2] == pytest.approx(float(torch.diagonal(block[1, :, 2, :]).mean()), abs=1e-6)
+    chosen = [float(gs[torch.arange(groups), ga].mean()) for gs, ga in zip(m.group_sim, m.group_assign)]
+    assert m.score == pytest.approx(float(np.mean(chosen)), abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["align", "zip"])
+@pytest.mark.parametrize("n_par", [2, 3])
+def test_rigid_spaces_are_the_identity_inside_heads_on_random_similarities(kind, n_par):
+    """Whatever the similarity, a rigid space's maps only move whole heads: the merge and unmerge maps
+    are a head map expanded by the identity, each merged head drawing one head per parent."""
+    from mudsc.diffinit.config import make_config
+    from mudsc.diffinit.solve import solve_one
+
+    g = gen(90 + n_par)
+    groups, c = 3, 4
+    config = make_config(method="mudsc-align" if kind == "align" else "mudsc-zip")
+    for _ in range(4):
+        m = solve_one(corr_sim(groups * c * n_par, g), (groups * c,) * n_par, kind=kind, groups=groups,
+                      config=config, rigid=True)
+        check_maps(m)
+        for head in block_identity(m, groups):
+            assert torch.equal(head.sum(dim=1), torch.ones(groups)) and torch.equal(head.sum(dim=0), torch.ones(groups))
+    # a free space on such a similarity does move units inside heads
+    free = solve_one(corr_sim(groups * c * n_par, g), (groups * c,) * n_par, kind=kind, groups=groups, config=config)
+    with pytest.raises(AssertionError):
+        block_identity(free, groups)
 
 
 @pytest.mark.parametrize("a,b", [(0.5, 1.0), (0.0, 0.5), (0.3, 0.0)])

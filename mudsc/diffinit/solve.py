@@ -22,7 +22,7 @@ from mudsc.diffinit.descriptor_cache import DescriptorCache
 from mudsc.diffinit.similarity import descriptor_neighbours, mix
 from mudsc.diffinit.solvers import get_solver
 from mudsc.diffinit.solvers.align import max_assignment
-from mudsc.diffinit.solvers.groups import pair_groups
+from mudsc.diffinit.solvers.groups import pair_groups, rigid_scores
 from mudsc.diffinit.solvers.match import Match
 from mudsc.unitgraph import UnitGraph
 
@@ -37,12 +37,15 @@ class Solution:
 
 
 def solve_one(sim: Tensor, sizes: tuple[int, ...], *, kind: str, groups: int, config: MergeConfig,
-              pairing: list[np.ndarray] | None = None) -> Match:
+              pairing: list[np.ndarray] | None = None, rigid: bool = False) -> Match:
     """[O, O] similarity -> Match with the solver the method names (group-aware when `groups` > 1;
-    `pairing` fixes the group assignment, for spaces whose groups are tied)."""
-    grouped = config.groups and groups > 1
+    whole groups only, each keeping its inner order, when `rigid`; `pairing` fixes the group
+    assignment, for spaces whose groups are tied)."""
+    grouped = config.groups and (groups > 1 or rigid)
     if kind == "identity":
         return get_solver("identity")(sim, sizes)
+    if grouped and rigid:  # align and zip alike: a rigid group set has one merge (group_rigid)
+        return get_solver("group-rigid")(sim, sizes, groups=groups, pairing=pairing)
     if kind == "align":
         if grouped:
             return get_solver("group-hungarian")(sim, sizes, groups=groups, pairing=pairing)
@@ -52,17 +55,20 @@ def solve_one(sim: Tensor, sizes: tuple[int, ...], *, kind: str, groups: int, co
     return get_solver("zip")(sim, sizes, a=config.zip_a, b=config.zip_b)
 
 
-def tied_pairing(sims: list[Tensor], sizes: tuple[int, ...], groups: int) -> list[np.ndarray]:
+def tied_pairing(sims: list[Tensor], sizes: tuple[int, ...], groups: int, rigid: list[bool]) -> list[np.ndarray]:
     """Similarities of spaces whose groups are tied (the Q/K and V/proj heads of one attention layer:
     head h's attention weights act on value head h) -> one group assignment per parent i >= 1,
-    maximising the summed group-pair similarity G of all of them (MuDSC group matching, Fig. 2).
+    maximising the summed group-pair similarity G of all of them (MuDSC group matching, Fig. 2; a
+    rigid space's G pairs units in their order, :func:`~mudsc.diffinit.solvers.groups.rigid_scores`).
     Tied spaces may differ in size (Swin's relative-position bias has one unit per head)."""
     total = [np.zeros((groups, groups)) for _ in sizes[1:]]
-    for sim in sims:
+    for sim, fixed in zip(sims, rigid):
         s = sim.detach().double().cpu().numpy()
         n = s.shape[0] // len(sizes)
         for i in range(1, len(sizes)):
-            total[i - 1] += pair_groups(s[:n, i * n:(i + 1) * n], groups=groups, who="tied groups")[0]
+            block = s[:n, i * n:(i + 1) * n]
+            total[i - 1] += (rigid_scores(block, groups=groups) if fixed
+                             else pair_groups(block, groups=groups, who="tied groups")[0])
     return [max_assignment(t, who="tied groups") for t in total]
 
 
@@ -84,6 +90,7 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
     n = len(sds)
     sizes = {s: (graph.space(s).size,) * n for s in spaces}
     groups = {s: graph.space(s).groups for s in spaces}
+    rigid = {s: graph.space(s).rigid for s in spaces}
     ties: dict[str, list[str]] = {}
     if config.groups:
         for s in spaces:
@@ -95,8 +102,8 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
     def pairing_for(s: str, sim: Tensor) -> list[np.ndarray] | None:
         if s not in tie_of:
             return None
-        sims = [sim] + [current[q] for q in ties[tie_of[s]] if q != s and q in current]
-        return tied_pairing(sims, sizes[s], groups[s])
+        others = [q for q in ties[tie_of[s]] if q != s and q in current]
+        return tied_pairing([sim] + [current[q] for q in others], sizes[s], groups[s], [rigid[q] for q in [s] + others])
 
     kind = config.solver
     if kind == "identity":
@@ -106,7 +113,7 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
     if config.similarity in ("activation", "dual"):
         current = {s: act_corr[s] for s in spaces}
         matches = {s: solve_one(act_corr[s], sizes[s], kind=kind, groups=groups[s], config=config,
-                                pairing=pairing_for(s, act_corr[s])) for s in spaces}
+                                pairing=pairing_for(s, act_corr[s]), rigid=rigid[s]) for s in spaces}
     if not config.iterative or all(config.alpha_for(s) == 0.0 for s in spaces):
         return Solution(matches)  # alpha = 0 everywhere: the activation solve is final (mudsc-zip == zipit)
 
@@ -137,7 +144,8 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
                 scores.append(hit[1].score)
                 continue
             sim = mix(s_w_of(s, matches), act_on.get(s), config.alpha_for(s), mode=config.mix)
-            new = solve_one(sim, sizes[s], kind=kind, groups=groups[s], config=config, pairing=pairing_for(s, sim))
+            new = solve_one(sim, sizes[s], kind=kind, groups=groups[s], config=config, pairing=pairing_for(s, sim),
+                            rigid=rigid[s])
             old = matches.get(s)
             matches[s] = old if old is not None and _same_match(old, new) else new
             memo[s][tuple(map(id, key))] = (key, matches[s])

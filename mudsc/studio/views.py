@@ -102,8 +102,8 @@ def space_similarity(session: MergeSession, result: MergeResult, space: str) -> 
     alpha = cfg.alpha_for(space)
     s = mix(s_w, s_a, alpha, mode=cfg.mix)
     kind = cfg.solver if cfg.solver in ("align", "zip") else "align"
-    groups = session.graph.space(space).groups
-    solo = lambda sim: solve_one(sim, sizes, kind=kind, groups=groups, config=cfg)  # noqa: E731
+    info = session.graph.space(space)
+    solo = lambda sim: solve_one(sim, sizes, kind=kind, groups=info.groups, config=cfg, rigid=info.rigid)  # noqa: E731
     return SpaceSimilarity(space, sizes, alpha, s_w, s_a, s, matches[space], solo(s_w), solo(s_a))
 
 

@@ -57,11 +57,11 @@ def assemble(spaces: Spaces, order: dict[str, int]) -> tuple[tuple[UnitSpace, ..
         else:
             name = (_common_prefix(marks) if marks else "") or owner
         found.append((max(order[t.node] for t in taps), i, name, spaces.size[i], spaces.groups[i], producers,
-                      tuple(r for r in refs if r.role == "in"), tuple(taps), spaces.ties[i]))
+                      tuple(r for r in refs if r.role == "in"), tuple(taps), spaces.ties[i], spaces.rigid[i]))
     found.sort(key=lambda f: (f[0], f[1]))
     names = _unique([f[2] for f in found])
     out = tuple(UnitSpace(name=n, size=f[3], groups=f[4], producers=f[5], consumers=f[6], taps=f[7], index=k,
-                          group_tie=f[8]) for k, (n, f) in enumerate(zip(names, found)))
+                          group_tie=f[8], rigid=f[9]) for k, (n, f) in enumerate(zip(names, found)))
     return out, {f[1]: n for n, f in zip(names, found)}
 
 

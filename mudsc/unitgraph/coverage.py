@@ -51,14 +51,16 @@ class Coverage:
 
 def random_permutations(graph: UnitGraph, generator: torch.Generator) -> dict[str, Tensor]:
     """Per space a random order of its units [n]: groups permuted as blocks (alike within a group tie,
-    as the q/k and v heads of one attention), units permuted inside each group."""
+    as the q/k and v heads of one attention), units permuted inside each group unless the space is rigid
+    (rotary q/k heads keep their inner order)."""
     perms, orders = {}, {}
     for s in graph.spaces:
         c = s.size // s.groups
         order = torch.randperm(s.groups, generator=generator)
         if s.group_tie:
             order = orders.setdefault(s.group_tie, order)
-        perms[s.name] = torch.cat([order[k] * c + torch.randperm(c, generator=generator) for k in range(s.groups)])
+        inner = [torch.arange(c) if s.rigid else torch.randperm(c, generator=generator) for _ in range(s.groups)]
+        perms[s.name] = torch.cat([order[k] * c + inner[k] for k in range(s.groups)])
     return perms
 
 

@@ -187,6 +187,12 @@ def nodes_by_name(gm: fx.GraphModule) -> dict[str, fx.Node]:
     return {n.name: n for n in gm.graph.nodes}
 
 
+def shape_of(node: fx.Node) -> tuple[int, ...] | None:
+    """The propagated shape of `node`'s output, None for non-tensors (and tuples of tensors)."""
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if hasattr(meta, "shape") else None
+
+
 def tap_of(node: fx.Node, dim: int, ndim: int, start: int) -> Tap:
     """Tap on `node`'s output; token tensors [B, T, C] report their channel dim as -1."""
     return Tap(node.name, -1 if dim == ndim - 1 and ndim > 2 else dim, start)

@@ -17,11 +17,11 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
-from mudsc.unitgraph.fx import tap_of
-from mudsc.unitgraph.heads import HeadRules
+from mudsc.unitgraph.fx import shape_of, tap_of
+from mudsc.unitgraph.heads import _TENSORS, HeadRules
 from mudsc.unitgraph.spaces import Spaces
 from mudsc.unitgraph.types import AxisRef
-from mudsc.unitgraph.values import OPAQUE, Opaque, Param, ParamCat, Scores, Seg, Split, Val
+from mudsc.unitgraph.values import OPAQUE, Opaque, Param, ParamCat, Rotated, Scores, Seg, Split, Val
 
 _CONV = (nn.modules.conv._ConvNd,)
 _NORM = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -50,11 +50,6 @@ _NO_TENSOR = {"size", "dim", "numel", "_assert", "eq", "ne", "lt", "gt", "le", "
 
 def _name(target: Any) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", "")
-
-
-def _shape(node: fx.Node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta")
-    return tuple(meta.shape) if hasattr(meta, "shape") else None
 
 
 def _flat(x: Any):
@@ -107,7 +102,7 @@ class Walker(HeadRules):
             elif isinstance(v, Split):
                 for c in v.cands:
                     self.spaces.fix(c, why)
-            elif isinstance(v, Scores):
+            elif isinstance(v, (Scores, Rotated)):
                 self.spaces.fix(v.cand, why)
             elif isinstance(v, Param):
                 self.param_why.setdefault(v.key, why)
@@ -125,7 +120,7 @@ class Walker(HeadRules):
         if node.op == "placeholder":
             return OPAQUE
         if node.op == "get_attr":
-            shape = _shape(node)
+            shape = shape_of(node)
             if node.target in self.sd_keys and shape is not None:
                 return Param(node.target, tuple(range(len(shape))))
             return OPAQUE if shape is not None else None
@@ -139,7 +134,7 @@ class Walker(HeadRules):
     def module(self, m: nn.Module, path: str, args: tuple) -> Any:
         x = args[0] if args else None
         passes = isinstance(m, _SAME) or type(m).__name__ in ("DropPath", "DropBlock2d")
-        if len(args) == 1 and isinstance(x, (Split, Scores)) and (passes or isinstance(m, nn.Softmax)):
+        if len(args) == 1 and isinstance(x, (Split, Rotated, Scores)) and (passes or isinstance(m, nn.Softmax)):
             return x
         if len(args) != 1 or not isinstance(x, (Val, Opaque)):
             return self.unknown(args)
@@ -172,9 +167,9 @@ class Walker(HeadRules):
             args = args[:1]  # the other tensor gives only its dtype: its channels are not read
         if name == "getitem" and isinstance(x, (tuple, list)):
             return x[args[1]] if isinstance(args[1], int) else self.unknown(x)
-        tensors = [a for a in _flat((args, kwargs)) if isinstance(a, (Val, Param, Opaque, Split, Scores))]
+        tensors = [a for a in _flat((args, kwargs)) if isinstance(a, _TENSORS)]
         if not tensors:
-            return None if name in _NO_TENSOR or _shape(self.node) is None else OPAQUE
+            return None if name in _NO_TENSOR or shape_of(self.node) is None else OPAQUE
         if name == "getattr":
             return None if args[1] in ("shape", "dtype", "device") else self.unknown(x)
         if name in _NO_TENSOR:
@@ -187,11 +182,16 @@ class Walker(HeadRules):
             return self.matmul(*args)
         if any(isinstance(a, Scores) for a in tensors):
             return self.scores_op(name, args, kwargs, tensors)
-        if any(isinstance(a, Split) for a in tensors):
-            if isinstance(x, Split):
+        if any(isinstance(a, (Split, Rotated)) for a in tensors):
+            if name in _BINARY and len(args) == 2 and not kwargs:
+                return self.heads_binary(args)
+            if name in ("cat", "concat", "stack"):
+                return self.heads_cat(list(args[0]), kwargs.get("dim", args[1] if len(args) > 1 else 0),
+                                      stack=name == "stack")
+            if name == "getitem" and isinstance(x, (Split, Rotated)):
+                return self.index_heads(x, args[1])
+            if isinstance(x, (Split, Rotated)):
                 return self.heads_op(name, x, args, kwargs, tensors)
-            if name in _BINARY and len(tensors) == 1 and len(args) == 2:
-                return args[1]  # scale * heads
             return self.unknown(args, kwargs)
         if name == "expand":
             return self.expand(x)
@@ -204,7 +204,7 @@ class Walker(HeadRules):
                 return self.permute_param(x, name, args[1:])
         if name == "getitem" and isinstance(x, Param) and isinstance(args[1], Opaque):
             # rows gathered by an index tensor (a relative-position table): the gathered dims carry no axis
-            extra = len(_shape(self.node)) - len(x.axes) + 1
+            extra = len(shape_of(self.node)) - len(x.axes) + 1
             return Param(x.key, (None,) * extra + x.axes[1:])
         if name in _BINARY and len(args) == 2 and not kwargs:
             return self.binary(args)
@@ -266,7 +266,7 @@ class Walker(HeadRules):
         return Val(dim, ndim, (Seg(cand, size, 1, tap_of(self.node, dim, ndim, 0)),))
 
     def linear(self, x: Val | Opaque, weight: str, bias: str | ParamCat | None, out: int) -> Any:
-        shape = _shape(self.node)
+        shape = shape_of(self.node)
         if isinstance(x, Val) and x.dim != x.ndim - 1:
             # mixes a non-channel dim (token mixing): the channels pass through untouched
             return self.retap(x)
@@ -299,7 +299,7 @@ class Walker(HeadRules):
         # per-output-channel extras of conv subclasses (the gain [O, 1, 1, 1] of a scaled std conv)
         refs += [(f"{path}.{k}", 0) for k, p in m.named_parameters(recurse=False) if k not in ("weight", "bias")
                  and p.shape[0] == m.out_channels and p.numel() == m.out_channels]
-        return self.produce(m.out_channels, 1, len(_shape(self.node)), refs)
+        return self.produce(m.out_channels, 1, len(shape_of(self.node)), refs)
 
     def norm(self, x: Val | Opaque, kind: str, keys: dict[str, str], groups: int) -> Any:
         if not isinstance(x, Val):
@@ -340,14 +340,14 @@ class Walker(HeadRules):
         if (not isinstance(x, (Val, Opaque)) or not isinstance(w, Param) or w.axes != (0, 1)
                 or not (b is None or isinstance(b, ParamCat) or (isinstance(b, Param) and b.axes == (0,)))):
             return self.unknown(args, kwargs)
-        return self.linear(x, w.key, b.key if isinstance(b, Param) else b, _shape(self.node)[-1])
+        return self.linear(x, w.key, b.key if isinstance(b, Param) else b, shape_of(self.node)[-1])
 
     def same(self, x: Val | Opaque, *, retap: bool) -> Any:
         return self.retap(x) if isinstance(x, Val) and retap else x
 
     def pool(self, x: Val | Opaque) -> Any:
         """Pooling over trailing spatial dims (flattening them too, e.g. timm SelectAdaptivePool2d)."""
-        shape = _shape(self.node)
+        shape = shape_of(self.node)
         if not isinstance(x, Val):
             return x
         if x.dim != 1 or shape is None or len(shape) < 2:
@@ -361,7 +361,7 @@ class Walker(HeadRules):
     def spatial(self, x: Val | Opaque) -> Any:
         """Padding and cyclic shifts of positions (the same value or move for every channel): the
         channels pass when their dim keeps its size (a channels-last tensor padded in H and W)."""
-        shape = _shape(self.node)
+        shape = shape_of(self.node)
         if not isinstance(x, Val):
             return x
         if shape is None or len(shape) != x.ndim or shape[x.dim] != x.width:
@@ -376,7 +376,7 @@ class Walker(HeadRules):
     def windows(self, name: str, x: Any) -> Any:
         """Swin's window steps move positions only (the channels, last, pass); patch merging lays four
         neighbours' channels side by side; the position bias gathers a table's rows, keeping its heads."""
-        shape = _shape(self.node)
+        shape = shape_of(self.node)
         if name == "swin_mask":
             return OPAQUE  # reads only x's shape
         if name == "_get_relative_position_bias":
@@ -387,20 +387,25 @@ class Walker(HeadRules):
             return self.unknown(x)
         return Val(len(shape) - 1, len(shape), x.segs * (shape[-1] // x.width))
 
-    def heads_op(self, name: str, x: Split, args: tuple, kwargs: dict, tensors: list) -> Any:
+    def heads_op(self, name: str, x: Split | Rotated, args: tuple, kwargs: dict, tensors: list) -> Any:
         """Channel-preserving ops on attention heads; anything else fixes them."""
         if len(tensors) != 1:
             return self.unknown(args, kwargs)
-        if name in _SAME_FN or (name in _BINARY and len(args) == 2):
+        if name in _SAME_FN:
             return x
         if name in ("permute", "transpose", "swapaxes"):
             dims = args[1:]
             dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else tuple(dims)
             return self.permute_heads(x, name, tuple(d % x.ndim for d in dims))
+        if isinstance(x, Rotated):
+            return self.rotated_op(name, x, args, kwargs)
         if name == "unbind":
             return self.unbind_heads(x, kwargs.get("dim", args[1] if len(args) > 1 else 0))
         if name in ("reshape", "view", "flatten"):
-            return self.merge_heads(x, _shape(self.node.all_input_nodes[0]), _shape(self.node))
+            return self.merge_heads(x, shape_of(self.node.all_input_nodes[0]), shape_of(self.node))
+        if name in ("chunk", "split"):  # halves of each head (rotary's rotate_half layout)
+            h = self.rotate(x)
+            return self.rotated_op(name, h, args, kwargs) if isinstance(h, Rotated) else h
         return self.unknown(args, kwargs)
 
     def reshape(self, x: Val | Opaque) -> Any:
@@ -409,8 +414,8 @@ class Walker(HeadRules):
         channels into attention heads (see :mod:`mudsc.graph_heads`)."""
         if not isinstance(x, Val):
             return x
-        src = _shape(self.node.all_input_nodes[0])
-        dst = _shape(self.node)
+        src = shape_of(self.node.all_input_nodes[0])
+        dst = shape_of(self.node)
         before = math.prod(src[: x.dim])
         starts = {math.prod(src[:k]) for k in range(x.dim + 1)}
         ends = {math.prod(src[:k]) for k in range(x.dim + 1, len(src) + 1)}
@@ -431,7 +436,7 @@ class Walker(HeadRules):
         """A reshaped parameter keeps each tensor axis whose dim survives whole (same size, same number
         of entries before it): a layer scale [C] viewed as [1, C, 1, 1], a gathered table [N*N, H] viewed
         as [N, N, H]; dims without an axis may split and merge. Anything else makes it opaque."""
-        src, dst = _shape(self.node.all_input_nodes[0]), _shape(self.node)
+        src, dst = shape_of(self.node.all_input_nodes[0]), shape_of(self.node)
         where = {(math.prod(dst[:j]), d): j for j, d in enumerate(dst) if d != 1}
         axes: list[int | None] = [None] * len(dst)
         for i, (d, a) in enumerate(zip(src, p.axes)):
@@ -498,16 +503,16 @@ class Walker(HeadRules):
                 src, dst = src + 1, dst + (not isinstance(i, int))
         if dim is None:
             dim = dst + x.dim - src
-        return Val(dim, len(_shape(self.node)), x.segs)
+        return Val(dim, len(shape_of(self.node)), x.segs)
 
     def binary(self, args: tuple) -> Any:
         """Element-wise sums/products: operands' channels are one space; parameters broadcast along
         the channels (biases, positional embeddings, layer scales) become its producers."""
-        shape = _shape(self.node)
+        shape = shape_of(self.node)
         if shape is None:
             return None
         vals = [a for a in args if isinstance(a, Val)]
-        others = [(a, _shape(n)) for a, n in zip(args, self.node.args) if isinstance(a, (Param, Opaque))]
+        others = [(a, shape_of(n)) for a, n in zip(args, self.node.args) if isinstance(a, (Param, Opaque))]
         if not vals:
             return OPAQUE if others else None
         return self.unite(vals, others, shape, retap=True)
@@ -515,9 +520,9 @@ class Walker(HeadRules):
     def cat(self, parts: list, dim: int) -> Any:
         """Concatenation: along the channels the parts sit side by side; along any other dim (e.g. a
         class token before the patch tokens) their channels are one space."""
-        shape = _shape(self.node)
+        shape = shape_of(self.node)
         dim %= len(shape)
-        shapes = [_shape(n) for n in self.node.args[0]]
+        shapes = [shape_of(n) for n in self.node.args[0]]
         vals = [p for p in parts if isinstance(p, Val)]
         if not vals:
             return (self.param_cat(parts, shapes) if len(shape) == 1 else None) or OPAQUE
@@ -567,8 +572,8 @@ class Walker(HeadRules):
         return t.ndim == 1 and t.numel() > 0 and bool((t == t[0]).all())
 
     def expand(self, x: Any) -> Any:
-        shape = _shape(self.node)
-        extra = len(shape) - len(_shape(self.node.all_input_nodes[0]))
+        shape = shape_of(self.node)
+        extra = len(shape) - len(shape_of(self.node.all_input_nodes[0]))
         if isinstance(x, Param):
             return Param(x.key, (None,) * extra + x.axes)
         if isinstance(x, Val):

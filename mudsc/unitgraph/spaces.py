@@ -24,11 +24,12 @@ class Spaces:
         self.uses: list[list[tuple[int, Tap | None]]] = []  # (consumer order, tap of the consumed value)
         self.labels: list[str] = []  # chunk names of fused projections ("q", "k", "v")
         self.ties: list[str] = []  # spaces with one tie keep one group order (attention heads)
+        self.rigid: list[bool] = []  # groups move only as wholes (rotary q/k heads)
         self.why: list[str] = []  # why a set is fixed (the first cause found)
 
     def new(self, size: int) -> int:
         for lst, v in ((self.size, size), (self.fixed, False), (self.groups, 1), (self.labels, ""), (self.ties, ""),
-                       (self.why, ""), (self.parent, len(self.parent))):
+                       (self.rigid, False), (self.why, ""), (self.parent, len(self.parent))):
             lst.append(v)
         for lst in (self.refs, self.marks, self.uses):
             lst.append([])
@@ -62,6 +63,7 @@ class Spaces:
             self.groups[ra] = math.lcm(self.groups[ra], self.groups[rb])
             self.labels[ra] += self.labels[rb] if self.labels[rb] != self.labels[ra] else ""
             self.ties[ra] = self.ties[ra] or self.ties[rb]
+            self.rigid[ra] |= self.rigid[rb]
             for lst in (self.refs, self.marks, self.uses):
                 lst[ra].extend(lst[rb])
         if node is not None:
@@ -98,6 +100,10 @@ class Spaces:
         ra, rb = self.find(a), self.find(b)
         key = self.ties[ra] or self.ties[rb] or f"{module_path(node) or node.name}"
         self.ties[ra] = self.ties[rb] = key
+
+    def make_rigid(self, i: int) -> None:
+        """Set `i`'s groups may move only as wholes, each keeping its inner order."""
+        self.rigid[self.find(i)] = True
 
     def add_ref(self, i: int, ref: AxisRef) -> None:
         self.refs[self.find(i)].append(ref)

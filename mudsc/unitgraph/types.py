@@ -55,7 +55,9 @@ class Tap:
 class UnitSpace:
     """One set of `size` hidden units in `groups` contiguous groups that merges must respect (GroupNorm
     groups, attention heads). Spaces sharing a non-empty `group_tie` must map their groups alike: the
-    q/k and v spaces of one attention layer permute heads together."""
+    q/k and v spaces of one attention layer permute heads together. A `rigid` space moves only whole
+    groups, each keeping the order of its units (q/k heads under rotary embeddings, which rotate fixed
+    pairs of units inside a head)."""
 
     name: str
     size: int
@@ -65,6 +67,7 @@ class UnitSpace:
     index: int
     groups: int = 1
     group_tie: str = ""
+    rigid: bool = False
 
     @property
     def refs(self) -> tuple[AxisRef, ...]:
@@ -133,7 +136,7 @@ class UnitGraph:
 
         return {
             "spaces": [{"name": s.name, "size": s.size, "groups": s.groups, "group_tie": s.group_tie,
-                        "producers": [ref(r) for r in s.producers], "consumers": [ref(r) for r in s.consumers],
+                        "rigid": s.rigid, "producers": [ref(r) for r in s.producers], "consumers": [ref(r) for r in s.consumers],
                         "taps": [{"node": t.node, "dim": t.dim, "start": t.start, "hook": t.hook} for t in s.taps]}
                        for s in self.spaces],
             "cuts": [{"name": c.name, "space": c.space, "node": c.node, "trunk_params": sorted(c.trunk_params),
@@ -147,7 +150,7 @@ class UnitGraph:
         """A graph from :meth:`to_dict` output or a hand-written spec; spaces keep the listed order.
 
         Required per space: ``name``, ``size``, ``producers``, ``taps``; refs need ``param``, ``axis``,
-        ``role``. Cut ``merged_spaces`` default to the spaces up to and including the cut's space,
+        ``role``. ``"rigid": true`` lets a space's groups move only as wholes (rotary q/k heads). Cut ``merged_spaces`` default to the spaces up to and including the cut's space,
         ``dim`` (the channel dim of the cut tensor) to 1.
         """
         try:
@@ -159,6 +162,7 @@ class UnitGraph:
                              for t in s["taps"])
                 spaces.append(UnitSpace(name=str(s["name"]), size=int(s["size"]), index=i,
                                         groups=int(s.get("groups", 1)), group_tie=str(s.get("group_tie", "")),
+                                        rigid=s.get("rigid", False),
                                         producers=tuple(r for r in refs if r.role != "in"),
                                         consumers=tuple(r for r in refs if r.role == "in"), taps=taps))
             names = [s.name for s in spaces]
@@ -186,6 +190,8 @@ def validate(graph: UnitGraph) -> None:
     for s in graph.spaces:
         if s.size < 1 or s.groups < 1 or s.size % s.groups:
             raise ConfigError(f"unit space {s.name!r}: size {s.size} must be a positive multiple of groups {s.groups}")
+        if not isinstance(s.rigid, bool):
+            raise ConfigError(f"unit space {s.name!r}: rigid must be true or false, got {s.rigid!r}")
         if not s.taps:
             raise ConfigError(f"unit space {s.name!r}: no taps")
         for t in s.taps:

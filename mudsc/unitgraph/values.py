@@ -80,3 +80,16 @@ class Scores:
     hdim: int
     cand: int
     heads: int
+
+
+@dataclass(frozen=True)
+class Rotated:
+    """Attention q or k after an op that is the same for every head but not for every unit of a head
+    (rotary embeddings): heads on dim `hdim` in the order of candidate `cand` (`heads` groups), the rest
+    of each head in a fixed layout, so the candidate is rigid; `tap` observes its units before the op."""
+
+    ndim: int
+    hdim: int
+    cand: int
+    heads: int
+    tap: Tap | None

@@ -7,10 +7,10 @@ similarity and the units per parent positionally, options keyword-only, and retu
 """
 # explicit module list fills the registry (each module registers its solvers on import)
 from mudsc.diffinit.solvers.align import hungarian, identity
-from mudsc.diffinit.solvers.groups import group_hungarian, group_zip
+from mudsc.diffinit.solvers.groups import group_hungarian, group_rigid, group_zip
 from mudsc.diffinit.solvers.match import GroupMatch, Match
 from mudsc.diffinit.solvers.registry import get_solver, list_solvers, register_solver, solver_paper
 from mudsc.diffinit.solvers.zip import greedy_zip, greedy_zip_reference
 
 __all__ = ["GroupMatch", "Match", "get_solver", "greedy_zip", "greedy_zip_reference", "group_hungarian",
-           "group_zip", "hungarian", "identity", "list_solvers", "register_solver", "solver_paper"]
+           "group_rigid", "group_zip", "hungarian", "identity", "list_solvers", "register_solver", "solver_paper"]

@@ -6,6 +6,10 @@ and merged groups must stay contiguous and of size c, or multi-head attention / 
 meaning. Both solvers first pair the groups of every parent i >= 1 with those of parent 0 by a
 two-level Hungarian: a c x c assignment for every group pair (j, k) scored by its mean matched
 similarity G[j, k], then a g x g assignment on G.
+
+Rigid groups (our extension, for rotary q/k heads whose units a position-dependent rotation pairs
+inside each head): the units of a group keep their order, so the intra-group matching is the identity,
+G[j, k] is the mean diagonal of the block S_jk, and only the group assignment is solved.
 """
 from __future__ import annotations
 
@@ -46,6 +50,14 @@ def pair_groups(block: np.ndarray, *, groups: int, who: str, sigma: np.ndarray |
     return sim, np.asarray(sigma), cols[np.arange(g), sigma]
 
 
+def rigid_scores(block: np.ndarray, *, groups: int) -> np.ndarray:
+    """[g*c, g*c] cross block S[parent 0, parent i] -> G [g, g] of rigid groups: G[j, k] =
+    (1/c) sum_d S[(j, d), (k, d)], unit d of group j facing unit d of group k (the scale of
+    :func:`pair_groups`' G, so tied rigid and free spaces add up)."""
+    c = block.shape[0] // groups
+    return np.einsum("jdkd->jk", block.reshape(groups, c, groups, c)) / c
+
+
 def _check_groups(sizes: tuple[int, ...], groups: int, who: str) -> int:
     """Units per group, after checking that `groups` divides the parents' size."""
     if not isinstance(groups, (int, np.integer)) or groups < 1 or sizes[0] % groups:
@@ -54,12 +66,16 @@ def _check_groups(sizes: tuple[int, ...], groups: int, who: str) -> int:
     return sizes[0] // int(groups)
 
 
+def _check_pairing(pairing: Sequence[np.ndarray] | None, sizes: tuple[int, ...], who: str) -> None:
+    if pairing is not None and len(pairing) != len(sizes) - 1:
+        raise ConfigError(f"{who}: pairing needs one group assignment per parent after the first, got {len(pairing)}")
+
+
 def _pair_all(s: np.ndarray, sizes: tuple[int, ...], groups: int, who: str,
               pairing: Sequence[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Group pairing of every parent i >= 1 with parent 0 -> per parent (G, sigma, within)."""
     n = sizes[0]
-    if pairing is not None and len(pairing) != len(sizes) - 1:
-        raise ConfigError(f"{who}: pairing needs one group assignment per parent after the first, got {len(pairing)}")
+    _check_pairing(pairing, sizes, who)
     out = [pair_groups(s[:n, i * n:(i + 1) * n], groups=groups, who=who,
                        sigma=None if pairing is None else np.asarray(pairing[i - 1])) for i in range(1, len(sizes))]
     return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
@@ -132,3 +148,33 @@ def group_zip(sim: Tensor, sizes: Sequence[int], *, groups: int, a: float = 0.5,
     merged = np.concatenate(values)
     m = match_from_assignment(assign, sizes_t, float(merged.mean()) if len(merged) else 0.0)
     return _group_match(m, sims, sigmas, withins)
+
+
+@register_solver("group-rigid", paper="https://arxiv.org/abs/2403.07816")
+def group_rigid(sim: Tensor, sizes: Sequence[int], *, groups: int,
+                pairing: Sequence[np.ndarray] | None = None) -> GroupMatch:
+    """[O, O], N equal sizes g*c -> GroupMatch moving whole groups, each keeping its inner order.
+
+    MuDSC group alignment (reference C) with the intra-group matching fixed to the identity, our
+    extension for rotary q/k heads: groups j (parent 0) and k (parent i) score G[j, k] =
+    (1/c) sum_d S[(j, d), (k, d)] (:func:`rigid_scores`), a g x g Hungarian on G pairs them (unless
+    `pairing` fixes it, for tied spaces), and merged unit (j, d) averages unit d of group j and of its
+    paired groups. This serves the zip methods too: MuDSC's group zip pairs groups the same way and
+    then zips inside each set, and with the order inside a group fixed the one legal zip of a set of N
+    groups into c units is this average. Score: mean of G over the chosen pairs, averaged over parents.
+    """
+    who = "group_rigid"
+    s, sizes_t = check_similarity(sim, sizes, who=who, equal=True)
+    c = _check_groups(sizes_t, groups, who)
+    g, n = int(groups), sizes_t[0]
+    _check_pairing(pairing, sizes_t, who)
+    sims = [rigid_scores(s[:n, i * n:(i + 1) * n], groups=g) for i in range(1, len(sizes_t))]
+    sigmas = [max_assignment(G, who=who) if pairing is None else np.asarray(pairing[i])
+              for i, G in enumerate(sims)]
+    assign = np.empty(n * len(sizes_t), dtype=np.int64)
+    assign[:n] = np.arange(n)
+    for i, sigma in enumerate(sigmas, start=1):
+        assign[i * n + (sigma[:, None] * c + np.arange(c)).reshape(-1)] = np.arange(n)
+    score = float(np.mean([G[np.arange(g), sg].mean() for G, sg in zip(sims, sigmas)]))
+    within = [np.tile(np.arange(c), (g, 1))] * len(sigmas)
+    return _group_match(match_from_assignment(assign, sizes_t, score), sims, sigmas, within)
