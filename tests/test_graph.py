@@ -310,3 +310,19 @@ def test_default_leaves_and_hashable_graphs():
     assert hash(g) == hash(UnitGraph.from_dict(g.to_dict()))
     # leaf blocks are opaque: every space enters or leaves one, so none is left
     assert trace(m, leaf_modules=(type(m.body.layer2[0]),)).spaces == ()
+
+
+@pytest.mark.parametrize("other, message", [({"groups": 3}, "has 3 attention heads.*parent 0 has 2"),
+                                            ({"rigid": True}, "rotary embeddings")])
+def test_parents_must_agree_on_heads_and_rotary(other, message):
+    """Equal shapes can hide a different head count or rotary embeddings in one parent only."""
+    from mudsc.diffinit.session import _check_groups
+
+    def graph(**kw):
+        space = {"name": "h", "size": 6, "groups": 2, "group_tie": "attn", "producers": [],
+                 "taps": [{"node": "n", "dim": 1}], **kw}
+        return UnitGraph.from_dict({"spaces": [space]})
+
+    _check_groups(graph(), [graph()])
+    with pytest.raises(ConfigError, match=message):
+        _check_groups(graph(), [graph(**other)])

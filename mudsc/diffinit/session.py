@@ -86,13 +86,18 @@ def _check_input_sizes(parents: list[nn.Module], example: Tensor) -> None:
 
 
 def _check_groups(graph: UnitGraph, others: list[UnitGraph]) -> None:
-    """Equal tensor shapes can hide different head or GroupNorm group counts; those cannot merge."""
+    """Equal tensor shapes can hide different head or GroupNorm group counts, or rotary embeddings in one
+    parent only; those cannot merge."""
     for i, g in enumerate(others, 1):
         for a, b in zip(graph.spaces, g.spaces):
             if a.groups != b.groups:
                 what = "attention heads" if a.group_tie else "groups"
                 raise ConfigError(f"parent {i} has {b.groups} {what} in unit space {a.name!r} where parent 0 has "
                                   f"{a.groups}; parents must agree on head and group counts")
+            if a.rigid != b.rigid:
+                raise ConfigError(f"unit space {a.name!r} keeps the order inside its heads (rotary embeddings) in "
+                                  f"parent {0 if a.rigid else i} but not in parent {i if a.rigid else 0}; parents "
+                                  "must agree on where rotary embeddings are applied")
 
 
 class MergeSession:
