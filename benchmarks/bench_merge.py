@@ -35,7 +35,7 @@ def parents(args, pair: int) -> list[Path]:
             if args.width:
                 kw["width"] = args.width
             rec = train_parent(dataset="mnist", data_dir=args.data_dir, arch=args.arch, classes=task, seed=seed,
-                               out=p, epochs=args.epochs, device=args.device, **kw)
+                               out=p, epochs=args.epochs, lr=args.lr, device=args.device, **kw)
             print(f"trained {p.name}: acc {rec['accuracy']:.4f} in {rec['train_seconds']:.1f} s", flush=True)
         paths.append(p)
     return paths
@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--groups-table", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=2e-3, help="parents' peak learning rate (AdamW, cosine)")
     ap.add_argument("--stats-images", type=int, default=1000)
     ap.add_argument("--device")
     ap.add_argument("--pooling", choices=["published", "mean"], default="published",
