@@ -16,6 +16,7 @@ from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
 from mudsc.cli import main
 from mudsc.errors import ConfigError
+from mudsc.studio.coverage import coverage as studio_coverage
 from mudsc.unitgraph import UnitGraph, observed, trace
 from mudsc.unitgraph.coverage import coverage, max_rel_change, permute_state_dict, random_permutations
 
@@ -184,6 +185,10 @@ def test_written_out_rotary_attention_is_rigid_and_invariant(half):
     cov = coverage(model, x)
     assert cov.summary["max_rel_change"] <= 1e-10
     assert [r.param for r in cov.tensors if r.parameter and not r.merged] == ["head.bias"]
+    assert cov.summary["rigid_spaces"] == ["qkv.qk"]
+    share, rows = studio_coverage(model, x)  # the Parents page's table says which axes move as whole heads
+    assert share == cov.summary["merged_share"]
+    assert "(qkv.qk: whole heads only)" in next(r["axes"] for r in rows if r["tensor"] == "qkv.weight")
     graph = trace(model, example=x)
     assert [(s.name, s.rigid) for s in graph.spaces if s.groups == 3] == [("qkv.qk", True), ("qkv.v", False)]
     # moving units inside a rotated head breaks the function: the space must be rigid

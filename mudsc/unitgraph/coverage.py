@@ -119,5 +119,6 @@ def coverage(model: nn.Module, example_input: Tensor, *, leaf_modules: tuple[typ
     total = sum(r.parameter for r in rows)
     summary = {"merged_share": merged / total if total else 0.0,
                "max_rel_change": max_rel_change(model, graph, example_input, seed=seed),
-               "parameter_tensors": total, "merged_tensors": merged, "spaces": len(graph.spaces)}
+               "parameter_tensors": total, "merged_tensors": merged, "spaces": len(graph.spaces),
+               "rigid_spaces": [sp.name for sp in graph.spaces if sp.rigid]}
     return Coverage(summary, rows)
