@@ -152,4 +152,4 @@ def mix(s_w: Tensor | None, s_a: Tensor | None, alpha: float, *,
         return s_w
     if mode == "standardized":
         s_w, s_a = _standardize(s_w), _standardize(s_a)
-    return torch.add(s_w * alpha, s_a, alpha=1 - alpha)  # elementwise: symmetric inputs, symmetric S
+    return (s_w * alpha).add_(s_a, alpha=1 - alpha)  # elementwise: symmetric inputs, symmetric S

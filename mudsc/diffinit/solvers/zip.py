@@ -68,8 +68,8 @@ def zip_owners(s: np.ndarray, origin: np.ndarray, *, steps: int, a: float, budge
         s[np.ix_(idx, idx)] = neg
     active = np.ones(n, dtype=bool)
     owner = np.arange(n)
-    rmax = s.max(axis=1)
     rarg = s.argmax(axis=1)
+    rmax = s[np.arange(n), rarg]
     values = np.empty(steps, dtype=np.float64)
     for t in range(steps):
         x = int(rmax.argmax())  # the first row holding the global max is the lexicographic first pair
