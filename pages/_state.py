@@ -245,12 +245,12 @@ def start_job(name: str, work: Callable, *, tag: Any = None, wait: bool = True, 
     jobs()[name] = Tracked(job, tag)
     if wait:
         deadline = time.monotonic() + settings().inline_wait_s
-        while job.running and time.monotonic() < deadline and not _rerun_requested():
+        while job.running and time.monotonic() < deadline and not rerun_requested():
             job.wait(0.02)
     return job
 
 
-def _rerun_requested() -> bool:
+def rerun_requested() -> bool:
     """Whether the browser already asked for another run (say, the slider moved on): a widget inside a
     fragment does not interrupt the fragment's run, so an inline wait stops itself and that run shows
     the newer request. Streamlit has no public call for this; its script-request state is read

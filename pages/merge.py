@@ -27,6 +27,7 @@ from pages._state import (
     job_status,
     jobs,
     require_session,
+    rerun_requested,
     running,
     session_key,
     settings,
@@ -82,6 +83,8 @@ def knobs_and_result(session: MergeSession, key: tuple, method: str, cut: str) -
     tracked = jobs().get("merge")
     if result is None or result.config != config:
         held = session.cached(config)  # made ahead, by a sweep, or by another browser on these parents
+        if held is None and session.in_flight(config):  # being made right now: wait for it, not a second copy
+            held = merging.await_in_flight(session, config, timeout=settings().inline_wait_s, stop=rerun_requested)
         if held is not None:
             st.session_state["result"] = result = held
             if tracked is not None and tracked.job.running:

@@ -4,7 +4,9 @@ re-merges without another statistics pass. The app and the CLI both merge throug
 from __future__ import annotations
 
 import copy
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -142,6 +144,8 @@ class MergeSession:
         self.sds = [{k: v.detach().cpu() for k, v in p.state_dict().items()} for p in self.parents]
         self._act: dict[tuple[int | None, int], ActivationStats] = {}  # by (positions per image, seed)
         self._results: dict[MergeConfig, MergeResult] = {}
+        self._in_flight: Counter[MergeConfig] = Counter()  # merges being made now, by any thread: how many
+        self._in_flight_lock = threading.Lock()
         self._parent_metrics: list[dict] | None = None  # parents and eval set are fixed: computed once
         self.timings: dict[str, float] = {}
         self.paths: list[str] = []          # set by from_paths; the manifest records them
@@ -202,6 +206,20 @@ class MergeSession:
         stages ``statistics`` (images), ``sweeps``, ``BN reset`` (images) and ``evaluation`` (images)."""
         if config in self._results:
             return self._results[config]
+        with self._in_flight_lock:
+            self._in_flight[config] += 1
+        try:
+            return self._merge(config, progress, steps)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= Counter([config])  # drops the key at zero
+
+    def in_flight(self, config: MergeConfig) -> bool:
+        """Whether some thread is making the merge for `config` right now (a merge ahead of the slider,
+        a sweep): a caller that wants it can wait for :meth:`cached` instead of making it a second time."""
+        return config in self._in_flight
+
+    def _merge(self, config: MergeConfig, progress: Progress | None, steps: Steps | None) -> MergeResult:
         timings: dict[str, float] = {}
         if config.method == "ensemble":
             model = Ensemble([copy.deepcopy(p) for p in self.parents]).eval()

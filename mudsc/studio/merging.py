@@ -6,6 +6,7 @@ the background lets a step on a small pair find its merge ready instead of waiti
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from mudsc.diffinit.config import MergeConfig
@@ -24,6 +25,17 @@ def stage_progress(progress: Progress) -> Steps:
 def merge(session: MergeSession, config: MergeConfig, progress: Progress) -> MergeResult:
     """`session.merge(config)` reporting each stage to `progress`."""
     return session.merge(config, steps=stage_progress(progress))
+
+
+def await_in_flight(session: MergeSession, config: MergeConfig, *, timeout: float,
+                    stop: Callable[[], bool] = lambda: False) -> MergeResult | None:
+    """The merge for `config` once the thread making it now (a merge ahead, a sweep) is done, waiting at
+    most `timeout` s or until `stop()`; None if it is not ready by then. Starting a second merge of the
+    same config instead would take as long again and share the cores with the first."""
+    deadline = time.monotonic() + timeout
+    while session.in_flight(config) and time.monotonic() < deadline and not stop():
+        time.sleep(0.01)
+    return session.cached(config)
 
 
 def alpha_neighbours(config: MergeConfig, *, step: float, radius: int) -> list[MergeConfig]:
