@@ -3,6 +3,7 @@ Figures only; every number comes in as an argument. Vector-safe traces (no WebGL
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -109,6 +110,8 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, x: str, current: Any, x_titl
 
     `selected` (the point chosen on held-out training images, :mod:`mudsc.diffinit.selection`) gets a
     dashed line beside the current one. Categorical `x` values (cut names) keep the order of `rows`.
+    Built as one figure dict: it is redrawn at every alpha step, and plotly's add_hline/add_vline and a
+    template looked up by name cost several times the rest.
     """
     if not rows:
         raise ConfigError("a sweep figure needs at least one row")
@@ -117,36 +120,49 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, x: str, current: Any, x_titl
     if missing:
         raise ConfigError(f"sweep rows lack {missing}")
     xs = [r[x] for r in rows]
-    fig = go.Figure()
-    for key, name, colour in (("joint_acc", "joint", MERGED), ("per_task_acc", "per-task", TASK_COLOURS[0])):
-        fig.add_trace(go.Scatter(x=xs, y=[100 * r[key] for r in rows], mode="lines+markers", name=name,
-                                 line=dict(color=colour, width=2), marker=dict(size=7),
-                                 hovertemplate=f"{x_title} %{{x}}<br>{name} %{{y:.1f}}%<extra></extra>"))
+    data = [dict(type="scatter", x=xs, y=[100 * r[key] for r in rows], mode="lines+markers", name=name,
+                 line=dict(color=colour, width=2), marker=dict(size=7),
+                 hovertemplate=f"{x_title} %{{x}}<br>{name} %{{y:.1f}}%<extra></extra>")
+            for key, name, colour in (("joint_acc", "joint", MERGED), ("per_task_acc", "per-task", TASK_COLOURS[0]))]
+    layout: dict[str, Any] = {}
     if shares:
-        for key, name, colour in (("merged_params_share", "parameters merged", TASK_COLOURS[2]),
-                                  ("merged_flops_share", "FLOPs merged", TASK_COLOURS[1])):
-            fig.add_trace(go.Scatter(x=xs, y=[100 * r[key] for r in rows], mode="lines+markers", name=name,
-                                     yaxis="y2", line=dict(color=colour, width=1.5, dash="dash"),
-                                     marker=dict(size=5, symbol="square"),
-                                     hovertemplate=f"{x_title} %{{x}}<br>{name} %{{y:.0f}}%<extra></extra>"))
-        fig.update_layout(yaxis2=dict(title="share merged (%)", overlaying="y", side="right", range=[0, 102],
-                                      showgrid=False))
+        data += [dict(type="scatter", x=xs, y=[100 * r[key] for r in rows], mode="lines+markers", name=name,
+                      yaxis="y2", line=dict(color=colour, width=1.5, dash="dash"), marker=dict(size=5, symbol="square"),
+                      hovertemplate=f"{x_title} %{{x}}<br>{name} %{{y:.0f}}%<extra></extra>")
+                 for key, name, colour in (("merged_params_share", "parameters merged", TASK_COLOURS[2]),
+                                           ("merged_flops_share", "FLOPs merged", TASK_COLOURS[1]))]
+        layout["yaxis2"] = dict(title="share merged (%)", overlaying="y", side="right", range=[0, 102], showgrid=False)
+    shapes, notes = [], []
     for i, (name, value) in enumerate((references or {}).items()):
-        fig.add_hline(y=100 * value, line=dict(color="#4a5568", dash="dot", width=1),
-                      annotation_text=f"{name} {100 * value:.1f}%", annotation_position="bottom right"
-                      if i % 2 else "top right")
+        y = 100 * value
+        shapes.append(dict(type="line", xref="x domain", x0=0, x1=1, yref="y", y0=y, y1=y,
+                           line=dict(color="#4a5568", dash="dot", width=1)))
+        notes.append(dict(text=f"{name} {y:.1f}%", xref="x domain", x=1, yref="y", y=y, showarrow=False,
+                          xanchor="right", yanchor="top" if i % 2 else "bottom"))
     numeric = all(isinstance(v, (int, float)) for v in xs)
-    if numeric or current in xs:
-        fig.add_vline(x=current if numeric else xs.index(current), line=dict(color=CUT, width=2),
-                      annotation_text="current", annotation_position="top left")
-    if selected is not None and (numeric or selected in xs):
-        fig.add_vline(x=selected if numeric else xs.index(selected), line=dict(color=SELECTED, width=2, dash="dash"),
-                      annotation_text="chosen on training images", annotation_position="bottom right",
-                      annotation_font_color=SELECTED)
-    fig.update_layout(template="plotly_white", height=360, margin=dict(l=60, r=60 if shares else 20, t=80, b=50),
-                      xaxis_title=x_title, yaxis=dict(title="held-out accuracy (%)", range=[0, 102]),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.04, x=0),
-                      title=dict(text=title or "", font=dict(size=14), y=0.97, yanchor="top"))
+    for value, colour, dash, text, top in ((current, CUT, "solid", "current", True),
+                                           (selected, SELECTED, "dash", "chosen on training images", False)):
+        if value is None or not (numeric or value in xs):
+            continue
+        at = value if numeric else xs.index(value)
+        shapes.append(dict(type="line", xref="x", x0=at, x1=at, yref="y domain", y0=0, y1=1,
+                           line=dict(color=colour, width=2, dash=dash)))
+        notes.append(dict(text=text, xref="x", x=at, yref="y domain", y=1 if top else 0, showarrow=False,
+                          xanchor="right" if top else "left", yanchor="top" if top else "bottom",
+                          font=dict(color=colour) if not top else {}))
+    layout.update(template=_white(), height=360, margin=dict(l=60, r=60 if shares else 20, t=80, b=50),
+                  xaxis=dict(title=x_title), yaxis=dict(title="held-out accuracy (%)", range=[0, 102]),
+                  legend=dict(orientation="h", yanchor="bottom", y=1.04, x=0),
+                  title=dict(text=title or "", font=dict(size=14), y=0.97, yanchor="top"),
+                  shapes=shapes, annotations=notes)
     if not numeric:
-        fig.update_xaxes(type="category", categoryorder="array", categoryarray=xs)
-    return fig
+        layout["xaxis"].update(type="category", categoryorder="array", categoryarray=xs)
+    return go.Figure(dict(data=data, layout=layout))
+
+
+@functools.cache
+def _white() -> go.layout.Template:
+    """plotly's ``plotly_white`` template, looked up once."""
+    import plotly.io as pio
+
+    return pio.templates["plotly_white"]
