@@ -107,7 +107,8 @@ def knobs_and_result(session: MergeSession, key: tuple, method: str, cut: str) -
         if steps and spec.takes("alpha") and merging.worth_ahead(result):
             ahead = jobs().get("ahead")
             if ahead is None or ahead.tag != config:
-                near = merging.alpha_neighbours(config, step=ALPHA_STEP, radius=steps)
+                toward = 1 if ahead is not None and ahead.tag.alpha < config.alpha else -1
+                near = merging.alpha_neighbours(config, step=ALPHA_STEP, radius=steps, toward=toward)
                 start_job("ahead", lambda progress, cancel: merging.merge_ahead(session, near, progress),
                           tag=config, wait=False, background=True)
     rows = cached_metric_rows(key, result.config, session, result)

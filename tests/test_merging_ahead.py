@@ -10,6 +10,8 @@ def test_alpha_neighbours_nearest_first_inside_the_range_rounded_like_the_slider
     assert [c.alpha for c in near] == [0.05, 0.15, 0.0, 0.2, 0.25]  # -0.05 is outside [0, 1]
     assert all(c.model_copy(update={"alpha": 0.1}) == make_config(method="mudsc-zip", alpha=0.1) for c in near)
     assert [c.alpha for c in alpha_neighbours(make_config(alpha=0.7), step=0.05, radius=1)] == [0.65, 0.75]
+    up = alpha_neighbours(make_config(alpha=0.7), step=0.05, radius=2, toward=1)  # the slider last moved up
+    assert [c.alpha for c in up] == [0.75, 0.65, 0.8, 0.6]
 
 
 def test_only_cheap_merges_are_made_ahead():

@@ -38,13 +38,14 @@ def await_in_flight(session: MergeSession, config: MergeConfig, *, timeout: floa
     return session.cached(config)
 
 
-def alpha_neighbours(config: MergeConfig, *, step: float, radius: int) -> list[MergeConfig]:
+def alpha_neighbours(config: MergeConfig, *, step: float, radius: int, toward: int = -1) -> list[MergeConfig]:
     """`config` at alpha -step, +step, -2 step, +2 step, ... up to `radius` steps (nearest first, inside
-    [0, 1], rounded as the slider rounds its values)."""
+    [0, 1], rounded as the slider rounds its values); with `toward` = +1 the side above comes first at
+    each distance (the way the slider last moved, where its next step most likely goes)."""
     digits = len(f"{step:g}".partition(".")[2])
     out = []
     for k in range(1, radius + 1):
-        for sign in (-1, 1):
+        for sign in ((1, -1) if toward > 0 else (-1, 1)):
             a = round(config.alpha + sign * k * step, digits)
             if 0.0 <= a <= 1.0:
                 out.append(config.model_copy(update={"alpha": a}))
