@@ -28,10 +28,9 @@ from typing import Any
 
 from mudsc.unitgraph.fx import shape_of, tap_of
 from mudsc.unitgraph.types import AxisRef, Tap
-from mudsc.unitgraph.values import OPAQUE, Opaque, Param, Rotated, Scores, Seg, Split, Val
+from mudsc.unitgraph.values import OPAQUE, TENSORS, Opaque, Param, Rotated, Scores, Seg, Split, Val
 
 _LABELS = {2: ("k", "v"), 3: ("q", "k", "v")}
-_TENSORS = (Val, Param, Opaque, Split, Rotated, Scores)
 
 
 def _index_map(src: tuple[int, ...], dst: tuple[int, ...], idx: tuple) -> tuple[dict[int, int], set[int]] | None:
@@ -148,7 +147,7 @@ class HeadRules:
         self.spaces.tie(hq.cand, v.cands[0], self.node)
         mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
         node = self.node.kwargs.get("attn_mask", self.node.args[3] if len(self.node.args) > 3 else None)
-        if (isinstance(mask, _TENSORS) and shape_of(node) is not None  # an optional mask traced as an input, None
+        if (isinstance(mask, TENSORS) and shape_of(node) is not None  # an optional mask traced as an input, None
                 and not self.on_heads(Scores(hq.ndim, hq.hdim, hq.cand, hq.heads), mask, node, hq.ndim)):
             return self.unknown(args, kwargs)  # a mask that differs per head in a way no rule follows
         return Split(v.ndim, v.dims, v.cands, (None,), v.heads)
@@ -235,7 +234,7 @@ class HeadRules:
             return self.rotate(replace(ha, tap=ha.tap or hb.tap), ndim)
         x = heads[0]
         other, node = next((a, n) for a, n in zip(args, self.node.args) if a is not x)
-        if not isinstance(other, _TENSORS):
+        if not isinstance(other, TENSORS):
             return x  # a number
         if not isinstance(other, Opaque):
             return self.unknown(*args)

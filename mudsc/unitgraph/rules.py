@@ -18,10 +18,10 @@ import torch.fx as fx
 from torch import nn
 
 from mudsc.unitgraph.fx import shape_of, tap_of
-from mudsc.unitgraph.heads import _TENSORS, HeadRules
+from mudsc.unitgraph.heads import HeadRules
 from mudsc.unitgraph.spaces import Spaces
 from mudsc.unitgraph.types import AxisRef
-from mudsc.unitgraph.values import OPAQUE, Opaque, Param, ParamCat, Rotated, Scores, Seg, Split, Val
+from mudsc.unitgraph.values import OPAQUE, TENSORS, Opaque, Param, ParamCat, Rotated, Scores, Seg, Split, Val
 
 _CONV = (nn.modules.conv._ConvNd,)
 _NORM = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -167,7 +167,7 @@ class Walker(HeadRules):
             args = args[:1]  # the other tensor gives only its dtype: its channels are not read
         if name == "getitem" and isinstance(x, (tuple, list)):
             return x[args[1]] if isinstance(args[1], int) else self.unknown(x)
-        tensors = [a for a in _flat((args, kwargs)) if isinstance(a, _TENSORS)]
+        tensors = [a for a in _flat((args, kwargs)) if isinstance(a, TENSORS)]
         if not tensors:
             return None if name in _NO_TENSOR or shape_of(self.node) is None else OPAQUE
         if name == "getattr":

@@ -150,8 +150,9 @@ class UnitGraph:
         """A graph from :meth:`to_dict` output or a hand-written spec; spaces keep the listed order.
 
         Required per space: ``name``, ``size``, ``producers``, ``taps``; refs need ``param``, ``axis``,
-        ``role``. ``"rigid": true`` lets a space's groups move only as wholes (rotary q/k heads). Cut ``merged_spaces`` default to the spaces up to and including the cut's space,
-        ``dim`` (the channel dim of the cut tensor) to 1.
+        ``role``. ``"rigid": true`` lets a space's groups move only as wholes (rotary q/k heads). Cut
+        ``merged_spaces`` default to the spaces up to and including the cut's space, ``dim`` (the channel
+        dim of the cut tensor) to 1.
         """
         try:
             spaces = []

@@ -93,3 +93,6 @@ class Rotated:
     cand: int
     heads: int
     tap: Tap | None
+
+
+TENSORS = (Val, Param, Opaque, Split, Rotated, Scores)  # every value that stands for a tensor
