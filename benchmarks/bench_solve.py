@@ -3,7 +3,7 @@ cached statistics, with the solve's sweeps and score history, and the final matc
 versions of the code can be compared space by space (``--compare``).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/bench_solve.py --threads 1 --save runs/solve_new.pt \
-        [--compare runs/solve_old.pt] [--profile]
+        [--compare runs/solve_old.pt] [--profile] [--patience 1 2 3 5]
 
 Two random-init ``timm:resnet50`` parents (as in bench_scale.py), 64x64 random images.
 """
@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=64)
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--methods", nargs="+", default=["zipit", "mudsc-zip"])
+    ap.add_argument("--patience", type=int, nargs="+", default=[5],
+                    help="the iterative solve's stopping patience(s) (published: 5); one solve per value")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--save", help="write the final matches (per method, per space: the assignment) here")
     ap.add_argument("--compare", help="a file --save wrote, from another version of the code")
@@ -54,23 +56,26 @@ def main() -> None:
     print(f"{args.arch} {img}px, {args.images} statistics images: statistics {time.perf_counter() - t0:.1f} s")
     spaces = session.spaces_for("full")
     saved, times = {}, {}
-    for method in args.methods:
+    runs = [(m, k) for m in args.methods for k in (args.patience if make_config(method=m).iterative else [5])]
+    for method, k in runs:
         prof = cProfile.Profile() if args.profile else None
         t0 = time.perf_counter()
         if prof:
             prof.enable()
-        sol = solve(session.sds, session.graph, spaces, make_config(method=method), act_corr=act, device="cpu")
+        sol = solve(session.sds, session.graph, spaces, make_config(method=method, patience=k), act_corr=act,
+                    device="cpu")
         if prof:
             prof.disable()
-        times[method] = time.perf_counter() - t0
-        print(f"{method}: match {times[method]:.2f} s, {sol.sweeps} sweeps, "
+        name = method if k == 5 else f"{method} (patience {k})"
+        times[name] = time.perf_counter() - t0
+        print(f"{name}: match {times[name]:.2f} s, {sol.sweeps} sweeps, "
               f"history {[round(h, 5) for h in sol.history]}")
         if prof:
             pstats.Stats(prof).sort_stats("tottime").print_stats(20)
-        saved[method] = {s: m.assignment() for s, m in sol.matches.items()}
+        saved[name] = {s: m.assignment() for s, m in sol.matches.items()}
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB")
-    if "zipit" in times and "mudsc-zip" in times:
-        print(f"mudsc-zip match / zipit match = {times['mudsc-zip'] / times['zipit']:.1f}x")
+    for name in [n for n in times if n.startswith("mudsc-zip")] if "zipit" in times else []:
+        print(f"{name} match / zipit match = {times[name] / times['zipit']:.1f}x")
     if args.save:
         torch.save(saved, args.save)
     if args.compare:

@@ -1,6 +1,6 @@
 """The studio in a browser from an empty cache: time to the merged demo, and how fast alpha updates the page.
 
-Run by hand:  .venv/bin/python benchmarks/bench_studio.py [--repeats 5]
+Run by hand:  .venv/bin/python benchmarks/bench_studio.py [--repeats 5] [--pace 2]
 Starts ``streamlit run app.py`` with an empty ``$MUDSC_HOME`` (so the demo pair is trained), drives
 Debian's Chromium through Playwright: load the demo, open Merge, wait for the metrics; then moves the
 alpha slider one step at a time and times each step until the page shows the new merge. Prints a
@@ -42,6 +42,9 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5, help="alpha steps to time")
+    ap.add_argument("--pace", type=float, default=0.0,
+                    help="seconds to wait after each step settles before the next (0: press at once; a human "
+                         "scrubbing alpha steps every second or so, so merges ahead of the slider get time to land)")
     args = ap.parse_args()
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as home:
@@ -85,11 +88,13 @@ def main() -> None:
                         timeout=60_000)
                     steps.append(time.perf_counter() - t0)
                     _settled(page)
+                    time.sleep(args.pace)
                 browser.close()
         finally:
             proc.terminate()
             proc.wait(timeout=20)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average at start {load:.1f}")
+    print(f"alpha steps: {' '.join(f'{s:.2f}' for s in steps)} s, {args.pace:g} s between steps")
     print("| server healthy s | page drawn s | demo trained + session ready s | merged demo shown s | "
           "alpha step to new merge s (median, max) |")
     print("|---|---|---|---|---|")

@@ -261,6 +261,17 @@ def rerun_requested() -> bool:
     return getattr(state, "name", None) in ("RERUN", "STOP")
 
 
+def drop_stale_run() -> None:
+    """End this fragment run at once when the browser already asked for a newer one (the slider moved
+    on while it waited): drawing a setting the user has left only delays the one they are on. Full
+    runs of the page go on, as Streamlit reruns a fragment alone only from inside a fragment run."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    if rerun_requested() and ctx is not None and ctx.fragment_ids_this_run:
+        st.rerun(scope="fragment")
+
+
 def running(name: str) -> Tracked | None:
     t = jobs().get(name)
     return t if t is not None and t.job.running else None

@@ -23,6 +23,7 @@ from pages._state import (
     cached_cut_costs,
     cached_metric_rows,
     cached_network_figure,
+    drop_stale_run,
     figures,
     job_status,
     jobs,
@@ -94,6 +95,7 @@ def knobs_and_result(session: MergeSession, key: tuple, method: str, cut: str) -
     fresh = take("merge", tag=config)
     if fresh is not None:
         st.session_state["result"] = result = fresh
+    drop_stale_run()
 
     st.subheader("Result")
     job_status("merge", "Merging")

@@ -103,3 +103,30 @@ def test_ordinals_and_a_bad_slot_count():
         "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st", "111th"]
     with pytest.raises(ConfigError, match="at least 1"):
         Slots(0)
+
+
+def test_background_work_runs_at_the_lowest_cpu_priority_and_foreground_work_does_not():
+    import os
+    import platform
+    import threading
+
+    import pytest
+    import torch
+
+    if platform.system() != "Linux":
+        pytest.skip("per-thread priorities are a Linux feature")
+
+    def priorities(progress, cancel):
+        box = {}
+        # a thread the job starts (torch's workers are such threads) inherits the job's priority
+        worker = threading.Thread(target=lambda: box.update(worker=os.getpriority(os.PRIO_PROCESS,
+                                                                                   threading.get_native_id())))
+        worker.start()
+        worker.join()
+        torch.ones(64, 64) @ torch.ones(64, 64)
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), box["worker"]
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert Job("ahead", priorities, background=True).start().wait(10).result == (19, 19)
+    assert Job("asked", priorities).start().wait(10).result == (base, base)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the caller is untouched

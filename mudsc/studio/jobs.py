@@ -5,8 +5,9 @@ the page script never loses running or finished work. No Streamlit here.
 Heavy work shares the machine: every job first takes one of a fixed number of :class:`Slots`
 (``$MUDSC_MAX_JOBS``, default 1, process-wide), so two cores run one merge at a time instead of
 thrashing between several; the rest wait in line and report their place. Background jobs (work done
-ahead of need) wait behind every foreground one and hand their slot over at their next progress report
-when a foreground job is waiting.
+ahead of need) wait behind every foreground one, hand their slot over at their next progress report
+when a foreground job is waiting, and run at the lowest CPU priority, so that the page they are
+ahead of (and a browser on the same machine) draws first.
 """
 from __future__ import annotations
 
@@ -90,6 +91,16 @@ def heavy_slots() -> Slots:
     return _SLOTS[0]
 
 
+def idle_priority() -> None:
+    """Give the calling thread, and the torch worker threads it starts from now on, the lowest CPU
+    priority (nice 19) where the system sets it per thread (Linux); elsewhere, nothing."""
+    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id") and os.uname().sysname == "Linux":
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:  # a sandbox may forbid it; the job still runs, at normal priority
+            pass
+
+
 class Job:
     """``work(progress, cancel_event) -> result`` on a daemon thread, once it holds one of `slots`.
 
@@ -132,6 +143,8 @@ class Job:
 
     def _run(self) -> None:
         held = False
+        if self.background:
+            idle_priority()
         try:
             if self.slots is not None:
                 self.slots.acquire(self)
