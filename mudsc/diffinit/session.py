@@ -24,7 +24,7 @@ from mudsc.errors import ConfigError, DataError
 from mudsc.evaluate import TaskMetrics, count_flops, multitask_metrics, predict
 from mudsc.models.heads import shares_output_space
 from mudsc.models.multihead import Ensemble, build_multihead, multihead_state
-from mudsc.unitgraph import UnitGraph, trace
+from mudsc.unitgraph import UnitGraph, split, trace
 
 Progress = Callable[[str, float], None]  # (stage description, fraction done): the studio's jobs
 Steps = Callable[[str, int, int], None]  # (stage, done, total): the CLI's bars
@@ -147,6 +147,7 @@ class MergeSession:
         self._in_flight: Counter[MergeConfig] = Counter()  # merges being made now, by any thread: how many
         self._in_flight_lock = threading.Lock()
         self._parent_metrics: list[dict] | None = None  # parents and eval set are fixed: computed once
+        self._splits: dict[str, list[tuple[nn.Module, nn.Module]]] = {}  # each parent's (trunk, head), by cut
         self.timings: dict[str, float] = {}
         self.paths: list[str] = []          # set by from_paths; the manifest records them
         self.specs: list[dict | None] = []  # from_paths: the specs plain state dicts were loaded with
@@ -261,7 +262,7 @@ class MergeSession:
         else:
             heads = [head_state(sd, self.graph, config.cut, {s: m.parts()[i] for s, m in solution.matches.items()})
                      for i, sd in enumerate(self.sds)]
-            model = build_multihead(self.parents, self.graph, config.cut, merged, heads)
+            model = build_multihead(self.parents, self.graph, config.cut, merged, heads, splits=self._split(config.cut))
             state = multihead_state(self.graph, config.cut, merged, heads)
         timings["fuse"] = time.perf_counter() - t0
         if config.reset_bn:
@@ -276,6 +277,12 @@ class MergeSession:
         result = self._finish(config, model, state, solution, spaces, timings, progress, steps)
         self._remember(config, result)
         return result
+
+    def _split(self, cut: str) -> list[tuple[nn.Module, nn.Module]]:
+        """Each parent split at `cut`, traced once per session: every merge up to that cut copies them."""
+        if cut not in self._splits:
+            self._splits[cut] = [split(p, self.graph, cut) for p in self.parents]
+        return self._splits[cut]
 
     def cached(self, config: MergeConfig) -> MergeResult | None:
         """The merge for `config` if this session still holds it, else None (no work either way)."""

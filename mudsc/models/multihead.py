@@ -65,24 +65,35 @@ class MultiHeadModel(nn.Module):
 
 
 def build_multihead(parents: list[nn.Module], graph: UnitGraph, cut: str, merged: dict[str, Tensor],
-                    heads: list[dict[str, Tensor]]) -> MultiHeadModel:
+                    heads: list[dict[str, Tensor]], *,
+                    splits: list[tuple[nn.Module, nn.Module]] | None = None) -> MultiHeadModel:
     """A multi-head model: parent 0's architecture with the `merged` tensors as trunk, and parent i's
     architecture with `heads[i]` as head i: its tensors with the cut space unmerged, or its own
-    tensors plus ``U_i`` under :data:`UNMERGE` at a cut inside a residual stream."""
-    trunk_model = copy.deepcopy(parents[0])
-    trunk_model.load_state_dict({k: v for k, v in merged.items() if k != UNMERGE})
-    trunk, _ = split(trunk_model.eval(), graph, cut)
+    tensors plus ``U_i`` under :data:`UNMERGE` at a cut inside a residual stream.
+
+    `splits`: each parent's ``(trunk, head)`` at `cut` (:func:`~mudsc.unitgraph.split`), for a caller
+    that builds many merges of the same parents (tracing them is most of the cost); their tensors
+    are copied, never changed."""
+    if splits is None:
+        splits = [split(p.eval(), graph, cut) for p in parents]
+    trunk = _with_tensors(splits[0][0], {k: v for k, v in merged.items() if k != UNMERGE})
     head_mods = []
-    for parent, sd in zip(parents, heads):
-        m = copy.deepcopy(parent)
+    for (_, part), sd in zip(splits, heads):
         sd = dict(sd)
         u = sd.pop(UNMERGE, None)
-        m.load_state_dict(sd)
-        head = split(m.eval(), graph, cut)[1]
-        dtype = next(iter(m.state_dict().values())).dtype
+        head = _with_tensors(part, sd)
+        dtype = next(iter(sd.values())).dtype
         head_mods.append(head if u is None else _with_unmerge(head, u.to(dtype), graph.cut(cut).dim))
     return MultiHeadModel(trunk, head_mods, [tuple(p.output_classes) for p in parents],
                           [tuple(p.classes) for p in parents]).eval()
+
+
+def _with_tensors(part: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """A copy of `part` holding the tensors of `state` that it has (all of its own must be there)."""
+    out = copy.deepcopy(part)
+    own = out.state_dict()
+    out.load_state_dict({k: v for k, v in state.items() if k in own})
+    return out.eval()
 
 
 def multihead_state(graph: UnitGraph, cut: str, merged: dict[str, Tensor],
