@@ -38,6 +38,7 @@ from pages._state import (
 
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 ALPHA_STEP = 0.05
+PUBLISHED_PATIENCE = MergeConfig.model_fields["patience"].default
 
 
 @st.fragment
@@ -71,10 +72,17 @@ def knobs_and_result(session: MergeSession, key: tuple, method: str, cut: str) -
                                                                   format="%.2f")})
     overrides = {r["unit space"]: float(r["alpha"]) for r in edited
                  if r["alpha"] is not None and r["alpha"] == r["alpha"]}
+    with st.expander("Iterative solve", expanded=config.patience != PUBLISHED_PATIENCE):
+        patience = st.number_input(
+            "Stop after this many sweeps without improvement", min_value=1, max_value=100, step=1,
+            key="m_patience", disabled=not spec.takes("patience"),
+            help=f"The stopping rule of MuDSC's and Git Re-Basin's sweeps across layers; the papers use "
+                 f"{PUBLISHED_PATIENCE}. Fewer sweeps make a paper-scale pair quicker to scrub, and may stop "
+                 "before a later, better sweep (benchmarks/RESULTS.md, \"The iterative solve's stopping patience\").")
     try:
         config = make_config(**{**config.model_dump(), "method": method, "alpha": float(alpha), "mix": mix,
                                 "zip_a": float(zip_a), "zip_b": float(zip_b), "alpha_overrides": overrides,
-                                "cut": cut})
+                                "cut": cut, "patience": int(patience)})
         st.session_state["config"] = config
     except MudscError as e:
         st.error(str(e))
@@ -201,7 +209,8 @@ if config.cut not in cuts or any(n not in space_names for n, _ in config.alpha_o
     config = make_config(**{**config.model_dump(), "cut": "full", "alpha_overrides": ()})
 st.session_state["config"] = config
 for widget, value in {"m_method": config.method, "m_alpha": config.alpha, "m_mix": config.mix,
-                      "m_zip_a": config.zip_a, "m_zip_b": config.zip_b, "m_cut": config.cut}.items():
+                      "m_zip_a": config.zip_a, "m_zip_b": config.zip_b, "m_cut": config.cut,
+                      "m_patience": config.patience}.items():
     st.session_state.setdefault(widget, value)  # widgets mirror the config; a page switch deleted their keys
 
 st.title("Merge")

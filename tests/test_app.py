@@ -369,7 +369,15 @@ def test_merge_page_remerges_on_alpha_and_cut(merge_session):
     assert metrics["joint"].iloc[-1] > metrics["joint"].iloc[1]  # the ensemble beats a single parent jointly
 
     at.slider(key="m_alpha").set_value(0.2).run()
-    assert at.session_state["result"].config.alpha == 0.2
+    published = at.session_state["result"]
+    assert published.config.alpha == 0.2 and published.config.patience == 5
+
+    # a smaller patience stops the same seeded sweeps earlier: its history is a prefix of the published one
+    at.number_input(key="m_patience").set_value(1).run()
+    early = at.session_state["result"].solution
+    assert at.session_state["result"].config.patience == 1 and early.sweeps < published.solution.sweeps
+    assert early.history == published.solution.history[:early.sweeps]
+    at.number_input(key="m_patience").set_value(5).run()
 
     at.select_slider(key="m_cut").set_value("layer2").run()
     result = at.session_state["result"]
