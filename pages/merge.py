@@ -88,6 +88,7 @@ def knobs_and_result(session: MergeSession, key: tuple, method: str, cut: str) -
         st.error(str(e))
 
     # ------------------------------------------------------------------------- the merge
+    drop_stale_run()  # the slider moved on already: start no merge for a setting it has left
     result = st.session_state.get("result")
     tracked = jobs().get("merge")
     if result is None or result.config != config:
