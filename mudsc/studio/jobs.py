@@ -6,12 +6,13 @@ Heavy work shares the machine: every job first takes one of a fixed number of :c
 (``$MUDSC_MAX_JOBS``, default 1, process-wide), so two cores run one merge at a time instead of
 thrashing between several; the rest wait in line and report their place. Background jobs (work done
 ahead of need) wait behind every foreground one, hand their slot over at their next progress report
-when a foreground job is waiting, and run at the lowest CPU priority, so that the page they are
-ahead of (and a browser on the same machine) draws first.
+when a foreground job is waiting, and run at the lowest CPU priority (on Linux), so that the page they
+are ahead of (and a browser on the same machine) draws first.
 """
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import traceback
@@ -94,7 +95,7 @@ def heavy_slots() -> Slots:
 def idle_priority() -> None:
     """Give the calling thread, and the torch worker threads it starts from now on, the lowest CPU
     priority (nice 19) where the system sets it per thread (Linux); elsewhere, nothing."""
-    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id") and os.uname().sysname == "Linux":
+    if sys.platform == "linux":
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         except OSError:  # a sandbox may forbid it; the job still runs, at normal priority
