@@ -82,8 +82,10 @@ def build_multihead(parents: list[nn.Module], graph: UnitGraph, cut: str, merged
         sd = dict(sd)
         u = sd.pop(UNMERGE, None)
         head = _with_tensors(part, sd)
-        dtype = next(iter(sd.values())).dtype
-        head_mods.append(head if u is None else _with_unmerge(head, u.to(dtype), graph.cut(cut).dim))
+        if u is not None:  # U_i in the head's float type (a checkpoint's keys may start with an int counter)
+            dtype = next(v.dtype for v in sd.values() if v.is_floating_point())
+            head = _with_unmerge(head, u.to(dtype), graph.cut(cut).dim)
+        head_mods.append(head)
     return MultiHeadModel(trunk, head_mods, [tuple(p.output_classes) for p in parents],
                           [tuple(p.classes) for p in parents]).eval()
 
