@@ -2,6 +2,7 @@
 statistics pass against its floor, match, fuse, BatchNorm reset and peak memory.
 
     python benchmarks/bench_scale.py [--device cuda] [--images 256] [--models resnet50 vitb16] [--methods zipit mudsc-zip]
+        [--remerge-alpha 0.3]
 
 The floor of the statistics pass is the parents' plain forward passes over the same images plus the
 correlation products it needs (sum over spaces and taps of positions * (N C)^2 multiply-adds) at the
@@ -95,11 +96,18 @@ def one(args) -> dict:
     t = result.timings
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    remerge = None
+    if args.remerge_alpha is not None and make_config(method=method).iterative:
+        # what a step of the alpha slider costs: the whole merge at a new alpha, statistics cached
+        t0 = time.perf_counter()
+        session.merge(config.model_copy(update={"alpha": args.remerge_alpha}))
+        sync()
+        remerge = time.perf_counter() - t0
     return {"model": args.one[0], "method": method, "device": str(device), "images": len(x),
             "forward_s": forward, "products_s": products, "floor_s": forward + products, "stats_s": stats,
             "match_s": t["match"], "fuse_s": t["fuse"], "bn_reset_s": t.get("bn_reset", 0.0),
             "sweeps": result.solution.sweeps if result.solution else 0, "peak_gib": peak / 2 ** 30,
-            "estimate_gib": estimate / 2 ** 30, "img": img,
+            "estimate_gib": estimate / 2 ** 30, "img": img, "remerge_s": remerge,
             "spaces": len(session.graph.spaces)}
 
 
@@ -113,6 +121,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["zipit", "mudsc-zip"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--img-size", type=int, default=0, help="input size for every model (0: each model's own)")
+    ap.add_argument("--remerge-alpha", type=float, default=None,
+                    help="also time an iterative method's whole merge again at this alpha (statistics cached)")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -134,6 +144,8 @@ def main() -> None:
                        "--images", str(args.images), "--eval-images", str(args.eval_images),
                        "--batch-size", str(args.batch_size), "--threads", str(args.threads),
                        "--img-size", str(img)]
+                if args.remerge_alpha is not None:
+                    cmd += ["--remerge-alpha", str(args.remerge_alpha)]
                 run = subprocess.run(cmd, capture_output=True, text=True)
                 if run.returncode:
                     sys.exit(f"{name} {method} failed:\n{run.stderr}")
@@ -151,7 +163,13 @@ def main() -> None:
     for name in args.models:
         by = {r["method"]: r for r in rows if r["model"] == name}
         if "zipit" in by and "mudsc-zip" in by:
-            print(f"{name}: mudsc-zip match / zipit match = {by['mudsc-zip']['match_s'] / by['zipit']['match_s']:.1f}x")
+            mz, z = by["mudsc-zip"], by["zipit"]
+            print(f"{name}: mudsc-zip match / zipit match = {mz['match_s'] / z['match_s']:.1f}x "
+                  f"({mz['match_s'] / max(mz['sweeps'], 1) / z['match_s']:.1f}x per sweep, {mz['sweeps']} sweeps)")
+        for r in by.values():
+            if r["remerge_s"] is not None:
+                print(f"{name}: {r['method']} re-merge at alpha {args.remerge_alpha} from cached statistics "
+                      f"{r['remerge_s']:.2f} s")
 
 
 if __name__ == "__main__":
