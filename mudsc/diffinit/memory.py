@@ -2,8 +2,8 @@
 is refused with the size it needs (as the landscape refuses a grid) instead of failing mid-way.
 
 The statistics pass holds one batch of every parent's tapped activations (measured by one probe
-image), a forward's working set, float32 copies of the largest space's features, and the float64
-moment sums of every space; the iterative solve holds one [O, O] Gram part per descriptor group of
+image), a forward's working set, float32 copies of the largest space's features, and per space the
+float64 moment sums and the float32 products of its parent blocks i <= j since they were last added; the iterative solve holds one [O, O] Gram part per descriptor group of
 every space (:class:`~mudsc.diffinit.descriptor_cache.DescriptorCache`), one group's descriptor
 columns while it is computed, the activation correlations, the dense merge/unmerge maps of the
 current and the best solutions, and a few [O, O] work matrices; fusion holds N + 1 copies of the
@@ -55,7 +55,8 @@ def merge_memory(parents: list[nn.Module], graph: UnitGraph, spaces: list[str], 
         keep = {s: min(p, config.stats_positions or p) for s, p in positions.items()}
         rows = max(batch_size * keep[s] * size[s] * 4 for s in spaces)
         need["statistics"] = (n * batch_size * taps + 3 * batch_size * largest + rows
-                              + sum(8 * (size[s] ** 2 + size[s]) for s in spaces) + 4 * max(size[s] ** 2 for s in spaces))
+                              + sum(8 * (size[s] ** 2 + size[s]) for s in spaces)  # float64 moment sums
+                              + sum(4 * size[s] ** 2 * (n + 1) // (2 * n) for s in spaces))  # float32 parts i <= j
     sd = parents[0].state_dict()
     if config.iterative:
         width = {s: sum(sd[r.param].numel() // sd[r.param].shape[r.axis] * r.repeat for r in descriptor_refs(graph, s))

@@ -5,9 +5,10 @@ Pearson correlation of their activations over the same inputs: the features of a
 merge point are stacked into F [O, L] (O = sum of widths; L = images x spatial positions or tokens,
 every position a sample) and Corr = Cov / (std std^T) with Cov = E[F F^T] - E[F] E[F]^T. Here the
 moments are exact single-pass sums (the published code averages per-batch moments, which is close but
-not exact): the products F F^T run on the compute device in float32 over chunks of at most
-``chunk_size`` samples, and each chunk's product is added to float64 sums, so rounding grows with the
-chunk, not with L. Only the N (N + 1) / 2 parent blocks i <= j are computed (the sums are symmetric).
+not exact): the products F F^T run on the compute device in float32, accumulated over at most
+``chunk_size`` samples (across taps and batches) before they are added to float64 sums, so rounding
+grows with the chunk, not with L; the feature sums are float32 over blocks of ``SUM_BLOCK`` samples,
+float64 across them. Only the N (N + 1) / 2 parent blocks i <= j are computed (the sums are symmetric).
 
 The pass accumulates :class:`MomentSums` (float64) and then :func:`finalise` turns them into
 correlations; a pass split over several workers sums their :class:`MomentSums` before finalising.
@@ -27,6 +28,7 @@ from mudsc.errors import DataError
 from mudsc.unitgraph import UnitGraph, observed
 
 CHUNK = 2048  # samples per float32 product; the moment test bounds the rounding this leaves
+SUM_BLOCK = 32  # samples per float32 partial sum of the features
 
 
 @dataclass
@@ -56,9 +58,10 @@ class MomentSums:
 
 
 def correlation(sum_x: Tensor, sum_xx: Tensor, n: int, *, eps: float = 1e-7) -> tuple[Tensor, Tensor, Tensor]:
-    """[O], [O, O], count -> (corr [O, O], mean [O], std [O]) from first and second moment sums."""
+    """[O], [O, O], count -> (corr [O, O], mean [O], std [O]) from first and second moment sums.
+    `sum_xx` becomes the correlation (in place: a ViT-B MLP space's [O, O] is 300 MB in float64)."""
     mean = sum_x / n
-    cov = (sum_xx / n).addr_(mean, mean, alpha=-1)  # in place: a ViT-B MLP space's [O, O] is 300 MB
+    cov = sum_xx.div_(n).addr_(mean, mean, alpha=-1)
     std = cov.diagonal().clamp_min(0).sqrt()
     # Dead units (zero variance) correlate with nothing, not with everything.
     corr = cov.div_(torch.outer(std, std).clamp_min_(eps)).clamp_(-1, 1)
@@ -87,27 +90,61 @@ def _offsets(widths: list[int]) -> list[int]:
     return offs
 
 
-def add_products_(acc: Tensor, rows: list[Tensor], *, chunk_size: int = CHUNK) -> Tensor:
-    """acc [O, O] float64 += X^T X for X = [rows_0 | rows_1 | ...] ([L, n_i] each, float32), only its
-    blocks i <= j, in float32 over chunks of `chunk_size` samples; a pass over many batches mirrors
-    the others once, at its end (:func:`mirror_blocks_`)."""
-    offs = _offsets([r.shape[1] for r in rows])
-    for i, a in enumerate(rows):
-        for j in range(i, len(rows)):
-            b = rows[j]
-            block = acc[offs[i]:offs[i + 1], offs[j]:offs[j + 1]]
-            for s in range(0, a.shape[0], chunk_size):
-                block += a[s:s + chunk_size].T @ b[s:s + chunk_size]
-    return acc
+def feature_sums(rows: Tensor) -> Tensor:
+    """[L, C] float32 -> [C] float64 column sums: float32 over blocks of SUM_BLOCK rows, float64 across
+    the blocks (a float64 reduction of float32 rows converts every element and runs >10x slower)."""
+    full = len(rows) - len(rows) % SUM_BLOCK
+    out = rows[full:].sum(0, dtype=torch.float64)
+    if full:
+        out += rows[:full].reshape(-1, SUM_BLOCK, rows.shape[1]).sum(1).sum(0, dtype=torch.float64)
+    return out
 
 
-def mirror_blocks_(acc: Tensor, widths: list[int]) -> Tensor:
-    """Copy each parent block i < j of `acc` onto its block j, i, transposed (exact symmetry)."""
-    offs = _offsets(widths)
-    for i in range(len(widths)):
-        for j in range(i + 1, len(widths)):
-            acc[offs[j]:offs[j + 1], offs[i]:offs[i + 1]] = acc[offs[i]:offs[i + 1], offs[j]:offs[j + 1]].T
-    return acc
+class ProductSums:
+    """The float64 sum of X^T X over every sample added, for X = [rows_0 | rows_1 | ...] (one [L, n_i]
+    block of columns per parent): float32 products accumulate in place over at most `chunk_size`
+    samples before they are added to the float64 sum, so a pass of many small batches (deep layers
+    have few positions per image) adds to the float64 sum once per chunk, not once per batch. Only the
+    parent blocks i <= j are multiplied; :meth:`total` mirrors the others once."""
+
+    def __init__(self, widths: list[int], *, chunk_size: int = CHUNK, device=None) -> None:
+        self.offs = _offsets(widths)
+        self.chunk = chunk_size
+        o = self.offs[-1]
+        self.sum = torch.zeros(o, o, dtype=torch.float64, device=device)
+        self.parts = {(i, j): torch.empty(widths[i], widths[j], device=device)
+                      for i in range(len(widths)) for j in range(i, len(widths))}
+        self.pending = 0  # samples in `parts` not yet added to `sum`
+
+    def add(self, rows: list[Tensor]) -> None:
+        """Add the samples of `rows` (float32 [L, n_i] per parent, the same L samples)."""
+        for s in range(0, rows[0].shape[0], self.chunk):
+            piece = [r[s:s + self.chunk] for r in rows]
+            if self.pending + len(piece[0]) > self.chunk:
+                self._flush()
+            for (i, j), part in self.parts.items():
+                if self.pending:
+                    part.addmm_(piece[i].T, piece[j])
+                else:  # a fresh chunk overwrites the last one's parts
+                    torch.mm(piece[i].T, piece[j], out=part)
+            self.pending += len(piece[0])
+
+    def _flush(self) -> None:
+        if self.pending:
+            o = self.offs
+            for (i, j), part in self.parts.items():
+                self.sum[o[i]:o[i + 1], o[j]:o[j + 1]] += part
+            self.pending = 0
+
+    def total(self) -> Tensor:
+        """The [O, O] float64 sum, its blocks i > j the exact transposes of the blocks j < i."""
+        self._flush()
+        o = self.offs
+        for i, j in self.parts:
+            if j > i:
+                self.sum[o[j]:o[j + 1], o[i]:o[i + 1]] = self.sum[o[i]:o[i + 1], o[j]:o[j + 1]].T
+        self.parts = {}
+        return self.sum
 
 
 @torch.no_grad()
@@ -130,11 +167,10 @@ def accumulate_moments(models: list[nn.Module], graph: UnitGraph, images: Tensor
     names = [s.name for s in graph.spaces] if spaces is None else list(spaces)
     watched = [observed(m.to(device).eval(), graph) for m in models]
     sums: dict[str, Tensor] = {}
-    prods: dict[str, Tensor] = {}
+    prods: dict[str, ProductSums] = {}
     counts: dict[str, int] = {n: 0 for n in names}
     samples: dict[str, list[Tensor]] = {n: [] for n in names}
     kept: dict[str, int] = {n: 0 for n in names}
-    widths: dict[str, list[int]] = {}
     total = len(images)
     for start in range(0, total, batch_size):
         x = images[start:start + batch_size].to(device)
@@ -147,31 +183,30 @@ def accumulate_moments(models: list[nn.Module], graph: UnitGraph, images: Tensor
                 a = per_parent[0][name][k]
                 p = a.numel() // (a.shape[0] * a.shape[t.dim])
                 index.append(position_index(a.shape[0], p, min(positions, p), gen) if gen is not None else None)
-            rows = [torch.cat([tap_rows(a, t.dim, i) for a, t, i in zip(acts[name], space.taps, index)], 0)
-                    for acts in per_parent]
-            if name not in sums:
-                o = sum(r.shape[1] for r in rows)
-                sums[name] = torch.zeros(o, dtype=torch.float64, device=device)
-                prods[name] = torch.zeros(o, o, dtype=torch.float64, device=device)
-            sums[name] += torch.cat([r.sum(0, dtype=torch.float64) for r in rows])
-            add_products_(prods[name], rows, chunk_size=chunk_size)
-            widths[name] = [r.shape[1] for r in rows]
-            counts[name] += rows[0].shape[0]
-            if kept[name] < sample_units:
-                take = torch.cat([r[: sample_units - kept[name]] for r in rows], 1).T
-                samples[name].append(take.cpu())
-                kept[name] += take.shape[1]
-            del rows
+            for k, t in enumerate(space.taps):  # taps one by one: their samples are summed alike
+                rows = [tap_rows(acts[name][k], t.dim, index[k]) for acts in per_parent]
+                if name not in sums:
+                    widths = [r.shape[1] for r in rows]
+                    sums[name] = torch.zeros(sum(widths), dtype=torch.float64, device=device)
+                    prods[name] = ProductSums(widths, chunk_size=chunk_size, device=device)
+                sums[name] += torch.cat([feature_sums(r) for r in rows])
+                prods[name].add(rows)
+                counts[name] += rows[0].shape[0]
+                if kept[name] < sample_units:
+                    take = torch.cat([r[: sample_units - kept[name]] for r in rows], 1).T
+                    samples[name].append(take.cpu())
+                    kept[name] += take.shape[1]
+                del rows
         del per_parent  # the next batch's activations do not coexist with these
         if progress is not None:
             progress(min(start + batch_size, total), total)
-    for name in names:
-        mirror_blocks_(prods[name], widths[name])
-    return MomentSums(sums, prods, counts, total, {n: torch.cat(v, 1) for n, v in samples.items()})
+    totals = {name: prods.pop(name).total() for name in names}  # one space's float32 parts freed at a time
+    return MomentSums(sums, totals, counts, total, {n: torch.cat(v, 1) for n, v in samples.items()})
 
 
 def finalise(m: MomentSums) -> ActivationStats:
-    """Summed moments -> correlations, means and standard deviations (float32, CPU)."""
+    """Summed moments -> correlations, means and standard deviations (float32, CPU). Consumes `m`: its
+    product sums are turned into the correlations in place."""
     corr, mean, std = {}, {}, {}
     for name in m.sum_x:
         # |x_i x_j| <= (x_i^2 + x_j^2) / 2: with finite sums and diagonal every product sum is finite
