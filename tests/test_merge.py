@@ -184,3 +184,23 @@ def test_cli_errors_exit_2(tmp_path, demo_parents, capsys):
     assert "valid cuts: conv1, layer1.0, layer1.1, layer1, layer2.0" in capsys.readouterr().err
     assert main([*base, "--method", "ensemble"]) == 2
     assert "nothing to export" in capsys.readouterr().err
+
+
+def test_sweep_progress_counts_toward_the_stopping_rule(demo_parents, digits):
+    parents = [load_model(p)[0] for p in demo_parents]
+    session = MergeSession(parents, digits, stats_images=250, eval_images=200)
+    calls: list[tuple[int, int]] = []
+
+    def steps(stage: str, done: int, total: int) -> None:
+        if stage == "sweeps":
+            calls.append((done, total))
+    config = make_config(method="mudsc-zip", reset_bn=False, patience=2)
+    result = session.merge(config, steps=steps)
+    sweeps = result.solution.sweeps
+    assert [d for d, _ in calls] == list(range(1, sweeps + 1))
+    # each total is the sweeps run so far plus those the stopping rule still needs, never max_sweeps (100)
+    assert all(d < t <= d + config.patience for d, t in calls[:-1]) and calls[-1] == (sweeps, sweeps)
+    history = result.solution.history
+    for (d, t), score in zip(calls, history):
+        improved = score > max(history[:d - 1], default=float("-inf"))
+        assert improved == (t - d == config.patience) or d == sweeps

@@ -245,11 +245,12 @@ class MergeSession:
                                         seed=config.seed).corr
         t0 = time.perf_counter()
 
-        def cb(sweep: int, score: float) -> None:
+        def cb(sweep: int, score: float, left: int) -> None:
+            # the total grows while sweeps improve: done / (done + the sweeps the stopping rule still needs)
             if progress:
-                progress(f"sweep {sweep}, score {score:.4f}", sweep / config.max_sweeps)
+                progress(f"sweep {sweep}, score {score:.4f}", sweep / (sweep + left))
             if steps:
-                steps("sweeps", sweep, config.max_sweeps)
+                steps("sweeps", sweep, sweep + left)
         solution = solve(self.sds, self.graph, spaces, config, act_corr=act, device=self.device,
                          progress=cb if progress or steps else None)
         timings["match"] = time.perf_counter() - t0

@@ -78,12 +78,13 @@ def _same_match(a: Match, b: Match) -> bool:
 
 def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], config: MergeConfig, *,
           act_corr: dict[str, Tensor] | None = None, device=None,
-          progress: Callable[[int, float], None] | None = None) -> Solution:
+          progress: Callable[[int, float, int], None] | None = None) -> Solution:
     """Solve `spaces` for the parents `sds` as `config.method` prescribes.
 
     `act_corr[space]` is the [O, O] activation correlation (needed unless the method is weight-only).
     Descriptors, S_W and the mixed similarities of the iterative solve live on `device`.
-    `progress(sweep, score)` after each sweep of the iterative solve.
+    `progress(sweep, score, left)` after each sweep of the iterative solve, `left` being the sweeps that
+    still run unless one improves on the best (0 after the last): the total is not known in advance.
     """
     from mudsc.device import default_device
 
@@ -154,15 +155,16 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
             scores.append(matches[s].score)
         total = float(sum(scores) / len(scores))
         history.append(total)
-        if progress is not None:
-            progress(sweeps, total)
         if best is not None and total <= best_score:
             bad += 1
             matches = dict(best)
-            if bad >= config.patience:
-                break
         else:
             best, best_score, bad = dict(matches), total, 0
+        stop = bad >= config.patience
+        if progress is not None:
+            progress(sweeps, total, 0 if stop else min(config.patience - bad, config.max_sweeps - sweeps))
+        if stop:
+            break
         _forget(memo, matches, best)
     return Solution(best if best is not None else matches, history, sweeps)
 
