@@ -3,11 +3,12 @@ is refused with the size it needs (as the landscape refuses a grid) instead of f
 
 The statistics pass holds one batch of every parent's tapped activations (measured by one probe
 image), a forward's working set, float32 copies of the largest space's features, and per space the
-float64 moment sums and the float32 products of its parent blocks i <= j since they were last added; the iterative solve holds one [O, O] Gram part per descriptor group of
-every space (:class:`~mudsc.diffinit.descriptor_cache.DescriptorCache`), one group's descriptor
-columns while it is computed, the activation correlations, the dense merge/unmerge maps of the
-current and the best solutions, and a few [O, O] work matrices; fusion holds N + 1 copies of the
-weights. The statistics pass and the solve run one after the other: the peak is the larger of them.
+float64 moment sums and the float32 products of its parent blocks i <= j not yet added to them; the
+iterative solve holds one [O, O] Gram part per descriptor group of every space
+(:class:`~mudsc.diffinit.descriptor_cache.DescriptorCache`), one group's descriptor columns while it
+is computed, the activation correlations, the dense merge/unmerge maps of the current and the best
+solutions, and a few [O, O] work matrices; fusion holds N + 1 copies of the weights. The statistics
+pass and the solve run one after the other: the peak is the larger of them.
 """
 from __future__ import annotations
 
