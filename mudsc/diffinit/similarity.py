@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from mudsc.diffinit.fuse import pool_units
+from mudsc.diffinit.transpose import copy_transposed_
 from mudsc.unitgraph import AxisRef, UnitGraph, UnitSpace
 
 
@@ -100,7 +101,7 @@ def gram_part(z: Tensor, metric: Literal["pearson", "cosine", "inner"], n_parent
             part = gram[i * o:(i + 1) * o, j * o:(j + 1) * o]
             torch.mm(zi, blocks[j].T, out=part)
             if j > i:
-                gram[j * o:(j + 1) * o, i * o:(i + 1) * o] = part.T
+                copy_transposed_(gram[j * o:(j + 1) * o, i * o:(i + 1) * o], part)
     return gram, rows
 
 

@@ -23,12 +23,14 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from mudsc.diffinit.transpose import copy_transposed_
 from mudsc.distributed import Launch
 from mudsc.errors import DataError
 from mudsc.unitgraph import UnitGraph, observed
 
 CHUNK = 2048  # samples per float32 product; the moment test bounds the rounding this leaves
 SUM_BLOCK = 32  # samples per float32 partial sum of the features
+ROWS = 256  # rows of a correlation scaled at once
 
 
 @dataclass
@@ -63,9 +65,11 @@ def correlation(sum_x: Tensor, sum_xx: Tensor, n: int, *, eps: float = 1e-7) -> 
     mean = sum_x / n
     cov = sum_xx.div_(n).addr_(mean, mean, alpha=-1)
     std = cov.diagonal().clamp_min(0).sqrt()
-    # Dead units (zero variance) correlate with nothing, not with everything.
-    corr = cov.div_(torch.outer(std, std).clamp_min_(eps)).clamp_(-1, 1)
-    return corr, mean, std
+    # Dead units (zero variance) correlate with nothing, not with everything. By rows, so that no second
+    # [O, O] float64 matrix is allocated; std_i std_j is one product either way, so corr stays symmetric.
+    for r in range(0, len(std), ROWS):
+        cov[r:r + ROWS].div_((std[r:r + ROWS, None] * std[None, :]).clamp_min_(eps))
+    return cov.clamp_(-1, 1), mean, std
 
 
 def position_index(batch: int, positions: int, keep: int, generator: torch.Generator) -> Tensor:
@@ -142,7 +146,7 @@ class ProductSums:
         o = self.offs
         for i, j in self.parts:
             if j > i:
-                self.sum[o[j]:o[j + 1], o[i]:o[i + 1]] = self.sum[o[i]:o[i + 1], o[j]:o[j + 1]].T
+                copy_transposed_(self.sum[o[j]:o[j + 1], o[i]:o[i + 1]], self.sum[o[i]:o[i + 1], o[j]:o[j + 1]])
         self.parts = {}
         return self.sum
 
