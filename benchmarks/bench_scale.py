@@ -45,6 +45,25 @@ def gemm_rate(device: torch.device) -> float:
     return 2048 ** 3 / best
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def forward_time(parents: list, x: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Seconds for the parents' plain forward passes over `x` in batches (after a warm-up)."""
+    for p in parents:
+        p.to(device)(x[:2].to(device))
+    sync(device)
+    t0 = time.perf_counter()
+    for p in parents:
+        for s in range(0, len(x), batch_size):
+            p(x[s:s + batch_size].to(device))
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def one(args) -> dict:
     from mudsc.data import load_dataset
     from mudsc.diffinit.config import make_config
@@ -64,21 +83,8 @@ def one(args) -> dict:
     session = MergeSession(parents, data, stats_images=args.images, eval_images=args.eval_images,
                            batch_size=args.batch_size, device=device)
     x = session.train.x[: args.images]
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
+    forward = forward_time(parents, x, args.batch_size, device)
     with torch.no_grad():
-        for p in parents:
-            p.to(device)(x[:2].to(device))  # warm-up
-        sync()
-        t0 = time.perf_counter()
-        for p in parents:
-            for s in range(0, len(x), args.batch_size):
-                p(x[s:s + args.batch_size].to(device))
-        sync()
-        forward = time.perf_counter() - t0
         _, _, positions = tap_bytes_per_image(parents[0], session.graph, x[:1].to(device))
     macs = len(x) * sum(positions[s.name] * (2 * s.size) ** 2 for s in session.graph.spaces)
     products = macs / gemm_rate(device)
@@ -86,7 +92,7 @@ def one(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     session.activation_stats()
-    sync()
+    sync(device)
     stats = time.perf_counter() - t0
     config = make_config(method=method, reset_images=args.images)
     need = merge_memory(parents, session.graph, session.spaces_for(config.cut), config, image=x[:1].to(device),
@@ -101,7 +107,7 @@ def one(args) -> dict:
         # what a step of the alpha slider costs: the whole merge at a new alpha, statistics cached
         t0 = time.perf_counter()
         session.merge(config.model_copy(update={"alpha": args.remerge_alpha}))
-        sync()
+        sync(device)
         remerge = time.perf_counter() - t0
     return {"model": args.one[0], "method": method, "device": str(device), "images": len(x),
             "forward_s": forward, "products_s": products, "floor_s": forward + products, "stats_s": stats,

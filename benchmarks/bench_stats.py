@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import torch
+from bench_scale import forward_time, sync
 
 from mudsc.diffinit.stats import activation_stats
 from mudsc.models import create_model
@@ -32,35 +33,21 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     if args.threads:
         torch.set_num_threads(args.threads)
     parents = []
     for seed in (0, 1):
         torch.manual_seed(seed)
         parents.append(create_model(args.arch, classes=(0, 1, 2, 3, 4), num_classes=10, in_chans=3,
-                                    img_size=args.img_size).eval().to(device))
+                                    img_size=args.img_size).eval())
     graph = trace(parents[0])
     x = torch.from_numpy(np.random.default_rng(0).random((args.images, 3, args.img_size, args.img_size),
                                                          dtype=np.float32))
-    with torch.no_grad():
-        for p in parents:
-            p(x[:2].to(device))  # warm-up
     for _ in range(args.repeats):
-        with torch.no_grad():
-            sync()
-            t0 = time.perf_counter()
-            for p in parents:
-                for s in range(0, len(x), args.batch_size):
-                    p(x[s:s + args.batch_size].to(device))
-            sync()
-            forward = time.perf_counter() - t0
+        forward = forward_time(parents, x, args.batch_size, device)
         t0 = time.perf_counter()
         activation_stats(parents, graph, x, batch_size=args.batch_size, device=device)
-        sync()
+        sync(device)
         stats = time.perf_counter() - t0
         print(f"{args.arch} {args.img_size}px, {len(x)} images: forward {forward:.2f} s, "
               f"statistics {stats:.2f} s ({stats / forward:.2f}x)", flush=True)
