@@ -102,3 +102,14 @@ def test_a_merge_that_cannot_fit_is_refused_with_its_size(digits, monkeypatch, d
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "needs about" in err and len(err.splitlines()) == 1
 
+
+
+def test_tiled_transposed_copy_is_exact():
+    from mudsc.diffinit.transpose import copy_transposed_
+
+    src = torch.randn(300, 200, dtype=torch.float64)  # several tiles each way, the last ones partial
+    dst = torch.zeros(200, 300, dtype=torch.float64)
+    assert torch.equal(copy_transposed_(dst, src, tile=64), src.T)
+    big = torch.randn(5, 130, 130)[2]  # a strided view, as the mirror blocks of an [O, O] matrix are
+    out = torch.empty(130, 130)
+    assert torch.equal(copy_transposed_(out, big), big.T)
