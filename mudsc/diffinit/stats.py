@@ -141,7 +141,8 @@ class ProductSums:
             self.pending = 0
 
     def total(self) -> Tensor:
-        """The [O, O] float64 sum, its blocks i > j the exact transposes of the blocks j < i."""
+        """The [O, O] float64 sum, its blocks i > j the exact transposes of the blocks j < i. The last call:
+        it frees the float32 parts."""
         self._flush()
         o = self.offs
         for i, j in self.parts:
