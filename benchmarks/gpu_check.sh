@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks of the paper-scale issue in one call, for a session that is lent a GPU machine.
 #
-#   benchmarks/gpu_check.sh prepare     here (package registries reachable): the wheels that machine
-#                                       lacks (pydantic and its needs, for its Python 3.12) into .whl/
+#   benchmarks/gpu_check.sh prepare     here (package registries reachable, .venv built by `make test`):
+#                                       the wheels that machine lacks (pydantic and its needs, at .venv's
+#                                       versions, for its Python 3.12) into .whl/
 #   benchmarks/gpu_check.sh [quick]     there, from the repository root, with .whl carried: the CUDA
 #                                       tests, then bench_scale.py on the GPU (ResNet-50 with a timed
 #                                       re-merge at a new alpha, then ViT-B/16 unless `quick`); logs in
