@@ -10,7 +10,8 @@
 #                                       $OUT (or gpu_out/)
 #
 # The machine has PyTorch, timm, SciPy, safetensors and pytest but no pydantic, and no network. Each step
-# runs under `timeout`, so a slow one cannot eat the device time the next one needs.
+# runs under `timeout`, so a slow one cannot eat the device time the next one needs; all of them together
+# stay under 10 minutes, one device call's limit (run it with timeout_s 600).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,12 +38,12 @@ export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1 MUDSC_HOME=$(mktemp -d)
   python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"; } 2>&1 | tee "$out/device.txt"
 
 # the tests that need CUDA, and the engine's own tests on the default device (CUDA there)
-timeout 240 python3 -m pytest -q -p no:cacheprovider --timeout 200 tests/test_solvers.py tests/test_similarity.py \
+timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 120 tests/test_solvers.py tests/test_similarity.py \
     tests/test_descriptor_cache.py tests/test_stats.py "tests/test_fuse.py::test_on_cuda" \
     "tests/test_landscape_grid.py::test_cuda_vmap_matches_loop_and_bf16_is_close" 2>&1 | tee "$out/tests.txt"
 
-timeout 240 python3 benchmarks/bench_scale.py --device cuda --models resnet50 --images 256 --remerge-alpha 0.3 \
+timeout 200 python3 benchmarks/bench_scale.py --device cuda --models resnet50 --images 256 --remerge-alpha 0.3 \
     2>&1 | tee "$out/bench_scale_resnet50.txt"
 [ "${1:-}" = quick ] && exit 0
-timeout 300 python3 benchmarks/bench_scale.py --device cuda --models vitb16 --images 256 \
+timeout 200 python3 benchmarks/bench_scale.py --device cuda --models vitb16 --images 256 \
     2>&1 | tee "$out/bench_scale_vitb16.txt"
