@@ -56,7 +56,8 @@ def main() -> None:
     print(f"{args.arch} {img}px, {args.images} statistics images: statistics {time.perf_counter() - t0:.1f} s")
     spaces = session.spaces_for("full")
     saved, times = {}, {}
-    runs = [(m, k) for m in args.methods for k in (args.patience if make_config(method=m).iterative else [5])]
+    published = make_config().patience
+    runs = [(m, k) for m in args.methods for k in (args.patience if make_config(method=m).iterative else [published])]
     for method, k in runs:
         prof = cProfile.Profile() if args.profile else None
         t0 = time.perf_counter()
@@ -66,7 +67,7 @@ def main() -> None:
                     device="cpu")
         if prof:
             prof.disable()
-        name = method if k == 5 else f"{method} (patience {k})"
+        name = method if k == published else f"{method} (patience {k})"
         times[name] = time.perf_counter() - t0
         print(f"{name}: match {times[name]:.2f} s, {sol.sweeps} sweeps, "
               f"history {[round(h, 5) for h in sol.history]}")
