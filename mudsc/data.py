@@ -674,7 +674,8 @@ def batches(split: Split, batch_size: int, *, shuffle: bool = False, augment: bo
             drop_last: bool = False, progress: Callable[[int, int], None] | None = None
             ) -> Iterator[tuple[Tensor, Tensor]]:
     """Mini-batches of a split; shuffling and shifting draw only from `generator`.
-    `progress(done_examples, total)` once the consumer has finished with each batch."""
+    `progress(done_examples, total)` before the first batch (0) and once the consumer has finished with
+    each batch (a bar's clock then starts with the stage, not after its first batch)."""
     if batch_size <= 0:
         raise DataError(f"batch size must be positive, got {batch_size}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -682,6 +683,8 @@ def batches(split: Split, batch_size: int, *, shuffle: bool = False, augment: bo
     order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
     shift = max_shift if max_shift is not None else max(1, split.x.shape[-1] // 14)
     stop = n - n % batch_size if drop_last else n
+    if progress is not None and stop:
+        progress(0, stop)
     for i in range(0, stop, batch_size):
         idx = order[i:i + batch_size]
         x = split.x[idx]

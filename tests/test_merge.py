@@ -189,14 +189,19 @@ def test_cli_errors_exit_2(tmp_path, demo_parents, capsys):
 def test_sweep_progress_counts_toward_the_stopping_rule(demo_parents, digits):
     parents = [load_model(p)[0] for p in demo_parents]
     session = MergeSession(parents, digits, stats_images=250, eval_images=200)
-    calls: list[tuple[int, int]] = []
+    events: dict[str, list[tuple[int, int]]] = {}
 
     def steps(stage: str, done: int, total: int) -> None:
-        if stage == "sweeps":
-            calls.append((done, total))
-    config = make_config(method="mudsc-zip", reset_bn=False, patience=2)
+        events.setdefault(stage, []).append((done, total))
+    config = make_config(method="mudsc-zip", patience=2)
     result = session.merge(config, steps=steps)
+    # every stage reports its start (a bar's clock and rate start there) and ends full
+    assert list(events) == ["statistics", "sweeps", "BN reset", "evaluation"]
+    assert all(e[0][0] == 0 and e[-1][0] == e[-1][1] > 0 for e in events.values()), events
+    assert events["statistics"][0] == (0, 250)
     sweeps = result.solution.sweeps
+    assert events["sweeps"][0] == (0, 1 + config.patience)  # the first sweep, then `patience` without gain
+    calls = events["sweeps"][1:]
     assert [d for d, _ in calls] == list(range(1, sweeps + 1))
     # each total is the sweeps run so far plus those the stopping rule still needs, never max_sweeps (100)
     assert all(d < t <= d + config.patience for d, t in calls[:-1]) and calls[-1] == (sweeps, sweeps)

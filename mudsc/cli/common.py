@@ -181,12 +181,12 @@ def bars_off(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "quiet", False) or (getattr(args, "json", False) and not sys.stdout.isatty()))
 
 
-def progress_bar(desc: str, *, unit: str = "step", disable: bool = False):
+def progress_bar(desc: str, *, unit: str = "step", disable: bool = False, total: int | None = None):
     """A tqdm bar on stderr and its ``update(done, total, loss=None)`` callback; tqdm writes to stderr
     even when it is no terminal, so scripts silence it with ``disable``."""
     from tqdm import tqdm
 
-    bar = tqdm(total=None, desc=desc, unit=unit, leave=False, disable=disable)
+    bar = tqdm(total=total, desc=desc, unit=unit, leave=False, disable=disable)
 
     def update(done: int, total: int, loss: float | None = None) -> None:
         bar.total = total
@@ -213,7 +213,8 @@ class StageBars:
         if stage != self._stage:
             self.close()
             self._stage = stage
-            self._bar, self._update = progress_bar(stage, unit=self.units.get(stage, self.default), disable=self.disable)
+            self._bar, self._update = progress_bar(stage, unit=self.units.get(stage, self.default),
+                                                   disable=self.disable, total=total)
         self._update(done, total)
 
     def close(self) -> None:

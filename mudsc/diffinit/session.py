@@ -248,7 +248,7 @@ class MergeSession:
         def cb(sweep: int, score: float, left: int) -> None:
             # the total grows while sweeps improve: done / (done + the sweeps the stopping rule still needs)
             if progress:
-                progress(f"sweep {sweep}, score {score:.4f}", sweep / (sweep + left))
+                progress(f"sweep {sweep}, score {score:.4f}" if sweep else "iterative solve", sweep / (sweep + left))
             if steps:
                 steps("sweeps", sweep, sweep + left)
         solution = solve(self.sds, self.graph, spaces, config, act_corr=act, device=self.device,

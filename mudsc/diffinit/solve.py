@@ -85,6 +85,7 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
     Descriptors, S_W and the mixed similarities of the iterative solve live on `device`.
     `progress(sweep, score, left)` after each sweep of the iterative solve, `left` being the sweeps that
     still run unless one improves on the best (0 after the last): the total is not known in advance.
+    It is called once before the first sweep too, as (0, nan, the fewest sweeps the rule can run).
     """
     from mudsc.device import default_device
 
@@ -133,6 +134,8 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
     # solution keeps its object, so late sweeps, which change few spaces, skip their repeated work.
     # Entries hold their key's objects, so an id in a key cannot be reused by a new object.
     memo: dict[str, dict[tuple[int, ...], tuple[tuple[Match, ...], Match]]] = {s: {} for s in spaces}
+    if progress is not None:  # the first sweep always becomes the best, so patience more follow it
+        progress(0, float("nan"), min(1 + config.patience, config.max_sweeps))
     for sweep in range(config.max_sweeps):
         sweeps = sweep + 1
         scores = []

@@ -161,7 +161,8 @@ def accumulate_moments(models: list[nn.Module], graph: UnitGraph, images: Tensor
     all). `positions` keeps that many spatial positions per image and tap (None: all); the draw of
     the batch starting at image s uses a generator seeded with (seed, offset + s), `offset` being the
     index of ``images[0]`` in the whole pass, so it does not depend on which other batches a pass (or
-    a rank of a torchrun job) takes. `progress(done_images, total_images)` after each batch."""
+    a rank of a torchrun job) takes. `progress(done_images, total_images)` before the first batch (0) and
+    after each."""
     from mudsc.device import default_device
 
     device = default_device(device)
@@ -177,6 +178,8 @@ def accumulate_moments(models: list[nn.Module], graph: UnitGraph, images: Tensor
     samples: dict[str, list[Tensor]] = {n: [] for n in names}
     kept: dict[str, int] = {n: 0 for n in names}
     total = len(images)
+    if progress is not None:
+        progress(0, total)
     for start in range(0, total, batch_size):
         x = images[start:start + batch_size].to(device)
         per_parent = [w(x)[1] for w in watched]

@@ -123,8 +123,8 @@ def merge_same_init(base: StateDict, finetuned: Sequence[StateDict], stats: Sequ
         init: a state dict to start CG from (and to keep in null spaces), replacing ``config.init``.
         buffers: keys that are not parameters (e.g. BatchNorm running statistics).
         device: where to solve; default :func:`mudsc.device.default_device`.
-        progress: ``progress(solved_params, params)`` after each layer the method solves (a MaTS
-            layer is one CG solve).
+        progress: ``progress(solved_params, params)`` before the first layer (0) and after each layer
+            the method solves (a MaTS layer is one CG solve).
 
     Returns the merged state dict (all of `base`'s keys, on CPU in their dtypes) and a report.
     """
@@ -145,6 +145,8 @@ def merge_same_init(base: StateDict, finetuned: Sequence[StateDict], stats: Sequ
         out[key] = value.to("cpu", base[key].dtype).reshape(base[key].shape)
         done.add(key)
 
+    if progress is not None:
+        progress(0, len(job.params))
     for values, layer in merger(config.method)(job):
         for k, v in values.items():
             put(k, v)

@@ -197,7 +197,7 @@ def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
         generator: draws the sampled labels (CPU generator).
         device: where to compute; default :func:`mudsc.device.default_device`.
         parts: which of ``gram``, ``grad``, ``fisher`` to compute; the others stay empty.
-        progress: ``progress(done_examples, examples)`` after each batch.
+        progress: ``progress(done_examples, examples)`` before the first batch (0) and after each.
         launch: a torchrun job (:class:`mudsc.distributed.Launch`): batch ``i`` is rank ``i mod world``'s;
             the others only advance `generator` past its label draws, and the float64 sums are
             summed over the ranks before the means, so every rank returns one process's statistics.
@@ -221,6 +221,8 @@ def compute_stats(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
     sq = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in params.items()}
     seen = own = 0
+    if progress is not None:
+        progress(0, examples)
     try:
         with _recording(model) as rec:
             for i, (x, y) in enumerate(batches):
