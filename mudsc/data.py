@@ -54,6 +54,12 @@ class Split:
         return Split(self.x[:n], self.y[:n])
 
 
+def absolute(path: str | os.PathLike) -> Path:
+    """`path` with ``~`` expanded, made absolute: what a manifest records, so that it reproduces its merge
+    from any working directory."""
+    return Path(path).expanduser().resolve()
+
+
 def reload_name(name: str, source: str) -> str:
     """A named set's name, else its source path: what :func:`load_dataset` takes to load it again."""
     return name if name in NAMED else source
@@ -634,12 +640,12 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, img_si
     elif name in ("imagefolder", "npz"):
         if data_dir is None:
             raise DataError(f"data set {name!r} needs --data-dir")
-        p = Path(data_dir).expanduser()
+        p = absolute(data_dir)
         ds = _npz(p, img_size) if name == "npz" else _image_folder(p, img_size)
     elif name.endswith(".npz"):
-        ds = _npz(Path(name).expanduser(), img_size)
+        ds = _npz(absolute(name), img_size)
     elif Path(name).expanduser().is_dir():
-        ds = _image_folder(Path(name).expanduser(), img_size)
+        ds = _image_folder(absolute(name), img_size)
     else:
         import difflib
 

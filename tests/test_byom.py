@@ -103,6 +103,23 @@ def test_user_architecture_merges_from_the_cli_and_the_manifest_reproduces_it(us
     assert (again / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
 
 
+def test_a_manifest_made_from_relative_data_paths_reproduces_from_another_directory(user_parents, tmp_path,
+                                                                                    monkeypatch):
+    digits = load_digits()
+    work = tmp_path / "project"
+    (work / "data").mkdir(parents=True)
+    np.savez(work / "data" / "digits.npz", x=digits.images.astype(np.float32) / 16, y=digits.target)
+    monkeypatch.chdir(work)
+    args = _merge_args(user_parents, "--dataset", "npz", "--data-dir", "data/digits.npz", "--method", "zipit",
+                       "--cut", "features.0", "--batch-size", "100", "--stats-images", "100", "--reset-images", "100")
+    assert main([*args, "--out", "m"]) == 0
+    data = json.loads((work / "m" / "manifest.json").read_text())["data"]
+    assert data["source"] == data["data_dir"] == str(work / "data" / "digits.npz")
+    monkeypatch.chdir(tmp_path)  # where data/digits.npz means nothing
+    assert main(["merge", "--manifest", "project/m/manifest.json", "--out", "again", "--quiet"]) == 0
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (work / "m" / "model.safetensors").read_bytes()
+
+
 def test_plain_parents_align_then_fuse_and_the_merge_same_manifest_reloads_them(user_parents, tmp_path, capsys):
     p = user_parents
     out = tmp_path / "fused"

@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from mudsc.data import Dataset, Split, batches, check_tasks, union_classes, union_train
+from mudsc.data import Dataset, Split, absolute, batches, check_tasks, union_classes, union_train
 from mudsc.device import default_device
 from mudsc.diffinit.config import MergeConfig
 from mudsc.diffinit.fuse import fuse, head_state, reset_bn_stats_
@@ -169,7 +169,7 @@ class MergeSession:
         session = cls(models, data, **kwargs)
         session.specs = specs
         session.paths = [str(p) for p in paths]
-        session.data_dir = data_dir
+        session.data_dir = None if data_dir is None else str(absolute(data_dir))
         return session
 
     # ------------------------------------------------------------------ statistics

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mudsc import __version__
-from mudsc.data import Dataset, batches, check_tasks, load_dataset, union_classes, union_train
+from mudsc.data import Dataset, absolute, batches, check_tasks, load_dataset, union_classes, union_train
 from mudsc.device import default_device
 from mudsc.diffinit.fuse import reset_bn_stats_
 from mudsc.diffinit.session import Steps, stage_steps
@@ -191,7 +191,7 @@ class SameInitSession:
             inputs["init"] = file_record(init)
         session = cls(base_model, task_models, data, stats=given, init=init_sd, **kwargs)
         session.inputs, session.infos = inputs, infos
-        session.data_dir = None if data_dir is None else str(data_dir)
+        session.data_dir = None if data_dir is None else str(absolute(data_dir))
         return session
 
     # ------------------------------------------------------------------ statistics
