@@ -189,6 +189,8 @@ def progress_bar(desc: str, *, unit: str = "step", disable: bool = False, total:
     bar = tqdm(total=total, desc=desc, unit=unit, leave=False, disable=disable)
 
     def update(done: int, total: int, loss: float | None = None) -> None:
+        if (done, total, loss) == (bar.n, bar.total, None):
+            return  # a stage's start, which the bar showed when it opened
         bar.total = total
         bar.n = done
         if loss is not None:
