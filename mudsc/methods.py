@@ -27,6 +27,7 @@ FAMILY_TITLES: dict[str, str] = {
 _ZIP = ("zip_a", "zip_b")
 _MATCH = ("groups", "cut", "reset_bn", "reset_images")
 _ITERATE = ("max_sweeps", "patience", "seed")
+_STATS = ("stats_positions", "seed")  # the seed draws the sampled positions
 
 
 @dataclass(frozen=True)
@@ -73,19 +74,21 @@ _ALL: tuple[Method, ...] = (
           "one-to-one permutation by weight similarity, iterated across layers",
           "align", "weight", True, ("weight_metric", *_MATCH, *_ITERATE)),
     _diff("permute", "activation matching (Ainsworth et al., ICLR 2023, Sec. 3.1)",
-          "one-to-one permutation by activation correlation", "align", "activation", False, _MATCH),
+          "one-to-one permutation by activation correlation", "align", "activation", False, (*_MATCH, *_STATS)),
     _diff("zipit", "ZipIt! (Stoica et al., ICLR 2024, Sec. 4, greedy zip with within-model merges)",
           "activation similarity, units zipped within and across parents",
-          "zip", "activation", False, (*_ZIP, *_MATCH)),
+          "zip", "activation", False, (*_ZIP, *_MATCH, *_STATS)),
     _diff("wzip", "weight-only zip (MuDSC's W. Zip baseline, Xu et al., CVPR 2024)",
           "zip on weight similarity only, iterated across layers",
           "zip", "weight", True, ("weight_metric", *_ZIP, *_MATCH, *_ITERATE)),
     _diff("mudsc-align", _MUDSC + ", Hungarian matching",
           "weight and activation similarity mixed by alpha, one-to-one matching across parents",
-          "align", "dual", True, ("alpha", "alpha_overrides", "mix", "weight_metric", *_MATCH, *_ITERATE)),
+          "align", "dual", True, ("alpha", "alpha_overrides", "mix", "weight_metric", *_MATCH, *_ITERATE,
+                                  "stats_positions")),
     _diff("mudsc-zip", _MUDSC + ", greedy zip",
           "weight and activation similarity mixed by alpha, units zipped within and across parents",
-          "zip", "dual", True, ("alpha", "alpha_overrides", "mix", "weight_metric", *_ZIP, *_MATCH, *_ITERATE)),
+          "zip", "dual", True, ("alpha", "alpha_overrides", "mix", "weight_metric", *_ZIP, *_MATCH, *_ITERATE,
+                                "stats_positions")),
     Method("ensemble", "bound", "all parents side by side (the upper bound of the ZipIt! and MuDSC tables)",
            "every parent runs on the input: N times the cost, not a merge",
            preset={"solver": "none", "similarity": "none", "iterative": False}),

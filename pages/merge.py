@@ -72,17 +72,29 @@ def knobs_and_result(session: MergeSession, key: tuple, method: str, cut: str) -
                                                                   format="%.2f")})
     overrides = {r["unit space"]: float(r["alpha"]) for r in edited
                  if r["alpha"] is not None and r["alpha"] == r["alpha"]}
-    with st.expander("Iterative solve", expanded=config.patience != PUBLISHED_PATIENCE):
-        patience = st.number_input(
+    with st.expander("Iterative solve and seed", expanded=(config.patience, config.seed) != (PUBLISHED_PATIENCE, 0)):
+        p_col, s_col = st.columns(2)
+        patience = p_col.number_input(
             "Stop after this many sweeps without improvement", min_value=1, max_value=100, step=1,
             key="m_patience", disabled=not spec.takes("patience"),
             help=f"The stopping rule of MuDSC's and Git Re-Basin's sweeps across layers; the papers use "
                  f"{PUBLISHED_PATIENCE}. Fewer sweeps make a paper-scale pair quicker to scrub, and may stop "
                  "before a later, better sweep (benchmarks/RESULTS.md, \"The iterative solve's stopping patience\").")
+        seed = s_col.number_input("Seed", min_value=0, step=1, key="m_seed", disabled=not spec.takes("seed"),
+                                  help="draws the order in which each sweep visits the unit spaces, and the "
+                                       "positions the activation statistics sample (when they sample)")
+    with st.expander("Activation statistics", expanded=config.stats_positions is not None):
+        positions = st.number_input(
+            "Spatial positions (or tokens) per image and tap, 0 for all", min_value=0, step=16, key="m_positions",
+            disabled=not spec.takes("stats_positions"),
+            help="Large inputs have thousands of positions per image (a ResNet's first stage at 224 x 224 has "
+                 "3,136): sampling some of them, seeded, makes the statistics pass cheaper. A new value "
+                 "makes a new pass over the statistics images; the same value finds it cached.")
     try:
         config = make_config(**{**config.model_dump(), "method": method, "alpha": float(alpha), "mix": mix,
                                 "zip_a": float(zip_a), "zip_b": float(zip_b), "alpha_overrides": overrides,
-                                "cut": cut, "patience": int(patience)})
+                                "cut": cut, "patience": int(patience), "seed": int(seed),
+                                "stats_positions": int(positions) or None})
         st.session_state["config"] = config
     except MudscError as e:
         st.error(str(e))
@@ -211,7 +223,8 @@ if config.cut not in cuts or any(n not in space_names for n, _ in config.alpha_o
 st.session_state["config"] = config
 for widget, value in {"m_method": config.method, "m_alpha": config.alpha, "m_mix": config.mix,
                       "m_zip_a": config.zip_a, "m_zip_b": config.zip_b, "m_cut": config.cut,
-                      "m_patience": config.patience}.items():
+                      "m_patience": config.patience, "m_seed": config.seed,
+                      "m_positions": config.stats_positions or 0}.items():
     st.session_state.setdefault(widget, value)  # widgets mirror the config; a page switch deleted their keys
 
 st.title("Merge")

@@ -379,6 +379,17 @@ def test_merge_page_remerges_on_alpha_and_cut(merge_session):
     assert early.history == published.solution.history[:early.sweeps]
     at.number_input(key="m_patience").set_value(5).run()
 
+    # sampled positions make their own statistics pass, seeded by the seed; the config carries both
+    at.number_input(key="m_positions").set_value(16).run()
+    sampled = at.session_state["result"]
+    assert (sampled.config.stats_positions, sampled.config.seed) == (16, 0) and (16, 0) in merge_session._act
+    assert sampled.solution.history != published.solution.history  # other correlations, other scores
+    at.number_input(key="m_seed").set_value(1).run()
+    assert at.session_state["result"].config.seed == 1 and (16, 1) in merge_session._act
+    at.number_input(key="m_seed").set_value(0).run()
+    at.number_input(key="m_positions").set_value(0).run()
+    assert at.session_state["result"].config == published.config  # back to every position
+
     at.select_slider(key="m_cut").set_value("layer2").run()
     result = at.session_state["result"]
     assert result.config.cut == "layer2" and result.multihead

@@ -62,6 +62,7 @@ def test_csv_round_trips_values():
     {"method": "zipit", "cut": "layer2", "zip_a": 0.3, "zip_b": 0.75},
     {"alpha": 0.123456789, "alpha_overrides": {"body.layer1": 0.2, "body.layer3": 1.0}, "mix": "standardized"},
     {"method": "rebasin", "groups": False, "reset_bn": False, "seed": 3, "max_sweeps": 7},
+    {"method": "zipit", "stats_positions": 16, "seed": 2, "reset_images": 300, "weight_metric": "cosine"},
 ])
 def test_merge_command_parses_back_to_the_same_config(fields):
     from mudsc.cli import build_parser
@@ -77,6 +78,14 @@ def test_merge_command_parses_back_to_the_same_config(fields):
     assert args.parents == ["/a b/p0.safetensors", "p1.safetensors"] and args.out == "out dir"
     assert (args.dataset, args.data_dir, args.data_img_size, args.stats_images, args.eval_images) == (
         "mnist", "/data/mnist", 24, 500, 200)
+
+
+def test_every_config_field_has_a_command_line_spelling():
+    from mudsc.cli.command_lines import _SWITCHES, _VALUE_OPTIONS
+    from mudsc.diffinit.config import MergeConfig
+
+    spelled = set(_VALUE_OPTIONS) | set(_SWITCHES) | {"alpha_overrides"}  # --alpha-for, one per space
+    assert set(MergeConfig.model_fields) == spelled  # a new field needs its option, or exports lose it
 
 
 def test_merge_command_leaves_out_defaults():

@@ -16,7 +16,7 @@ from mudsc.diffinit.session import MergeSession
 _VALUE_OPTIONS = {"method": "--method", "cut": "--cut", "alpha": "--alpha", "mix": "--mix",
                   "weight_metric": "--weight-metric", "zip_a": "--zip-a", "zip_b": "--zip-b",
                   "max_sweeps": "--max-sweeps", "patience": "--patience", "seed": "--seed",
-                  "reset_images": "--reset-images"}
+                  "reset_images": "--reset-images", "stats_positions": "--stats-positions"}
 _SWITCHES = {"groups": "--no-groups", "reset_bn": "--no-bn-reset"}
 
 
