@@ -181,6 +181,25 @@ def test_unit_cloud_joins_units_to_their_merged_unit(session, zipit):
     np.testing.assert_array_equal(cloud.lines[:, 1] - 2 * n, zipit.solution.matches[space].assignment().numpy())
 
 
+def test_views_of_a_merge_from_sampled_positions_read_its_statistics(demo_parents):
+    from mudsc.data import load_dataset
+    from mudsc.diffinit.session import MergeSession
+    from mudsc.models.checkpoint import load_model
+
+    model = load_model(demo_parents[0])[0]
+    twins = MergeSession([model, copy.deepcopy(model)], load_dataset("digits"), stats_images=250, eval_images=200)
+    config = make_config(method="weight-avg", stats_positions=4, seed=3, reset_bn=False)
+    result = twins.merge(config)  # a parent averaged with itself: the merged model is that parent
+    space = twins.graph.spaces[2].name
+    sampled = twins.stats_for(config)
+    assert sampled is not twins.activation_stats()
+    assert torch.equal(views.space_similarity(twins, result, space).s_a, sampled.corr[space])
+    cloud = views.unit_cloud(twins, result, space)
+    n = twins.graph.space(space).size
+    # the merged model's units, sampled at the parents' positions, are the first parent's units
+    np.testing.assert_array_equal(cloud.features[2 * n:], cloud.features[:n])
+
+
 def test_landscape_plan(session, permute, zipit):
     plan = landscape_plan(session, permute, plane="three_point")
     assert plan.plane_models == ("parent 0'", "parent 1'", "parent 1")

@@ -194,6 +194,12 @@ class MergeSession:
             self.timings["stats"] = time.perf_counter() - t0
         return self._act[key]
 
+    def stats_for(self, config: MergeConfig, progress: Progress | None = None, *,
+                  steps: Steps | None = None) -> ActivationStats:
+        """The activation statistics a merge with `config` reads (its sampled positions and seed): what
+        a view of that merge must show, not the session's default pass."""
+        return self.activation_stats(progress, steps=steps, positions=config.stats_positions, seed=config.seed)
+
     def spaces_for(self, cut: str) -> list[str]:
         """The spaces a merge up to `cut` solves (all of them for ``full``)."""
         if cut == "full":
@@ -241,8 +247,7 @@ class MergeSession:
                                         stats_needed=uses_act and _stats_key(config) not in self._act), self.device)
         act = None
         if uses_act:
-            act = self.activation_stats(progress, steps=steps, positions=config.stats_positions,
-                                        seed=config.seed).corr
+            act = self.stats_for(config, progress, steps=steps).corr
         t0 = time.perf_counter()
 
         def cb(sweep: int, score: float, left: int) -> None:

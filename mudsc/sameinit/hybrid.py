@@ -78,7 +78,7 @@ def align_parents(models: Sequence[nn.Module], data: Dataset, *, method: str, al
     session = MergeSession(list(models), data, stats_images=stats_images, batch_size=batch_size, device=device)
     config = make_config(method=method, alpha=alpha, seed=seed, reset_bn=False)
     spaces = session.spaces_for("full")
-    act = session.activation_stats().corr if config.similarity in ("activation", "dual") else None
+    act = session.stats_for(config).corr if config.similarity in ("activation", "dual") else None
     solution = solve(session.sds, session.graph, spaces, config, act_corr=act)
     aligned = aligned_state_dicts(session.sds, session.graph, solution.matches)
     out = []

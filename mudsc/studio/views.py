@@ -98,7 +98,7 @@ def space_similarity(session: MergeSession, result: MergeResult, space: str) -> 
     sizes = matches[space].sizes
     maps = {q: m.parts() for q, m in matches.items() if q != space}
     s_w = weight_similarity(descriptors(session.sds, session.graph, space, maps), metric=cfg.weight_metric)
-    s_a = session.activation_stats().corr[space]
+    s_a = session.stats_for(cfg).corr[space]
     alpha = cfg.alpha_for(space)
     s = mix(s_w, s_a, alpha, mode=cfg.mix)
     kind = cfg.solver if cfg.solver in ("align", "zip") else "align"
@@ -257,16 +257,20 @@ def unit_cloud(session: MergeSession, result: MergeResult, space: str, *, with_m
     match = require_matches(result, lacking=_VIEWS).get(space)
     if match is None:
         raise ConfigError(f"unit space {space!r} was not merged")
-    feats = session.activation_stats().samples[space].numpy()
+    cfg = result.config
+    feats = session.stats_for(cfg).samples[space].numpy()
     o = len(feats)
     owner = np.repeat(np.arange(len(match.sizes)), match.sizes)
     unit = np.concatenate([np.arange(n) for n in match.sizes])
     assign = match.assignment().numpy()
-    with_merge = with_merge and result.config.cut == "full"
+    with_merge = with_merge and cfg.cut == "full"
     if with_merge:
         images = session.train.x[: session.batch_size]
+        # sampled positions are drawn space after space from one generator per batch: the parents' draws
+        # for `space` come back only from a pass over every space
         merged = activation_stats([copy.deepcopy(result.model)], session.graph, images, batch_size=session.batch_size,
-                                  spaces=[space], device=session.device, sample_units=feats.shape[1])
+                                  spaces=None if cfg.stats_positions else [space], device=session.device,
+                                  sample_units=feats.shape[1], positions=cfg.stats_positions, seed=cfg.seed)
         m = merged.samples[space].numpy()
         feats = np.concatenate([feats, m[:, : feats.shape[1]]])
         owner = np.concatenate([owner, np.full(len(m), -1)])
