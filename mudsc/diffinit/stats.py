@@ -161,8 +161,9 @@ def accumulate_moments(models: list[nn.Module], graph: UnitGraph, images: Tensor
     all). `positions` keeps that many spatial positions per image and tap (None: all); the draw of
     the batch starting at image s uses a generator seeded with (seed, offset + s), `offset` being the
     index of ``images[0]`` in the whole pass, so it does not depend on which other batches a pass (or
-    a rank of a torchrun job) takes. `progress(done_images, total_images)` before the first batch (0) and
-    after each."""
+    a rank of a torchrun job) takes; within a batch the spaces draw in turn, so a space's positions do
+    depend on the `spaces` before it. `progress(done_images, total_images)` before the first batch (0)
+    and after each."""
     from mudsc.device import default_device
 
     device = default_device(device)
