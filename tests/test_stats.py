@@ -103,7 +103,6 @@ def test_a_merge_that_cannot_fit_is_refused_with_its_size(digits, monkeypatch, d
     assert rc == 2 and "needs about" in err and len(err.splitlines()) == 1
 
 
-
 def test_tiled_transposed_copy_is_exact():
     from mudsc.diffinit.transpose import copy_transposed_
 
