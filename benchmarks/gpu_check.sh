@@ -5,7 +5,8 @@
 #                                       the wheels that machine lacks (pydantic and its needs, at .venv's
 #                                       versions, for its Python 3.12) into .whl/
 #   benchmarks/gpu_check.sh [quick]     there, from the repository root, with .whl carried: the CUDA
-#                                       tests, then bench_scale.py on the GPU (ResNet-50 with a timed
+#                                       tests, bench_zip.py (the zip in rounds on the GPU against the
+#                                       CPU's loop), then bench_scale.py on the GPU (ResNet-50 with a timed
 #                                       re-merge at a new alpha, then ViT-B/16 unless `quick`); logs in
 #                                       $OUT (or gpu_out/)
 #
@@ -42,8 +43,12 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider --timeout 120 tests/test_so
     tests/test_descriptor_cache.py tests/test_stats.py "tests/test_fuse.py::test_on_cuda" \
     "tests/test_landscape_grid.py::test_cuda_vmap_matches_loop_and_bf16_is_close" 2>&1 | tee "$out/tests.txt"
 
+# the zip in rounds on the GPU against the CPU's loop, by size (where ROUNDS_FROM should be)
+timeout 60 python3 benchmarks/bench_zip.py --sizes 128 256 512 1024 2048 --max-ref 0 --threads 4 --rounds-on cuda \
+    2>&1 | tee "$out/bench_zip.txt"
+
 timeout 200 python3 benchmarks/bench_scale.py --device cuda --models resnet50 --images 256 --remerge-alpha 0.3 \
     2>&1 | tee "$out/bench_scale_resnet50.txt"
 [ "${1:-}" = quick ] && exit 0
-timeout 200 python3 benchmarks/bench_scale.py --device cuda --models vitb16 --images 256 \
+timeout 140 python3 benchmarks/bench_scale.py --device cuda --models vitb16 --images 256 \
     2>&1 | tee "$out/bench_scale_vitb16.txt"

@@ -22,6 +22,9 @@ from mudsc.diffinit.solvers import (
     register_solver,
     solver_paper,
 )
+from mudsc.diffinit.solvers import zip as zip_module
+from mudsc.diffinit.solvers.match import check_similarity
+from mudsc.diffinit.solvers.zip import merge_rounds, model_budget, zip_owners, zip_owners_in_rounds
 from mudsc.errors import ConfigError, UnknownNameError
 
 ALL = {
@@ -241,6 +244,67 @@ def test_fast_zip_equals_reference_on_larger_matrices():
             assert fast.clusters() == ref.clusters() and fast.score == ref.score
 
 
+# greedy zip in rounds (a GPU's) == one merge at a time --------------------------------------------
+
+def both_zips(s: torch.Tensor, sizes: list[int], a: float, b: float, *, out_dim: int | None = None,
+              killed: np.ndarray | None = None, group_budget: int | None = None) -> list[tuple]:
+    """(owner, values, budget, killed, group budget) after zip_owners and after zip_owners_in_rounds."""
+    origin = np.repeat(np.arange(len(sizes)), sizes)
+    o, c = len(origin), sizes[0] if out_dim is None else out_dim
+    out = []
+    for zipper, m in ((zip_owners, s.numpy().copy()), (zip_owners_in_rounds, s.clone())):
+        budget = np.full(len(sizes), model_budget(o, c, len(sizes), b), dtype=np.int64)
+        dead = np.zeros(len(sizes), dtype=bool) if killed is None else killed.copy()
+        local = None if group_budget is None else np.full(len(sizes), group_budget, dtype=np.int64)
+        owner, values = zipper(m, origin, steps=o - c, a=a, budget=budget, killed=dead, group_budget=local)
+        out.append((owner, values, budget, dead, local))
+    return out
+
+
+@pytest.mark.parametrize("make", [corr_sim, tie_sim, negative_tie_sim], ids=["generic", "ties", "negative"])
+def test_zip_in_rounds_equals_one_merge_at_a_time(make):
+    g = gen(11)
+    for n_par, a, b in itertools.product([2, 3, 4], [0.0, 0.3, 0.5, 1.0], [0.0, 0.125, 0.5, 1.0]):
+        sizes = [int(torch.randint(4, 40, (1,), generator=g)) for _ in range(n_par)]
+        s = make(sum(sizes), g)
+        s = s.double() if int(torch.randint(0, 2, (1,), generator=g)) else s
+        killed = (torch.rand(n_par, generator=g) < 0.2).numpy()
+        local = int(torch.randint(1, 30, (1,), generator=g)) if int(torch.randint(0, 2, (1,), generator=g)) else None
+        for out_dim in (None, int(torch.randint(1, sum(sizes) + 1, (1,), generator=g))):
+            one, rounds = both_zips(s, sizes, a, b, out_dim=out_dim, killed=killed, group_budget=local)
+            for x, y in zip(one, rounds):
+                assert (x is None and y is None) or np.array_equal(x, y), (sizes, a, b, out_dim)
+
+
+def test_rounds_take_most_merges_of_a_large_zip_and_keep_its_result():
+    g = gen(12)
+    s = corr_sim(512, g, samples=64)
+    for a, b in [(0.5, 1.0), (1.0, 0.125), (0.3, 0.0)]:
+        origin = np.repeat(np.arange(2), 256)
+        budget = np.full(2, model_budget(512, 256, 2, b), dtype=np.int64)
+        done = merge_rounds(s.clone().fill_diagonal_(-float("inf")), origin, steps=256, a=a, budget=budget).done
+        # the default budgets stay far from a kill; small ones stop the rounds early (the bound counts
+        # every feature of an origin whose max is high enough as a possible within merge)
+        assert done >= 0.8 * 256 if b == 1.0 else done < 0.8 * 256, (a, b, done)
+        one, rounds = both_zips(s, [256, 256], a, b)
+        assert all(np.array_equal(x, y) for x, y in zip(one[:4], rounds[:4]))
+    budget = np.full(2, 128, dtype=np.int64)
+    assert merge_rounds(s.clone(), np.repeat(np.arange(2), 256), steps=256, a=0.0, budget=budget).done == 0
+
+
+def test_similarity_checked_on_its_device_like_on_the_cpu():
+    s = corr_sim(12, gen(13)).double()
+    s[0, 1] += 1e-7  # within the tolerance: symmetrised
+    on_device, _ = check_similarity(s, (6, 6), who="t", equal=True, on_device=True)
+    numpy_copy, _ = check_similarity(s, (6, 6), who="t", equal=True)
+    assert isinstance(on_device, torch.Tensor) and np.array_equal(on_device.numpy(), numpy_copy)
+    for bad, message in [(float("nan"), "NaN"), (float("inf"), r"\+inf"), (0.5, "not symmetric")]:
+        t = s.clone()
+        t[2, 3] = bad
+        with pytest.raises(ConfigError, match=message):
+            check_similarity(t, (6, 6), who="t", equal=True, on_device=True)
+
+
 def test_zip_budget_zero_allows_at_most_one_within_merge_per_model():
     # with a = 0 and two parents every merged feature is frozen, so clusters show the solver's count
     g = gen(5)
@@ -439,6 +503,19 @@ def test_cuda_inputs_give_cpu_results():
         on_gpu, on_cpu = fn(s.cuda(), [8, 8]), fn(s, [8, 8])
         check_maps(on_gpu)
         assert on_gpu.clusters() == on_cpu.clusters()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_large_zip_on_cuda_runs_in_rounds_with_the_cpu_result(monkeypatch):
+    calls = []
+    monkeypatch.setattr(zip_module, "zip_owners_in_rounds", lambda *a, **k: calls.append(1) or zip_owners_in_rounds(*a, **k))
+    half = zip_module.ROUNDS_FROM // 2
+    s = corr_sim(2 * half, gen(82), samples=64)
+    s[0, 1] += 1e-7  # a GPU's products need not be exactly symmetric
+    for a, b in [(0.5, 1.0), (0.3, 0.125)]:
+        on_gpu, on_cpu = greedy_zip(s.cuda(), [half, half], a=a, b=b), greedy_zip(s, [half, half], a=a, b=b)
+        assert on_gpu.clusters() == on_cpu.clusters() and on_gpu.score == on_cpu.score
+    assert len(calls) == 2
 
 
 def test_bad_inputs_raise_config_errors():

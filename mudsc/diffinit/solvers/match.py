@@ -123,11 +123,13 @@ def check_sizes(sizes: Sequence[int], *, who: str, equal: bool) -> tuple[int, ..
     return sizes_t
 
 
-def check_similarity(sim: Tensor, sizes: Sequence[int], *, who: str, equal: bool) -> tuple[np.ndarray, tuple[int, ...]]:
+def check_similarity(sim: Tensor, sizes: Sequence[int], *, who: str, equal: bool, on_device: bool = False
+                     ) -> tuple[np.ndarray | Tensor, tuple[int, ...]]:
     """[O, O] similarity -> (CPU numpy copy, sizes), after checking shape, NaN/+inf and symmetry.
 
     -inf entries are allowed (a forbidden pair); float32/float64 keep their precision, other dtypes
-    become float32 (the zip solver's tie order depends on the exact values).
+    become float32 (the zip solver's tie order depends on the exact values). `on_device`: the copy is
+    a tensor on the input's device instead (checked there).
     """
     sizes_t = check_sizes(sizes, who=who, equal=equal)
     if not isinstance(sim, Tensor):
@@ -135,9 +137,11 @@ def check_similarity(sim: Tensor, sizes: Sequence[int], *, who: str, equal: bool
     o = sum(sizes_t)
     if sim.ndim != 2 or sim.shape != (o, o):
         raise ConfigError(f"{who}: similarity must be [{o}, {o}] for sizes {sizes_t}, got {tuple(sim.shape)}")
-    sim = sim.detach().cpu()
+    sim = sim.detach() if on_device else sim.detach().cpu()
     if sim.dtype not in (torch.float32, torch.float64):
         sim = sim.to(torch.float32)
+    if on_device:
+        return _checked_tensor(sim, who), sizes_t
     s = sim.numpy()
     top = s.max()  # NaN propagates through max, so one pass finds both NaN and +inf
     if np.isnan(top):
@@ -154,6 +158,23 @@ def check_similarity(sim: Tensor, sizes: Sequence[int], *, who: str, equal: bool
         if (off > 1e-5 + 1e-4 * np.abs(sym)).any():
             raise ConfigError(f"{who}: similarity is not symmetric (max |S - S^T| / 2 = {np.nanmax(off):.3g})")
     return sym, sizes_t
+
+
+def _checked_tensor(s: Tensor, who: str) -> Tensor:
+    """:func:`check_similarity`'s checks with tensor operations, where `s` lives (a GPU's products
+    need not be exactly symmetric)."""
+    top = s.max()
+    if torch.isnan(top):
+        raise ConfigError(f"{who}: similarity contains NaN ({int(torch.isnan(s).sum())} entries)")
+    if torch.isposinf(top):
+        raise ConfigError(f"{who}: similarity contains +inf")
+    if torch.equal(s, s.T):
+        return s.clone()
+    sym = (s + s.T) / 2
+    off = (s - sym).abs()  # NaN where both are -inf, which compares as symmetric
+    if (off > 1e-5 + 1e-4 * sym.abs()).any():
+        raise ConfigError(f"{who}: similarity is not symmetric (max |S - S^T| / 2 = {off.nan_to_num(0).max():.3g})")
+    return sym
 
 
 def _is_symmetric(s: np.ndarray, tile: int = 128) -> bool:

@@ -22,6 +22,9 @@ Where we differ from the published code (documented, deliberate):
 - The score is the mean of S[x, y] at the moment each pair was taken (MuDSC's fix of ZipIt's P[x, y]).
 - Merge rows are exact averages (the published code divides by cluster size + 1e-5).
 
+On a GPU, large similarities are zipped in rounds of merges the greedy order provably takes
+(:func:`merge_rounds`), with the same result bit for bit; the CPU runs the loop one merge at a time.
+
 Ties are broken by the smallest (x, y) in lexicographic order of unit ids, i.e. the first maximum of S
 in row-major order; when every remaining pair is -inf the two lowest active features are merged (the
 score then becomes -inf). Merged unit c is the cluster whose smallest unit id is the c-th smallest.
@@ -29,6 +32,7 @@ score then becomes -inf). Merged unit c is the cluster whose smallest unit id is
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -38,6 +42,11 @@ from torch import Tensor
 from mudsc.diffinit.solvers.match import Match, check_similarity, check_unit_interval, match_from_assignment
 from mudsc.diffinit.solvers.registry import register_solver
 from mudsc.errors import ConfigError
+
+# Where a GPU's zip in rounds is expected to beat the CPU's one-at-a-time loop: a round is about 90
+# tensor operations, and O units take 15-45 rounds, while the loop took 7 ms at 512 units and 20-25 ms
+# at 1,024 on the development CPU. An estimate until `benchmarks/gpu_check.sh` times both on a GPU.
+ROUNDS_FROM = 1024
 
 
 def model_budget(o: int, c: int, n: int, b: float) -> int:
@@ -60,18 +69,46 @@ def zip_owners(s: np.ndarray, origin: np.ndarray, *, steps: int, a: float, budge
     (MuDSC's per-group budget); running out of either kills the label.
     """
     n = s.shape[0]
+    _forbid(s, origin, killed)
+    rarg = s.argmax(axis=1)
+    st = _State(np.ones(n, dtype=bool), np.arange(n), rarg, s[np.arange(n), rarg], np.empty(steps), 0)
+    _greedy_steps(s, origin, st, a=a, budget=budget, killed=killed, group_budget=group_budget)
+    return st.owner, st.values
+
+
+@dataclass
+class _State:
+    """Where a zip stands: which features are active, each unit's owner, every row's max and first
+    argmax, and the values of the first `done` merges."""
+
+    active: np.ndarray
+    owner: np.ndarray
+    rarg: np.ndarray
+    rmax: np.ndarray
+    values: np.ndarray
+    done: int
+
+
+def _forbid(s: np.ndarray | Tensor, origin: np.ndarray, killed: np.ndarray) -> None:
+    """-inf on the diagonal and among the features of every killed origin."""
+    idx = [np.flatnonzero(origin == m) for m in np.flatnonzero(killed)]
+    if isinstance(s, Tensor):
+        s.fill_diagonal_(-math.inf)
+        for i in map(torch.as_tensor, idx):
+            s[i.to(s.device)[:, None], i.to(s.device)] = -math.inf
+        return
+    np.fill_diagonal(s, -np.inf)
+    for i in idx:
+        s[np.ix_(i, i)] = -np.inf
+
+
+def _greedy_steps(s: np.ndarray, origin: np.ndarray, st: _State, *, a: float, budget: np.ndarray,
+                  killed: np.ndarray, group_budget: np.ndarray | None) -> None:
+    """The merges after the first st.done, one at a time (:func:`zip_owners`); `st` is updated in place."""
     neg = s.dtype.type(-np.inf)
     scale = s.dtype.type(a)
-    np.fill_diagonal(s, neg)
-    for m in np.flatnonzero(killed):
-        idx = np.flatnonzero(origin == m)
-        s[np.ix_(idx, idx)] = neg
-    active = np.ones(n, dtype=bool)
-    owner = np.arange(n)
-    rarg = s.argmax(axis=1)
-    rmax = s[np.arange(n), rarg]
-    values = np.empty(steps, dtype=np.float64)
-    for t in range(steps):
+    active, owner, rarg, rmax, values = st.active, st.owner, st.rarg, st.rmax, st.values
+    for t in range(st.done, len(values)):
         x = int(rmax.argmax())  # the first row holding the global max is the lexicographic first pair
         if rmax[x] == neg:
             x, y = (int(i) for i in np.flatnonzero(active)[:2])
@@ -112,13 +149,112 @@ def zip_owners(s: np.ndarray, origin: np.ndarray, *, steps: int, a: float, budge
         sub = s[rows]
         rmax[rows] = sub.max(axis=1)
         rarg[rows] = sub.argmax(axis=1)
-    return owner, values
+    st.done = len(values)
 
 
-def _prepare(sim: Tensor, sizes: Sequence[int], a: float, b: float, out_dim: int | None, who: str
-             ) -> tuple[np.ndarray, tuple[int, ...], float, int, np.ndarray]:
+def zip_owners_in_rounds(s: Tensor, origin: np.ndarray, *, steps: int, a: float, budget: np.ndarray,
+                         killed: np.ndarray, group_budget: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`zip_owners` on a tensor (overwritten) on any device: the same owners, values, budgets and
+    kills, bit for bit, with the bulk of the merges taken many at a time.
+
+    For a GPU, where one merge at a time would be a dozen kernel launches per merge; a CPU runs
+    :func:`zip_owners` faster. :func:`merge_rounds` takes the merges it can prove the greedy order
+    takes, on s's device; the rest run one at a time on a CPU copy. The values are then put in greedy
+    order: while the global max is positive it never rises, so greedy takes those merges by value,
+    descending (and equal values are interchangeable in the score's mean).
+    """
+    _forbid(s, origin, killed)
+    st = merge_rounds(s, origin, steps=steps, a=a, budget=budget, group_budget=group_budget)
+    head = st.done
+    if st.done < steps:
+        _greedy_steps(s.cpu().numpy(), origin, st, a=a, budget=budget, killed=killed, group_budget=group_budget)
+    if head:
+        positive = st.values > 0
+        st.values = np.concatenate([np.sort(st.values[positive])[::-1], st.values[~positive]])
+    return st.owner, st.values
+
+
+def merge_rounds(s: Tensor, origin: np.ndarray, *, steps: int, a: float, budget: np.ndarray,
+                 group_budget: np.ndarray | None = None) -> _State:
+    """The greedy zip's merges taken a round at a time on s's device, while that is provably exact
+    (`s` has its forbidden pairs at -inf; it and the budgets are updated in place; nothing is killed).
+
+    A round takes the pairs (x, y) that are each other's unique row max, at a positive value v. With
+    0 < a <= 1 and no origin killed, a merge only lowers positive entries (a * min(...) stays below both
+    rows' maxima), so such a pair stays each other's unique best until the greedy order reaches it, at
+    the same value, and taking it early changes no merge in between; several merged at once get the
+    entries the one-at-a-time updates give, in any order (scaling by a > 0 commutes with min). Greedy
+    takes the merges at values >= v before it, at most m - 1 of them among the m active features
+    whose row max is >= v, so a pair is taken only when done + m - 1 <= steps (it is among the first
+    `steps`) and, per origin, m_o - 1 is below the budgets left (no kill comes before it).
+    """
+    n = s.shape[0]
+    dev = s.device
+    rarg = s.argmax(1)
+    rmax = s.gather(1, rarg[:, None]).squeeze(1)
+    active = torch.ones(n, dtype=torch.bool, device=dev)
+    owner = torch.arange(n, device=dev)
+    ids = torch.arange(n, device=dev)
+    of = torch.as_tensor(origin, device=dev)
+    scale = torch.tensor(a, dtype=s.dtype, device=dev)  # a rounded to s's precision, as zip_owners does
+    values: list[Tensor] = []
+    done = 0
+    while 0 < a <= 1 and done < steps:
+        xs = ((rmax > 0) & (rarg[rarg] == ids) & (ids < rarg)).nonzero().squeeze(1)
+        ys, v = rarg[xs], rmax[xs]
+        unique = ((s[xs] == v[:, None]).sum(1) == 1) & ((s[ys] == v[:, None]).sum(1) == 1)
+        v, order = v[unique].sort(descending=True, stable=True)
+        xs, ys = xs[unique][order], ys[unique][order]
+        ok = done + _at_least(rmax[active], v) - 1 <= steps
+        left = budget if group_budget is None else np.minimum(budget, group_budget)
+        for o, room in enumerate(left.tolist()):
+            ok &= _at_least(rmax[active & (of == o)], v) - 1 < room
+        k = int((~ok).cumsum(0).eq(0).sum())  # the longest run of pairs that pass, from the top
+        if k == 0:
+            break
+        xs, ys = xs[:k], ys[:k]
+        values.append(v[:k])
+        done += k
+        same = of[xs] == of[ys]
+        taken = np.bincount(of[xs][same].cpu().numpy(), minlength=len(budget))
+        budget -= taken
+        if group_budget is not None:
+            group_budget -= taken
+        rows = torch.minimum(s[xs], s[ys]).mul_(scale)
+        among = torch.minimum(rows[:, xs], rows[:, ys]).mul_(scale)
+        rows[:, xs] = among.fill_diagonal_(-math.inf)
+        rows[:, ys] = -math.inf
+        s[ys] = -math.inf
+        s[:, ys] = -math.inf
+        s[xs] = rows
+        s[:, xs] = rows.T
+        active[ys] = False
+        rmax[ys] = -math.inf
+        moved = torch.zeros(n, dtype=torch.bool, device=dev)
+        moved[xs] = moved[ys] = True
+        redo = active & (moved[rarg] | (rows.max(0).values >= rmax))
+        redo[xs] = True
+        again = redo.nonzero().squeeze(1)
+        rarg[again] = s[again].argmax(1)
+        rmax[again] = s[again, rarg[again]]
+        into = ids.clone()
+        into[ys] = xs
+        owner = into[owner]
+    out = np.empty(steps)
+    out[:done] = torch.cat(values).double().cpu().numpy() if values else []
+    return _State(active.cpu().numpy(), owner.cpu().numpy(), rarg.cpu().numpy(), rmax.cpu().numpy(), out, done)
+
+
+def _at_least(r: Tensor, v: Tensor) -> Tensor:
+    """For each entry of `v`, how many entries of `r` are >= it."""
+    return len(r) - torch.searchsorted(r.sort().values, v, side="left")
+
+
+def _prepare(sim: Tensor, sizes: Sequence[int], a: float, b: float, out_dim: int | None, who: str,
+             on_device: bool = False) -> tuple[np.ndarray | Tensor, tuple[int, ...], float, int, np.ndarray]:
     """Checked inputs -> (similarity copy, sizes, a, out_dim, per-unit parent ids)."""
-    s, sizes_t = check_similarity(sim, sizes, who=who, equal=False)
+    s, sizes_t = check_similarity(sim, sizes, who=who, equal=False, on_device=on_device)
     a = check_unit_interval(a, name="a", who=who)
     check_unit_interval(b, name="b", who=who)
     o = sum(sizes_t)
@@ -143,11 +279,14 @@ def greedy_zip(sim: Tensor, sizes: Sequence[int], *, a: float = 0.5, b: float = 
     (0 freezes them), b in [0, 1] the fraction of merges that may be within one parent. Score: mean
     similarity of the pairs at the moment they were taken. Same clusters and score as
     :func:`greedy_zip_reference`, in O(O^2 + (O - C) * O) typical time instead of O((O - C) * O^2).
+    A similarity of at least :data:`ROUNDS_FROM` units on a GPU is zipped there, in rounds
+    (:func:`zip_owners_in_rounds`); any other is zipped on the CPU one merge at a time.
     """
-    s, sizes_t, a, c, origin = _prepare(sim, sizes, a, b, out_dim, "greedy_zip")
+    on_device = isinstance(sim, Tensor) and sim.device.type != "cpu" and len(sim) >= ROUNDS_FROM
+    s, sizes_t, a, c, origin = _prepare(sim, sizes, a, b, out_dim, "greedy_zip", on_device)
     n = len(sizes_t)
     budget = np.full(n, model_budget(len(origin), c, n, b), dtype=np.int64)
-    owner, values = zip_owners(s, origin, steps=len(origin) - c, a=a, budget=budget,
+    owner, values = (zip_owners_in_rounds if on_device else zip_owners)(s, origin, steps=len(origin) - c, a=a, budget=budget,
                                killed=np.zeros(n, dtype=bool))
     return match_from_assignment(_assignment(owner), sizes_t, float(values.mean()) if len(values) else 0.0)
 
