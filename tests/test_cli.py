@@ -47,6 +47,11 @@ def test_training_is_deterministic(tmp_path):
     (["zoo", "train", "--dataset", "digits", "--arch", "mlp", "--classes", "", "--out", "x.safetensors"], "empty"),
     (["zoo", "train", "--dataset", "mnist", "--data-dir", "/nonexistent", "--arch", "mlp", "--classes", "0-4",
       "--out", "x.safetensors"], "does not exist"),
+    (["--device", "tpu", "eval", "--model", "missing.safetensors", "--dataset", "digits"], "unknown device 'tpu'"),
+    (["--device", "cuda:7", "eval", "--model", "missing.safetensors", "--dataset", "digits"], "device 'cuda:7'"),
+    # options are checked before the parents and the data load
+    (["merge", "--parents", "a.safetensors", "b.safetensors", "--dataset", "digits", "--method", "mudsc-zip",
+      "--alpha", "1.5", "--out", "o"], "alpha"),
 ])
 def test_errors_exit_2_without_traceback(tmp_path, args, message):
     code, _, err = run(*args)

@@ -18,8 +18,10 @@ def launched(args: argparse.Namespace) -> Iterator[None]:
     Under torchrun every rank must have been given the same command line (refused otherwise), takes
     its local device, and only rank 0 prints to stdout and draws progress bars.
     """
+    from mudsc.device import default_device
     from mudsc.distributed import digest, launch_from_env
 
+    default_device(getattr(args, "device", None))  # a device this machine lacks is refused before any work
     with launch_from_env(args.device) as launch:
         args.launch = launch
         if not launch.distributed:

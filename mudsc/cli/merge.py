@@ -138,10 +138,11 @@ def _merge(args: argparse.Namespace) -> int:
     if args.manifest:
         result, manifest = reproduce(read_manifest(args.manifest), args.out, device=args.device, launch=launch_of(args))
     else:
+        config = _config(args)  # a bad option is refused before the parents and data load
         session = _session(args.parents, args)
         units = {"statistics": "img", "sweeps": "sweep", "BN reset": "img", "evaluation": "img"}
         with StageBars(units, disable=bars_off(args)) as bars:
-            result = session.merge(_config(args), steps=bars)
+            result = session.merge(config, steps=bars)
         manifest = save_merge(result, session, args.out)
     metrics = manifest["metrics"]
     if args.json:
