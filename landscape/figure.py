@@ -23,7 +23,7 @@ from plotly.subplots import make_subplots
 
 from landscape.barrier import PathResult
 from landscape.result import LandscapeResult
-from mudsc.atomic import write_bytes
+from mudsc.atomic import output_dir, write_bytes
 from mudsc.errors import ConfigError
 from mudsc.studio.figure_export import STATIC_FORMATS, figure_html, static_image
 
@@ -337,7 +337,7 @@ def write_figure(result: LandscapeResult, stem: str | Path, *, formats: Sequence
     if bad:
         raise ConfigError(f"unknown figure format {bad[0]!r}; choose from html, {', '.join(STATIC_FORMATS)}")
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(stem.parent)
     fig = landscape_figure(result, overlap_threshold=overlap_threshold, vmax=vmax, title=title, groups=groups,
                            segments=segments)
     # each file is rendered in full, then written atomically: a full disk or a killed process leaves no

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mudsc.errors import DiskFullError
+from mudsc.errors import DiskFullError, WriteError
 
 
 def human_bytes(n: float) -> str:
@@ -36,24 +36,36 @@ def _disk_full(path: Path, size: int) -> DiskFullError:
                          "any earlier file there is unchanged: free some space and retry")
 
 
+def output_dir(path: str | os.PathLike) -> Path:
+    """`path` as an existing folder (made with its parents), or a :class:`~mudsc.errors.WriteError`
+    saying why it cannot be; output options are checked with it before the work they save."""
+    p = Path(path).expanduser()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot make the folder {p}: {e.strerror or e}") from None
+    return p
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, size: int) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` when the block ends.
 
     `size` is the bytes the write needs (an upper estimate where only the writer knows), for the
-    ENOSPC message. On any failure the temporary file is removed and `path` is left as it was.
+    ENOSPC message. On any failure the temporary file is removed and `path` is left as it was; an
+    OSError becomes a :class:`~mudsc.errors.WriteError` naming `path`.
     """
     path = Path(path)
     # pid and thread in the name: two writers of one entry never share a temporary file
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    output_dir(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise _disk_full(path, size) from None
-        raise
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -32,6 +32,10 @@ class ResourceError(MudscError):
     """Not enough of the machine: memory or disk space."""
 
 
+class WriteError(MudscError):
+    """An output that cannot be written: a folder under a file, no permission, a read-only disk."""
+
+
 class DiskFullError(ResourceError):
     """A write failed for lack of disk space (ENOSPC); the file it was replacing is unchanged."""
 

@@ -49,6 +49,8 @@ def test_training_is_deterministic(tmp_path):
       "--out", "x.safetensors"], "does not exist"),
     (["--device", "tpu", "eval", "--model", "missing.safetensors", "--dataset", "digits"], "unknown device 'tpu'"),
     (["--device", "cuda:7", "eval", "--model", "missing.safetensors", "--dataset", "digits"], "device 'cuda:7'"),
+    (["merge", "--parents", "a.safetensors", "b.safetensors", "--dataset", "digits", "--batch-size", "0",
+      "--out", "o"], "--batch-size: must be at least 1"),
     # options are checked before the parents and the data load
     (["merge", "--parents", "a.safetensors", "b.safetensors", "--dataset", "digits", "--method", "mudsc-zip",
       "--alpha", "1.5", "--out", "o"], "alpha"),
@@ -58,6 +60,21 @@ def test_errors_exit_2_without_traceback(tmp_path, args, message):
     assert code == 2
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()[-1]) > 10
+
+
+def test_unwritable_outputs_are_refused_before_the_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = blocker / "out"  # a folder cannot be made under a file
+    for args in (["merge", "--parents", "a.safetensors", "b.safetensors", "--dataset", "digits", "--out", str(out)],
+                 ["sweep", "--parents", "a.safetensors", "b.safetensors", "--dataset", "digits", "--out", str(out)],
+                 ["merge-same", "--models", "a.safetensors", "--base", "b.safetensors", "--method", "ties",
+                  "--dataset", "digits", "--out", str(out)],
+                 ["stats", "--model", "a.safetensors", "--dataset", "digits", "--out", str(out / "s.safetensors")],
+                 ["zoo", "train", "--dataset", "digits", "--arch", "mlp", "--classes", "0-4",
+                  "--out", str(out / "p.safetensors")]):
+        code, _, err = run(*args)
+        assert code == 2 and "cannot make the folder" in err and "Traceback" not in err, (args, err)
 
 
 def test_corrupt_checkpoint_cli(tmp_path):

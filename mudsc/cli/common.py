@@ -11,6 +11,17 @@ from typing import Any, Callable, Iterator
 from mudsc.errors import ConfigError
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count (images, batch size, epochs, widths): an int of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 @contextlib.contextmanager
 def launched(args: argparse.Namespace) -> Iterator[None]:
     """Run a command as this process's part of its launch (``args.launch``, see :mod:`mudsc.distributed`).
@@ -36,6 +47,17 @@ def launched(args: argparse.Namespace) -> Iterator[None]:
         args.quiet = True
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
             yield
+
+
+def check_out(path: str | os.PathLike | None, *, folder: bool) -> None:
+    """Refuse an output that cannot be written before the work it would save: `path` is the output
+    folder itself (`folder`) or a file or prefix in its folder. The folder is made if missing."""
+    from pathlib import Path
+
+    from mudsc.atomic import output_dir
+
+    if path:
+        output_dir(path if folder else Path(path).parent)
 
 
 def launch_of(args: argparse.Namespace):
@@ -79,7 +101,7 @@ def add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--dataset", required=required, help="digits, mnist, cifar10, cifar100, imagefolder, npz "
                    "(or a path)")
     p.add_argument("--data-dir", help="data directory or file (default for mnist and cifar: $MUDSC_DATA)")
-    p.add_argument("--data-img-size", type=int, metavar="N", help="load the data set at N x N: every image's "
+    p.add_argument("--data-img-size", type=positive_int, metavar="N", help="load the data set at N x N: every image's "
                    "shorter side resized to N, then centre-cropped (torchvision Resize + CenterCrop), before "
                    "normalising; needed for an ImageFolder of mixed sizes. Every parent sees these images "
                    "(unlike a parent's --img-size, which resizes inside that parent only)")
@@ -107,7 +129,7 @@ def add_arch_args(p: argparse.ArgumentParser, *, per_parent: bool) -> None:
     p.add_argument("--mean", nargs=n, metavar="M[,M,M]", help="the parent's Normalize mean per channel, on pixels "
                    f"in [0, 1] (torchvision convention){each}; default: the data set's own normalisation")
     p.add_argument("--std", nargs=n, metavar="S[,S,S]", help=f"the parent's Normalize std per channel{each}")
-    p.add_argument("--img-size", nargs=n, type=int, metavar="N",
+    p.add_argument("--img-size", nargs=n, type=positive_int, metavar="N",
                    help=f"resize the shorter side to N and centre-crop N x N{each}")
     p.add_argument("--class-embeddings", metavar="FILE", help="[num_classes, d] class embeddings (.safetensors or "
                    ".npy, e.g. CLIP text embeddings): the network emits d-dim embeddings scored by cosine, and "

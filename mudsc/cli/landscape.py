@@ -7,7 +7,17 @@ import math
 import sys
 from pathlib import Path
 
-from mudsc.cli.common import add_arch_args, add_data_args, check_inputs, data_of, launch_of, plain_specs, print_json
+from mudsc.cli.common import (
+    add_arch_args,
+    add_data_args,
+    check_inputs,
+    check_out,
+    data_of,
+    launch_of,
+    plain_specs,
+    positive_int,
+    print_json,
+)
 
 FIGURE_FORMATS = ("html", "png", "svg", "pdf")
 
@@ -33,22 +43,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plane", choices=tuple(planes), default="three-point",
                    help="; ".join(f"{flag}: {what}" for flag, what in planes.items())
                         + ". Here the third model is the second merge, and random directions centre on the first")
-    p.add_argument("--grid", type=int, default=21, help="grid points along the longer side")
+    p.add_argument("--grid", type=positive_int, default=21, help="grid points along the longer side")
     p.add_argument("--margin", type=float, default=0.25, help="grid margin, share of the models' extent")
     p.add_argument("--seed", type=int, default=0, help="seed of the random plane and the evaluation subset")
     add_data_args(p)
     p.add_argument("--bn", choices=("exact", "preview"), default="exact",
                    help="exact: BatchNorm statistics recomputed at every point; preview: the first merge's")
-    p.add_argument("--stats-images", type=int, default=1000, help="images for the merges' activation statistics")
-    p.add_argument("--eval-images", type=int, default=500, help="held-out images per task at every point")
-    p.add_argument("--calib-images", type=int, default=256, help="training images for exact BatchNorm statistics")
+    p.add_argument("--stats-images", type=positive_int, default=1000, help="images for the merges' activation statistics")
+    p.add_argument("--eval-images", type=positive_int, default=500, help="held-out images per task at every point")
+    p.add_argument("--calib-images", type=positive_int, default=256, help="training images for exact BatchNorm statistics")
     p.add_argument("--reset-images", type=int, default=1000, help="training images for each merge's BatchNorm reset")
     p.add_argument("--path-steps", type=int, default=11,
                    help="points per segment of each parent 0' - merge - parent 1' path (barrier); 0 skips it")
     p.add_argument("--overlap", type=float, default=0.5,
                    help="overlap region: every task's loss below this share of its chance-level loss ln K")
     p.add_argument("--vmax", type=float, help="clip the figure's colour scale at this loss (default 1.5 ln K)")
-    p.add_argument("--chunk-size", type=int, default=16, help="grid points per vectorised call")
+    p.add_argument("--chunk-size", type=positive_int, default=16, help="grid points per vectorised call")
     p.add_argument("--method", choices=("auto", "vmap", "loop"), default="auto",
                    help="grid evaluation: vmap over chunks of points, the per-point loop, or auto (vmap, except "
                         "the loop for convolutional models on CPU, where it is faster)")
@@ -127,6 +137,8 @@ def _landscape(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".npz":
         raise ConfigError(f"--out {args.out}: expected a .npz file")
+    check_out(out, folder=False)
+    check_out(args.figure, folder=False)
     fig_fmt = Path(args.figure).suffix.lstrip(".") if args.figure else None
     if args.figure and fig_fmt not in FIGURE_FORMATS:
         raise ConfigError(f"--figure {args.figure}: expected a .html, .png, .svg or .pdf file")

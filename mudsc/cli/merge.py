@@ -13,9 +13,11 @@ from mudsc.cli.common import (
     add_quiet_arg,
     bars_off,
     check_inputs,
+    check_out,
     data_of,
     launch_of,
     plain_specs,
+    positive_int,
     print_json,
     progress_bar,
 )
@@ -48,9 +50,9 @@ def _add_session_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", nargs="+", metavar="TASK",
                    help="plain state dicts: each parent's task (its last layer's classes), one per parent: 0-4 5-9")
     add_arch_args(p, per_parent=True)
-    p.add_argument("--stats-images", type=int, default=1000, help="images for activation statistics")
-    p.add_argument("--eval-images", type=int, help="held-out images to evaluate on (default: all)")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--stats-images", type=positive_int, default=1000, help="images for activation statistics")
+    p.add_argument("--eval-images", type=positive_int, help="held-out images to evaluate on (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=250)
     add_quiet_arg(p)
 
 
@@ -95,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="choose the config (alpha, cut, method) on held-out training images and report the "
                         "test accuracy at that choice, per pair (the papers' protocol)")
     s.add_argument("--select-metric", choices=("joint", "per-task"), default="joint")
-    s.add_argument("--select-images", type=int,
+    s.add_argument("--select-images", type=positive_int,
                    help="training images to select on, after those the statistics and BN reset use "
                         "(default: all of the rest, at most 1,000)")
     s.add_argument("--out", required=True, help="output prefix: writes PREFIX.csv and PREFIX.json")
@@ -135,6 +137,7 @@ def _specs(paths: list[str], args: argparse.Namespace) -> list[dict | None]:
 def _merge(args: argparse.Namespace) -> int:
     from mudsc.diffinit.manifest import read_manifest, reproduce, save_merge
 
+    check_out(args.out, folder=True)
     if args.manifest:
         result, manifest = reproduce(read_manifest(args.manifest), args.out, device=args.device, launch=launch_of(args))
     else:
@@ -187,6 +190,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from mudsc.diffinit.sweep import aggregate, grid, run_sweep
     from mudsc.errors import ConfigError
 
+    check_out(args.out, folder=False)
     sets = [p.split(",") for p in args.pairs] if args.pairs else [args.parents]
     if not sets or not all(sets):
         raise ConfigError("give --parents A B or --pairs A1,B1 A2,B2 ...")
@@ -222,7 +226,6 @@ def _sweep(args: argparse.Namespace) -> int:
     rows = aggregate(per_pair) if len(per_pair) > 1 else per_pair[0]
     selected = aggregate_selections(selections) if selections else None
     prefix = Path(args.out)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
     with open(prefix.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -23,8 +23,10 @@ from mudsc.cli.common import (
     add_data_args,
     add_quiet_arg,
     bars_off,
+    check_out,
     data_of,
     plain_specs,
+    positive_int,
     print_json,
 )
 
@@ -44,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p, required=False)
     p.add_argument("--classes", nargs="+", metavar="TASK", help="plain state dicts: each model's task, one per model")
     add_arch_args(p, per_parent=True)
-    p.add_argument("--stats-examples", type=int, default=1000, help="training examples per task for statistics")
+    p.add_argument("--stats-examples", type=positive_int, default=1000, help="training examples per task for statistics")
     p.add_argument("--fisher", choices=("sampled", "empirical"), default="sampled",
                    help="labels of the Fisher and K-FAC statistics: sampled (true Fisher) or the true labels")
     p.add_argument("--lambda", dest="lam", type=float,
@@ -59,13 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-bn-reset", action="store_true",
                    help="keep the averaged BatchNorm statistics (default: recompute them on the tasks' images)")
     p.add_argument("--reset-images", type=int, default=1000, help="training images for the BatchNorm reset")
-    p.add_argument("--epochs", type=int, help="multitask: epochs over the union (default: the task models' own)")
+    p.add_argument("--epochs", type=positive_int, help="multitask: epochs over the union (default: the task models' own)")
     p.add_argument("--lr", type=float, default=1e-3, help="multitask: learning rate")
     p.add_argument("--align-alpha", type=float, default=0.5, help="mudsc-align: weight share of the similarity")
-    p.add_argument("--align-images", type=int, default=1000, help="training images for activation statistics")
+    p.add_argument("--align-images", type=positive_int, default=1000, help="training images for activation statistics")
     p.add_argument("--seed", type=int, default=0, help="seeds example orders, sampled labels and training")
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--eval-images", type=int, help="held-out images to evaluate on (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=250)
+    p.add_argument("--eval-images", type=positive_int, help="held-out images to evaluate on (default: all)")
     p.add_argument("--out", required=True, help="output directory (task{i}.safetensors, manifest.json)")
     p.add_argument("--json", action="store_true", help="print per-task accuracy and the average as JSON")
     add_quiet_arg(p)
@@ -106,6 +108,7 @@ def _merge_same(args: argparse.Namespace) -> int:
     from mudsc.sameinit.session import SameInitSession
     from mudsc.sameinit.subspace import INITS
 
+    check_out(args.out, folder=True)
     if args.manifest:
         return _reproduce(args)
     if not args.models or not args.method:

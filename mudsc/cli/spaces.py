@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mudsc.cli.common import parse_kw, print_json
+from mudsc.cli.common import parse_kw, positive_int, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,9 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "or your network as path/to/models.py:FUNCTION or package.module:FUNCTION, called with the "
                    "--kw options (importing it RUNS its code, so name only code you trust)")
     s.add_argument("--kw", action="append", metavar="KEY=VALUE", help="architecture option (repeatable)")
-    s.add_argument("--img-size", type=int, default=224, help="input resolution of the example batch (default 224)")
-    s.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
-    s.add_argument("--num-classes", type=int, default=10, help="classes of the model's own head (default 10)")
+    s.add_argument("--img-size", type=positive_int, default=224, help="input resolution of the example batch (default 224)")
+    s.add_argument("--in-chans", type=positive_int, default=3, help="input channels (default 3)")
+    s.add_argument("--num-classes", type=positive_int, default=10, help="classes of the model's own head (default 10)")
     s.add_argument("--seed", type=int, default=0, help="seeds the weights, the example batch and the permutations")
     s.add_argument("--json", action="store_true", help='one JSON object {"summary": ..., "tensors": [...]}')
     s.set_defaults(func=_spaces)

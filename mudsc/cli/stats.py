@@ -8,8 +8,10 @@ from mudsc.cli.common import (
     add_quiet_arg,
     bars_off,
     check_inputs,
+    check_out,
     launch_of,
     load_model_task,
+    positive_int,
     print_json,
     progress_bar,
 )
@@ -20,13 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_task_args(s, classes_help="task whose examples to use (default: the model's own task)")
     s.add_argument("--split", choices=("train", "eval"), default="train",
                    help="examples to use (default train: the eval split stays held out)")
-    s.add_argument("--examples", type=int, default=1000)
+    s.add_argument("--examples", type=positive_int, default=1000)
     s.add_argument("--fisher", choices=("sampled", "empirical"), default="sampled",
                    help="labels drawn from the model's prediction (true Fisher) or the true labels")
     s.add_argument("--parts", nargs="+", choices=("gram", "grad", "fisher"), default=["gram", "grad", "fisher"],
                    help="what to collect: gram (RegMean), gram grad (MaTS K-FAC), fisher (Fisher merging); "
                         "default all, so one file serves every method")
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--batch-size", type=positive_int, default=32)
     s.add_argument("--seed", type=int, default=0, help="seeds the example order and sampled labels")
     s.add_argument("--out", required=True, help="output .safetensors file")
     s.add_argument("--json", action="store_true")
@@ -43,6 +45,7 @@ def _stats(args: argparse.Namespace) -> int:
     from mudsc.models.checkpoint import sha256_file
     from mudsc.sameinit.taskstats import compute_stats, save_stats
 
+    check_out(args.out, folder=False)
     model, data, classes = load_model_task(args)
     launch = launch_of(args)
     check_inputs(args, [args.model], data.fingerprint)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from mudsc.cli.common import add_data_args, parse_kw, print_json, print_record, progress_bar
+from mudsc.cli.common import add_data_args, check_out, parse_kw, positive_int, print_json, print_record, progress_bar
 from mudsc.cli.finetune import add_finetune
 
 
@@ -14,14 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = zsub.add_parser("train", help="train a parent on a class subset")
     add_data_args(t)
     t.add_argument("--arch", required=True, help="mlp, cnn, resnet20, resnet20gn or timm:NAME")
-    t.add_argument("--width", type=int, help="width multiplier (mlp: hidden units)")
+    t.add_argument("--width", type=positive_int, help="width multiplier (mlp: hidden units)")
     t.add_argument("--classes", required=True, help="task: 0-4, 5-9, odd, even, 0,3,7 ...")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--epochs", type=positive_int, default=10)
     t.add_argument("--head", choices=("shared", "own"), default="shared")
-    t.add_argument("--feat-dim", type=int, default=64)
+    t.add_argument("--feat-dim", type=positive_int, default=64)
     t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--batch-size", type=positive_int, default=128)
     t.add_argument("--kw", action="append", metavar="KEY=VALUE", help="architecture option (repeatable)")
     t.add_argument("--out", help="output .safetensors file (default: $MUDSC_HOME/zoo/ARCH.DATASET_TASK_sSEED.safetensors)")
     t.add_argument("--json", action="store_true", help="print the record as JSON")
@@ -39,6 +39,7 @@ def _train(args: argparse.Namespace) -> int:
 
     kw = parse_kw(args.kw)
     out = args.out or default_parent_path(args.arch, args.dataset, args.classes, args.seed, kw.get("width"))
+    check_out(out, folder=False)
     if args.width is not None:
         kw["width"] = args.width
     bar, update = progress_bar(f"train {args.arch} on {args.classes}")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mudsc import __version__
-from mudsc.atomic import atomic_path
+from mudsc.atomic import atomic_path, output_dir
 from mudsc.data import reload_name
 from mudsc.diffinit.config import MergeConfig
 from mudsc.diffinit.session import MergeResult, MergeSession
@@ -56,8 +56,7 @@ def save_merge(result: MergeResult, session: MergeSession, out_dir: str | Path) 
         raise ConfigError("the ensemble is an upper bound, not a merged model; nothing to export")
     if not session.paths:
         raise ConfigError("export needs a session opened from checkpoint files (MergeSession.from_paths)")
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
     specs = [p.spec for p in session.parents]
     meta: dict[str, Any] = {"version": __version__, "merge": result.config.model_dump(mode="json"),
                             "tasks": [list(t) for t in session.tasks]}

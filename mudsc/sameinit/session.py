@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from mudsc import __version__
+from mudsc.atomic import output_dir
 from mudsc.data import Dataset, absolute, batches, check_tasks, load_dataset, union_classes, union_train
 from mudsc.device import default_device
 from mudsc.diffinit.fuse import reset_bn_stats_
@@ -329,8 +330,7 @@ class SameInitSession:
         """Write ``task{i}.safetensors`` (model i: the merged body and task i's head, self-describing,
         loadable by :func:`mudsc.models.checkpoint.load_model`) and ``manifest.json`` under `out`;
         returns the manifest with the outputs listed."""
-        root = Path(out).expanduser()
-        root.mkdir(parents=True, exist_ok=True)
+        root = output_dir(out)
         outputs = []
         for i, m in enumerate(result.models):
             path = root / f"task{i}.safetensors"
