@@ -25,6 +25,8 @@ from mudsc.diffinit.similarity import (
     descriptor_block,
     descriptor_refs,
     gram_part,
+    mirror_blocks_,
+    parent_blocks,
     ref_neighbours,
     similarity_from_parts,
 )
@@ -64,11 +66,16 @@ class DescriptorCache:
 
     def columns(self, space: str, g: int, matches: dict[str, Match]) -> Tensor:
         """[O, d_g]: group g's columns of `space`'s descriptor, parents stacked, under `matches`."""
+        return cat(self.parent_columns(space, g, matches), 0)
+
+    def parent_columns(self, space: str, g: int, matches: dict[str, Match]) -> list[Tensor]:
+        """:meth:`columns` as one [O / N, d_g] block per parent."""
         deps, positions = self.groups[space][g]
         maps = {q: matches[q].parts() for q in deps if q in matches}
         refs = descriptor_refs(self.graph, space)
-        return cat([cat([descriptor_block(self.sds, self.graph, space, refs[k], maps, i) for k in positions], 1)
-                    for i in range(len(self.sds))], 0)
+        blocks = [[descriptor_block(self.sds, self.graph, space, refs[k], maps, i) for k in positions]
+                  for i in range(len(self.sds))]
+        return [b[0] if len(b) == 1 else cat(b, 1) for b in blocks]
 
     def shift(self, space: str) -> Tensor:
         """[O] the row means of `space`'s descriptor before any neighbour is solved: every Gram part of
@@ -79,10 +86,11 @@ class DescriptorCache:
         return self._shift[space]
 
     def _compute(self, space: str, g: int, matches: dict[str, Match]) -> tuple[Tensor, Tensor, int]:
-        z = self.columns(space, g, matches)
+        """Group g's Gram part (parent blocks i <= j only: :func:`_sum` mirrors the total), row sums, width."""
+        blocks = self.parent_columns(space, g, matches)
         self.pooled += 1
         shift = self.shift(space) if self.metric == "pearson" else None
-        return (*gram_part(z, self.metric, len(self.sds), shift), z.shape[1])
+        return (*gram_part(blocks, self.metric, len(self.sds), shift, mirror=False), blocks[0].shape[1])
 
     def _part(self, space: str, g: int, matches: dict[str, Match]) -> tuple[Tensor, Tensor, int]:
         deps, _ = self.groups[space][g]
@@ -97,20 +105,28 @@ class DescriptorCache:
     def _fixed_part(self, space: str) -> tuple[Tensor, Tensor, int] | None:
         if space not in self._fixed:
             parts = [self._compute(space, g, {}) for g, (deps, _) in enumerate(self.groups[space]) if not deps]
-            self._fixed[space] = _sum(parts) if parts else None
+            self._fixed[space] = _sum(parts, len(self.sds), self.metric) if parts else None
         return self._fixed[space]
 
     def __call__(self, space: str, matches: dict[str, Match]) -> Tensor:
         """[O, O] S_W of `space` given the neighbours' current `matches` (only solved ones are read)."""
         parts = [self._part(space, g, matches) for g, (deps, _) in enumerate(self.groups[space]) if deps]
         fixed = self._fixed_part(space)
-        gram, rows, width = _sum(([fixed] if fixed is not None else []) + parts)
+        gram, rows, width = _sum(([fixed] if fixed is not None else []) + parts, len(self.sds), self.metric)
         return similarity_from_parts(gram, rows, width, self.metric)
 
 
-def _sum(parts: list[tuple[Tensor, Tensor, int]]) -> tuple[Tensor, Tensor, int]:
-    """Gram parts, row sums and widths added up, in the order given (a fresh Gram to overwrite)."""
+def _sum(parts: list[tuple[Tensor, Tensor, int]], n: int, metric: str) -> tuple[Tensor, Tensor, int]:
+    """Gram parts, row sums and widths added up, in the order given (a fresh Gram to overwrite). The
+    parts hold their parent blocks i <= j (all of them for ``inner``); the sum is mirrored once."""
     gram = parts[0][0].clone()
-    for p in parts[1:]:
-        gram += p[0]
+    if metric == "inner" or gram.shape[0] % n:
+        for p in parts[1:]:
+            gram += p[0]
+    else:
+        o = gram.shape[0] // n
+        for p in parts[1:]:
+            for i, j in parent_blocks(n):
+                gram[i * o:(i + 1) * o, j * o:(j + 1) * o] += p[0][i * o:(i + 1) * o, j * o:(j + 1) * o]
+        mirror_blocks_(gram, n)
     return gram, sum((p[1] for p in parts[1:]), parts[0][1].clone()), sum(p[2] for p in parts)

@@ -13,7 +13,7 @@ similarity is S = alpha * S_W + (1 - alpha) * S_A.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -75,34 +75,54 @@ def descriptor_block(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str,
     return w.reshape(s.size, -1)
 
 
-def gram_part(z: Tensor, metric: Literal["pearson", "cosine", "inner"], n_parents: int = 1,
-              shift: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """[O, d] descriptor columns, parents stacked -> (their [O, O] Gram part, [O] float64 row sums).
+def gram_part(z: Tensor | Sequence[Tensor], metric: Literal["pearson", "cosine", "inner"], n_parents: int = 1,
+              shift: Tensor | None = None, *, mirror: bool = True) -> tuple[Tensor, Tensor]:
+    """[O, d] descriptor columns, parents stacked (or the N parents' [O / N, d] blocks) -> (their
+    [O, O] Gram part, [O] float64 row sums).
 
     Pearson parts are of ``z - shift`` (one value per row, the same for every group of a descriptor):
     any shift leaves the centred Gram unchanged (:func:`similarity_from_parts`), and one near each
     row's mean keeps float32 products from cancelling when a descriptor sits far from zero. Only the
-    parent blocks i <= j are multiplied; the others are their transposes. (CPU BLAS gives z z^T exactly
-    symmetric; where a backend does not, the solvers' input check symmetrises S.)
+    parent blocks i <= j are multiplied; the others are their transposes, written unless not
+    `mirror` (a caller summing parts mirrors the sum once, :func:`mirror_blocks_`). (CPU BLAS gives
+    z z^T exactly symmetric; where a backend does not, the solvers' input check symmetrises S.)
     """
     if metric == "inner":
-        z = z.double()
+        z = (z if isinstance(z, Tensor) else torch.cat(list(z))).double()
         return z @ z.T, z.sum(1)
-    z = z.float()
-    if shift is not None and metric == "pearson":
-        z = z - shift[:, None].to(z)
-    rows = z.sum(1).double()
-    n = n_parents if z.shape[0] % n_parents == 0 else 1
-    o = z.shape[0] // n
-    blocks = z.split(o)
-    gram = torch.empty(z.shape[0], z.shape[0], dtype=z.dtype, device=z.device)
+    if isinstance(z, Tensor):
+        blocks = z.split(z.shape[0] // n_parents if z.shape[0] % n_parents == 0 else z.shape[0])
+    else:
+        blocks = list(z)
+    o = blocks[0].shape[0]
+    centred, rows = [], []
     for i, zi in enumerate(blocks):
-        for j in range(i, n):
-            part = gram[i * o:(i + 1) * o, j * o:(j + 1) * o]
-            torch.mm(zi, blocks[j].T, out=part)
-            if j > i:
-                copy_transposed_(gram[j * o:(j + 1) * o, i * o:(i + 1) * o], part)
-    return gram, rows
+        zi = zi.float()
+        if shift is not None and metric == "pearson":
+            zi = zi - shift[i * o:(i + 1) * o, None].to(zi)
+        centred.append(zi)
+        rows.append(zi.sum(1).double())
+    n = len(blocks)
+    gram = torch.empty(n * o, n * o, dtype=centred[0].dtype, device=centred[0].device)
+    for i, j in parent_blocks(n):
+        torch.mm(centred[i], centred[j].T, out=gram[i * o:(i + 1) * o, j * o:(j + 1) * o])
+    if mirror:
+        mirror_blocks_(gram, n)
+    return gram, torch.cat(rows)
+
+
+def parent_blocks(n: int) -> list[tuple[int, int]]:
+    """The parent blocks (i, j), i <= j, of an [O, O] matrix over n parents: those a Gram part computes."""
+    return [(i, j) for i in range(n) for j in range(i, n)]
+
+
+def mirror_blocks_(gram: Tensor, n: int) -> Tensor:
+    """Write each parent block (i, j), i < j, of `gram` transposed into block (j, i)."""
+    o = gram.shape[0] // n
+    for i, j in parent_blocks(n):
+        if j > i:
+            copy_transposed_(gram[j * o:(j + 1) * o, i * o:(i + 1) * o], gram[i * o:(i + 1) * o, j * o:(j + 1) * o])
+    return gram
 
 
 def similarity_from_parts(gram: Tensor, rows: Tensor, width: int,
@@ -140,12 +160,13 @@ def _standardize(s: Tensor) -> Tensor:
 
 
 def mix(s_w: Tensor | None, s_a: Tensor | None, alpha: float, *,
-        mode: Literal["published", "standardized"] = "published") -> Tensor:
+        mode: Literal["published", "standardized"] = "published", overwrite: bool = False) -> Tensor:
     """[O, O], [O, O] -> S = alpha S_W + (1 - alpha) S_A (MuDSC Algorithm 1, mixed with the fixed S_A).
 
     ``published`` mixes the correlations as they are. ``standardized`` first z-scores each matrix over
     its off-diagonal entries: the published weight correlation can be nearly constant across unit
     pairs (BatchNorm scales dominate short descriptors), so without rescaling alpha only acts near 1.
+    `overwrite`: S_W is the caller's to reuse, and S is written into it (same values).
     """
     if s_w is None or alpha == 0.0:
         return s_a
@@ -153,4 +174,5 @@ def mix(s_w: Tensor | None, s_a: Tensor | None, alpha: float, *,
         return s_w
     if mode == "standardized":
         s_w, s_a = _standardize(s_w), _standardize(s_a)
-    return (s_w * alpha).add_(s_a, alpha=1 - alpha)  # elementwise: symmetric inputs, symmetric S
+    scaled = s_w.mul_(alpha) if overwrite else s_w * alpha
+    return scaled.add_(s_a, alpha=1 - alpha)  # elementwise: symmetric inputs, symmetric S

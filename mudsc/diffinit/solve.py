@@ -147,7 +147,7 @@ def solve(sds: list[dict[str, Tensor]], graph: UnitGraph, spaces: list[str], con
                 matches[s] = hit[1]
                 scores.append(hit[1].score)
                 continue
-            sim = mix(s_w_of(s, matches), act_on.get(s), config.alpha_for(s), mode=config.mix)
+            sim = mix(s_w_of(s, matches), act_on.get(s), config.alpha_for(s), mode=config.mix, overwrite=True)
             new = solve_one(sim, sizes[s], kind=kind, groups=groups[s], config=config, pairing=pairing_for(s, sim),
                             rigid=rigid[s])
             old = matches.get(s)
