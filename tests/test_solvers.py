@@ -282,14 +282,24 @@ def test_rounds_take_most_merges_of_a_large_zip_and_keep_its_result():
     for a, b in [(0.5, 1.0), (1.0, 0.125), (0.3, 0.0)]:
         origin = np.repeat(np.arange(2), 256)
         budget = np.full(2, model_budget(512, 256, 2, b), dtype=np.int64)
-        done = merge_rounds(s.clone().fill_diagonal_(-float("inf")), origin, steps=256, a=a, budget=budget).done
+        done = merge_rounds(s.clone().fill_diagonal_(-float("inf")), origin, steps=256, a=a, budget=budget,
+                            killed=np.zeros(2, dtype=bool)).done
         # the default budgets stay far from a kill; small ones stop the rounds early (the bound counts
         # every feature of an origin whose max is high enough as a possible within merge)
         assert done >= 0.8 * 256 if b == 1.0 else done < 0.8 * 256, (a, b, done)
         one, rounds = both_zips(s, [256, 256], a, b)
         assert all(np.array_equal(x, y) for x, y in zip(one[:4], rounds[:4]))
     budget = np.full(2, 128, dtype=np.int64)
-    assert merge_rounds(s.clone(), np.repeat(np.arange(2), 256), steps=256, a=0.0, budget=budget).done == 0
+    assert merge_rounds(s.clone(), np.repeat(np.arange(2), 256), steps=256, a=0.0, budget=budget,
+                        killed=np.zeros(2, dtype=bool)).done == 0
+    # a parent killed before (group zip carries kills over): its spent budget does not stop the rounds
+    killed = np.array([True, False])
+    forbidden = s.clone().fill_diagonal_(-float("inf"))
+    forbidden[:256, :256] = -float("inf")
+    budget = np.array([0, 128])
+    assert merge_rounds(forbidden, origin, steps=256, a=0.5, budget=budget, killed=killed).done >= 0.8 * 256
+    one, rounds = both_zips(s, [256, 256], 0.5, 1.0, killed=killed)
+    assert all(np.array_equal(x, y) for x, y in zip(one[:4], rounds[:4]))
 
 
 def test_similarity_checked_on_its_device_like_on_the_cpu():

@@ -165,7 +165,7 @@ def zip_owners_in_rounds(s: Tensor, origin: np.ndarray, *, steps: int, a: float,
     descending (and equal values are interchangeable in the score's mean).
     """
     _forbid(s, origin, killed)
-    st = merge_rounds(s, origin, steps=steps, a=a, budget=budget, group_budget=group_budget)
+    st = merge_rounds(s, origin, steps=steps, a=a, budget=budget, killed=killed, group_budget=group_budget)
     head = st.done
     if st.done < steps:
         _greedy_steps(s.cpu().numpy(), origin, st, a=a, budget=budget, killed=killed, group_budget=group_budget)
@@ -176,9 +176,10 @@ def zip_owners_in_rounds(s: Tensor, origin: np.ndarray, *, steps: int, a: float,
 
 
 def merge_rounds(s: Tensor, origin: np.ndarray, *, steps: int, a: float, budget: np.ndarray,
-                 group_budget: np.ndarray | None = None) -> _State:
+                 killed: np.ndarray, group_budget: np.ndarray | None = None) -> _State:
     """The greedy zip's merges taken a round at a time on s's device, while that is provably exact
-    (`s` has its forbidden pairs at -inf; it and the budgets are updated in place; nothing is killed).
+    (`s` has its forbidden pairs at -inf, those of `killed` origins too; it and the budgets are updated
+    in place; nothing is killed here).
 
     A round takes the pairs (x, y) that are each other's unique row max, at a positive value v. With
     0 < a <= 1 and no origin killed, a merge only lowers positive entries (a * min(...) stays below both
@@ -187,7 +188,8 @@ def merge_rounds(s: Tensor, origin: np.ndarray, *, steps: int, a: float, budget:
     entries the one-at-a-time updates give, in any order (scaling by a > 0 commutes with min). Greedy
     takes the merges at values >= v before it, at most m - 1 of them among the m active features
     whose row max is >= v, so a pair is taken only when done + m - 1 <= steps (it is among the first
-    `steps`) and, per origin, m_o - 1 is below the budgets left (no kill comes before it).
+    `steps`) and, per live origin, m_o - 1 is below the budgets left, or 1 when none is left (no kill
+    comes before it: a kill follows a within-origin merge).
     """
     n = s.shape[0]
     dev = s.device
@@ -208,8 +210,8 @@ def merge_rounds(s: Tensor, origin: np.ndarray, *, steps: int, a: float, budget:
         xs, ys = xs[unique][order], ys[unique][order]
         ok = done + _at_least(rmax[active], v) - 1 <= steps
         left = budget if group_budget is None else np.minimum(budget, group_budget)
-        for o, room in enumerate(left.tolist()):
-            ok &= _at_least(rmax[active & (of == o)], v) - 1 < room
+        for o in np.flatnonzero(~killed):
+            ok &= _at_least(rmax[active & (of == int(o))], v) - 1 < max(int(left[o]), 1)
         k = int((~ok).cumsum(0).eq(0).sum())  # the longest run of pairs that pass, from the top
         if k == 0:
             break
