@@ -71,9 +71,9 @@ class DescriptorCache:
     def parent_columns(self, space: str, g: int, matches: dict[str, Match]) -> list[Tensor]:
         """:meth:`columns` as one [O / N, d_g] block per parent."""
         deps, positions = self.groups[space][g]
-        maps = {q: matches[q].parts() for q in deps if q in matches}
+        pools = {q: matches[q].poolings for q in deps if q in matches}
         refs = descriptor_refs(self.graph, space)
-        blocks = [[descriptor_block(self.sds, self.graph, space, refs[k], maps, i) for k in positions]
+        blocks = [[descriptor_block(self.sds, self.graph, space, refs[k], pools, i) for k in positions]
                   for i in range(len(self.sds))]
         return [b[0] if len(b) == 1 else cat(b, 1) for b in blocks]
 

@@ -12,6 +12,7 @@ from typing import Iterable, Protocol
 import torch
 from torch import Tensor, nn
 
+from mudsc.diffinit.solvers.match import cluster_pooling
 from mudsc.distributed import Launch
 from mudsc.errors import CheckpointError, ConfigError, DataError, ShapeMismatchError
 from mudsc.models.multihead import UNMERGE
@@ -50,13 +51,18 @@ def pool_units(w: Tensor, axis: int, start: int, n: int, repeat: int, merge: Ten
     merged unit, and M weighs a unit only in its own cluster: every matching solver's maps), in time
     linear in the tensor's size instead of C times it.
     """
-    assign = unmerge.argmax(1).to(w.device)
-    c = unmerge.shape[1]
+    assign, weight = cluster_pooling(merge, unmerge)
+    return pool_assigned(w, axis, start, n, repeat, assign, unmerge.shape[1], weight if merge_side else None)
+
+
+def pool_assigned(w: Tensor, axis: int, start: int, n: int, repeat: int, assign: Tensor, c: int,
+                  weight: Tensor | None = None) -> Tensor:
+    """:func:`pool_units` from the units' merged units `assign` (and `weight`, on the merge side), into C."""
+    assign = assign.to(w.device)
     w = w.movedim(axis, 0)
     block = w[start:start + n * repeat].reshape(n, repeat, *w.shape[1:])
-    if merge_side:
-        weight = merge.to(w.device)[assign, torch.arange(n, device=w.device)].to(w.dtype)
-        block = block * weight.view(-1, *([1] * (block.ndim - 1)))
+    if weight is not None:
+        block = block * weight.to(w.device, w.dtype).view(-1, *([1] * (block.ndim - 1)))
     pooled = torch.zeros(c, *block.shape[1:], dtype=w.dtype, device=w.device).index_add_(0, assign, block)
     pooled = pooled.reshape(c * repeat, *w.shape[1:])
     whole = start == 0 and n * repeat == w.shape[0]  # the usual case: no copy into a new tensor

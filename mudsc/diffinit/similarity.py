@@ -18,7 +18,8 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from mudsc.diffinit.fuse import pool_units
+from mudsc.diffinit.fuse import pool_assigned
+from mudsc.diffinit.solvers.match import cluster_pooling
 from mudsc.diffinit.transpose import copy_transposed_
 from mudsc.unitgraph import AxisRef, UnitGraph, UnitSpace
 
@@ -39,7 +40,8 @@ def descriptors(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str,
     pool through ``N * M_q_i``, producer axes through ``U_q_i^T`` (see the module docstring).
     """
     refs = descriptor_refs(graph, space)
-    return torch.cat([torch.cat([descriptor_block(sds, graph, space, r, maps, i) for r in refs], 1)
+    pools = {q: [(*cluster_pooling(m, u), u.shape[1]) for m, u in parts] for q, parts in maps.items()}
+    return torch.cat([torch.cat([descriptor_block(sds, graph, space, r, pools, i) for r in refs], 1)
                       for i in range(len(sds))], 0)
 
 
@@ -55,14 +57,15 @@ def ref_neighbours(graph: UnitGraph, space: str, ref: AxisRef) -> tuple[str, ...
 
 
 def descriptor_block(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str, ref: AxisRef,
-                     maps: dict[str, list[tuple[Tensor, Tensor]]], i: int) -> Tensor:
+                     pools: dict[str, list[tuple[Tensor, Tensor, int]]], i: int) -> Tensor:
     """Parent i's [size, d] slice of `space`'s descriptor from the tensor `ref` names, its axes owned by
-    solved neighbours (those in `maps`) pooled through their maps."""
+    solved neighbours (those in `pools`: per parent, each unit's merged unit, its merge weight, and
+    the number of merged units, :meth:`~mudsc.diffinit.solvers.match.Match.poolings`) pooled into them."""
     s = graph.space(space)
     w = sds[i][ref.param].float().movedim(ref.axis, 0)[ref.start:ref.start + s.size * ref.repeat]
     by_axis: dict[int, list[tuple[UnitSpace, AxisRef]]] = {}
     for q in graph.spaces:
-        if q.name != space and q.name in maps:
+        if q.name != space and q.name in pools:
             for qr in q.refs:
                 if qr.param == ref.param and qr.axis != ref.axis:
                     by_axis.setdefault(qr.axis, []).append((q, qr))
@@ -70,8 +73,9 @@ def descriptor_block(sds: list[dict[str, Tensor]], graph: UnitGraph, space: str,
         # our unit axis now leads, so the other axes shift by one when they preceded it
         ax = axis + 1 if axis < ref.axis else axis
         for q, qr in sorted(entries, key=lambda e: -e[1].start):
-            m, u = maps[q.name][i]
-            w = pool_units(w, ax, qr.start, q.size, qr.repeat, len(sds) * m, u, merge_side=qr.role == "in")
+            assign, weight, c = pools[q.name][i]
+            w = pool_assigned(w, ax, qr.start, q.size, qr.repeat, assign, c,
+                              len(sds) * weight if qr.role == "in" else None)
     return w.reshape(s.size, -1)
 
 

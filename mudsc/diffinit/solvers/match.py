@@ -8,6 +8,7 @@ replaced by the merged unit of its cluster). Also: input checks shared by all so
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -52,6 +53,12 @@ class Match:
     def parts(self) -> list[tuple[Tensor, Tensor]]:
         """Per parent i: (M_i [C, n_i], U_i [n_i, C]), so merged = sum_i M_i x_i and x_i ~ U_i merged."""
         return [(self.merge[:, o:o + n], self.unmerge[o:o + n, :]) for o, n in zip(self.offsets, self.sizes)]
+
+    @cached_property
+    def poolings(self) -> list[tuple[Tensor, Tensor, int]]:
+        """Per parent i: ([n_i] merged unit of each unit, [n_i] its weight in M_i, C), computed once (the
+        iterative solve pools descriptors through every solution many times)."""
+        return [(*cluster_pooling(m, u), self.out_dim) for m, u in self.parts()]
 
     def assignment(self) -> Tensor:
         """[O] long: the merged unit that replaces each unit."""
@@ -98,6 +105,13 @@ class GroupMatch(Match):
     group_sim: tuple[Tensor, ...]
     group_assign: tuple[Tensor, ...]
     within: tuple[Tensor, ...]
+
+
+def cluster_pooling(merge: Tensor, unmerge: Tensor) -> tuple[Tensor, Tensor]:
+    """Cluster maps M [C, n], U [n, C] -> ([n] merged unit of each unit, [n] its weight in that unit's
+    row of M): all that pooling through them reads (:func:`mudsc.diffinit.fuse.pool_units`)."""
+    assign = unmerge.argmax(1)
+    return assign, merge[assign, torch.arange(len(assign), device=merge.device)]
 
 
 def match_from_assignment(assign: np.ndarray, sizes: Sequence[int], score: float) -> Match:
