@@ -71,13 +71,13 @@ def zip_owners(s: np.ndarray, origin: np.ndarray, *, steps: int, a: float, budge
     n = s.shape[0]
     _forbid(s, origin, killed)
     rarg = s.argmax(axis=1)
-    st = _State(np.ones(n, dtype=bool), np.arange(n), rarg, s[np.arange(n), rarg], np.empty(steps), 0)
+    st = ZipState(np.ones(n, dtype=bool), np.arange(n), rarg, s[np.arange(n), rarg], np.empty(steps), 0)
     _greedy_steps(s, origin, st, a=a, budget=budget, killed=killed, group_budget=group_budget)
     return st.owner, st.values
 
 
 @dataclass
-class _State:
+class ZipState:
     """Where a zip stands: which features are active, each unit's owner, every row's max and first
     argmax, and the values of the first `done` merges."""
 
@@ -102,7 +102,7 @@ def _forbid(s: np.ndarray | Tensor, origin: np.ndarray, killed: np.ndarray) -> N
         s[np.ix_(i, i)] = -np.inf
 
 
-def _greedy_steps(s: np.ndarray, origin: np.ndarray, st: _State, *, a: float, budget: np.ndarray,
+def _greedy_steps(s: np.ndarray, origin: np.ndarray, st: ZipState, *, a: float, budget: np.ndarray,
                   killed: np.ndarray, group_budget: np.ndarray | None) -> None:
     """The merges after the first st.done, one at a time (:func:`zip_owners`); `st` is updated in place."""
     neg = s.dtype.type(-np.inf)
@@ -176,7 +176,7 @@ def zip_owners_in_rounds(s: Tensor, origin: np.ndarray, *, steps: int, a: float,
 
 
 def merge_rounds(s: Tensor, origin: np.ndarray, *, steps: int, a: float, budget: np.ndarray,
-                 killed: np.ndarray, group_budget: np.ndarray | None = None) -> _State:
+                 killed: np.ndarray, group_budget: np.ndarray | None = None) -> ZipState:
     """The greedy zip's merges taken a round at a time on s's device, while that is provably exact
     (`s` has its forbidden pairs at -inf, those of `killed` origins too; it and the budgets are updated
     in place; nothing is killed here).
@@ -245,7 +245,7 @@ def merge_rounds(s: Tensor, origin: np.ndarray, *, steps: int, a: float, budget:
         owner = into[owner]
     out = np.empty(steps)
     out[:done] = torch.cat(values).double().cpu().numpy() if values else []
-    return _State(active.cpu().numpy(), owner.cpu().numpy(), rarg.cpu().numpy(), rmax.cpu().numpy(), out, done)
+    return ZipState(active.cpu().numpy(), owner.cpu().numpy(), rarg.cpu().numpy(), rmax.cpu().numpy(), out, done)
 
 
 def _at_least(r: Tensor, v: Tensor) -> Tensor:
