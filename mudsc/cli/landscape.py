@@ -49,9 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p)
     p.add_argument("--bn", choices=("exact", "preview"), default="exact",
                    help="exact: BatchNorm statistics recomputed at every point; preview: the first merge's")
-    p.add_argument("--stats-images", type=positive_int, default=1000, help="images for the merges' activation statistics")
+    p.add_argument("--stats-images", type=positive_int, default=1000,
+                   help="images for the merges' activation statistics")
     p.add_argument("--eval-images", type=positive_int, default=500, help="held-out images per task at every point")
-    p.add_argument("--calib-images", type=positive_int, default=256, help="training images for exact BatchNorm statistics")
+    p.add_argument("--calib-images", type=positive_int, default=256,
+                   help="training images for exact BatchNorm statistics")
     p.add_argument("--reset-images", type=int, default=1000, help="training images for each merge's BatchNorm reset")
     p.add_argument("--path-steps", type=int, default=11,
                    help="points per segment of each parent 0' - merge - parent 1' path (barrier); 0 skips it")
@@ -137,11 +139,11 @@ def _landscape(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".npz":
         raise ConfigError(f"--out {args.out}: expected a .npz file")
-    check_out(out, folder=False)
-    check_out(args.figure, folder=False)
     fig_fmt = Path(args.figure).suffix.lstrip(".") if args.figure else None
     if args.figure and fig_fmt not in FIGURE_FORMATS:
         raise ConfigError(f"--figure {args.figure}: expected a .html, .png, .svg or .pdf file")
+    check_out(out, folder=False)
+    check_out(args.figure, folder=False)
     if args.path_steps == 1 or args.path_steps < 0:
         raise ConfigError(f"--path-steps must be 0 (no barrier) or at least 2, got {args.path_steps}")
     if args.overlap <= 0:

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p, required=False)
     p.add_argument("--classes", nargs="+", metavar="TASK", help="plain state dicts: each model's task, one per model")
     add_arch_args(p, per_parent=True)
-    p.add_argument("--stats-examples", type=positive_int, default=1000, help="training examples per task for statistics")
+    p.add_argument("--stats-examples", type=positive_int, default=1000,
+                   help="training examples per task for statistics")
     p.add_argument("--fisher", choices=("sampled", "empirical"), default="sampled",
                    help="labels of the Fisher and K-FAC statistics: sampled (true Fisher) or the true labels")
     p.add_argument("--lambda", dest="lam", type=float,
@@ -61,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-bn-reset", action="store_true",
                    help="keep the averaged BatchNorm statistics (default: recompute them on the tasks' images)")
     p.add_argument("--reset-images", type=int, default=1000, help="training images for the BatchNorm reset")
-    p.add_argument("--epochs", type=positive_int, help="multitask: epochs over the union (default: the task models' own)")
+    p.add_argument("--epochs", type=positive_int,
+                   help="multitask: epochs over the union (default: the task models' own)")
     p.add_argument("--lr", type=float, default=1e-3, help="multitask: learning rate")
     p.add_argument("--align-alpha", type=float, default=0.5, help="mudsc-align: weight share of the similarity")
     p.add_argument("--align-images", type=positive_int, default=1000, help="training images for activation statistics")

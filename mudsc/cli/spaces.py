@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "or your network as path/to/models.py:FUNCTION or package.module:FUNCTION, called with the "
                    "--kw options (importing it RUNS its code, so name only code you trust)")
     s.add_argument("--kw", action="append", metavar="KEY=VALUE", help="architecture option (repeatable)")
-    s.add_argument("--img-size", type=positive_int, default=224, help="input resolution of the example batch (default 224)")
+    s.add_argument("--img-size", type=positive_int, default=224,
+                   help="input resolution of the example batch (default 224)")
     s.add_argument("--in-chans", type=positive_int, default=3, help="input channels (default 3)")
     s.add_argument("--num-classes", type=positive_int, default=10, help="classes of the model's own head (default 10)")
     s.add_argument("--seed", type=int, default=0, help="seeds the weights, the example batch and the permutations")

@@ -44,7 +44,7 @@ from mudsc.diffinit.solvers.registry import register_solver
 from mudsc.errors import ConfigError
 
 # Where a GPU's zip in rounds is expected to beat the CPU's one-at-a-time loop: a round is about 90
-# tensor operations, and O units take 15-45 rounds, while the loop took 7 ms at 512 units and 20-25 ms
+# tensor operations, and O units took 9-43 rounds, while the loop took 7 ms at 512 units and 20-25 ms
 # at 1,024 on the development CPU. An estimate until `benchmarks/gpu_check.sh` times both on a GPU.
 ROUNDS_FROM = 1024
 
@@ -182,14 +182,15 @@ def merge_rounds(s: Tensor, origin: np.ndarray, *, steps: int, a: float, budget:
     in place; nothing is killed here).
 
     A round takes the pairs (x, y) that are each other's unique row max, at a positive value v. With
-    0 < a <= 1 and no origin killed, a merge only lowers positive entries (a * min(...) stays below both
-    rows' maxima), so such a pair stays each other's unique best until the greedy order reaches it, at
-    the same value, and taking it early changes no merge in between; several merged at once get the
-    entries the one-at-a-time updates give, in any order (scaling by a > 0 commutes with min). Greedy
-    takes the merges at values >= v before it, at most m - 1 of them among the m active features
-    whose row max is >= v, so a pair is taken only when done + m - 1 <= steps (it is among the first
-    `steps`) and, per live origin, m_o - 1 is below the budgets left, or 1 when none is left (no kill
-    comes before it: a kill follows a within-origin merge).
+    0 < a <= 1 and no origin killed during the rounds, a merge only lowers positive entries
+    (a * min(...) stays below both rows' maxima), so such a pair stays each other's unique best until
+    the greedy order reaches it, at the same value, and taking it early changes no merge in between;
+    several merged at once get the entries the one-at-a-time updates give, in any order (scaling by
+    a > 0 commutes with min). Greedy takes the merges at values >= v before it, at most m - 1 of them
+    among the m active features whose row max is >= v, so a pair is taken only when
+    done + m - 1 <= steps (it is among the first `steps`) and, per live origin, m_o - 1 is below the
+    budgets left, or 1 when none is left (no kill comes before it: a kill follows a within-origin
+    merge).
     """
     n = s.shape[0]
     dev = s.device
@@ -288,8 +289,8 @@ def greedy_zip(sim: Tensor, sizes: Sequence[int], *, a: float = 0.5, b: float = 
     s, sizes_t, a, c, origin = _prepare(sim, sizes, a, b, out_dim, "greedy_zip", on_device)
     n = len(sizes_t)
     budget = np.full(n, model_budget(len(origin), c, n, b), dtype=np.int64)
-    owner, values = (zip_owners_in_rounds if on_device else zip_owners)(s, origin, steps=len(origin) - c, a=a, budget=budget,
-                               killed=np.zeros(n, dtype=bool))
+    zipper = zip_owners_in_rounds if on_device else zip_owners
+    owner, values = zipper(s, origin, steps=len(origin) - c, a=a, budget=budget, killed=np.zeros(n, dtype=bool))
     return match_from_assignment(_assignment(owner), sizes_t, float(values.mean()) if len(values) else 0.0)
 
 
